@@ -1,0 +1,174 @@
+"""Typed, validated configuration: the one place where defaults live.
+
+Every paper setting and every project choice of ../shared/docs/DANP_SPEC.md is a field of
+:class:`AttackConfig`; :class:`PipelineConfig` adds what the distributed job needs. Configs are
+frozen dataclasses; ``validate()`` raises ``ValueError`` naming the field and the value received,
+and runs before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Edit instructions used when the user gives none: generic edits an attacker is likely to try.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "make it look like a painting",
+    "put the person in a prison cell",
+    "change the background to a city at night",
+    "add fire and smoke",
+)
+
+#: Objectives the PGD loop knows (see danp.py and baselines.py).
+METHODS: tuple[str, ...] = ("danp",)
+
+EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
+TINY_MODELS: dict[str, str] = {"tiny-ip2p": "ip2p", "tiny-sd": "sd"}
+
+
+def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok or not math.isfinite(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _integer(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """How one photo is immunized. Defaults follow DANP_SPEC.md."""
+
+    method: str = "danp"
+    eps: float = 0.03                   # γ, L∞ budget on the [0,1] scale
+    steps: int = 100                    # N, PGD iterations
+    step_size: float = 1 / 255          # α (project choice)
+    num_timesteps: int = 10             # |𝒯|
+    timesteps: str = "centres"          # "centres" of equal bins, or "random" draw per bin per iteration
+    strength: float = 1.0               # img2img strength s: timesteps restricted to [0, s·T)
+    token_reduction: str = "content"    # "content" tokens only, or "all" 77 positions
+    upsample: str = "bilinear"          # how per-layer maps reach the largest grid
+    threshold_bins: int = 128           # L, Kapur histogram bins
+    mask: str = "dynamic"               # "dynamic" (Eq. 7-10 every step) or "fixed" (from the clean photo once)
+    lambda_daa: float = 1.0             # weight of the outside-mask term inside DAA
+    lambda_nba: float = 1.0             # weight of NBA in the total loss
+    use_daa: bool = True                # ablation switches
+    use_nba: bool = True
+    nba_target: str = "clean"           # Eq. 12 "clean" branch, or "noise" (abstract's reading)
+    balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
+    resolution: int = 512               # working resolution: longer side
+    resolution_multiple: int = 64
+    timestep_batch: int = 1             # timesteps per UNet call (1 = Algorithm 1 literally)
+    precision: str = "auto"             # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    seed: int = 0
+
+    def validate(self) -> "AttackConfig":
+        _choice("method", self.method, METHODS)
+        _positive("eps", self.eps)
+        if self.eps > 1:
+            raise ValueError(f"eps is on the [0,1] pixel scale and must be <= 1, got {self.eps!r}")
+        _integer("steps", self.steps, 1)
+        _positive("step_size", self.step_size)
+        _integer("num_timesteps", self.num_timesteps, 1)
+        _choice("timesteps", self.timesteps, ("centres", "random"))
+        _positive("strength", self.strength)
+        if self.strength > 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        _choice("token_reduction", self.token_reduction, ("content", "all"))
+        _choice("upsample", self.upsample, ("bilinear", "nearest"))
+        _integer("threshold_bins", self.threshold_bins, 2)
+        _choice("mask", self.mask, ("dynamic", "fixed"))
+        _positive("lambda_daa", self.lambda_daa, allow_zero=True)
+        _positive("lambda_nba", self.lambda_nba, allow_zero=True)
+        if not (self.use_daa or self.use_nba):
+            raise ValueError("use_daa and use_nba are both False: the DANP objective would be empty")
+        _choice("nba_target", self.nba_target, ("clean", "noise"))
+        _choice("balance", self.balance, ("grad", "raw"))
+        _integer("resolution_multiple", self.resolution_multiple, 8)
+        _integer("resolution", self.resolution, self.resolution_multiple)
+        _integer("timestep_batch", self.timestep_batch, 1)
+        _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _integer("seed", self.seed, 0)
+        return self
+
+    @property
+    def linf_levels_bound(self) -> int:
+        """The guarantee on every output: per channel, per pixel, |out − in| ≤ this many 8-bit levels."""
+        return math.ceil(255 * self.eps - 1e-9)
+
+    def replace(self, **changes: Any) -> "AttackConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole job: where photos come from and go, which editor, which prompts, how many actors."""
+
+    input_uri: str
+    output_uri: str
+    model: str = "tiny-ip2p"
+    revision: str | None = None
+    prompts: tuple[str, ...] = ()
+    prompts_file: str | None = None     # JSON/CSV sidecar mapping object keys to prompts
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 0.5
+    batch_size: int = 1
+    max_pixels: int = 40_000_000
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "PipelineConfig":
+        for name in ("input_uri", "output_uri", "model"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.prompts, tuple) or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise ValueError(f"prompts must be a tuple of non-empty strings, got {self.prompts!r}")
+        self.attack.validate()
+        _integer("actors", self.actors, 1)
+        _positive("gpus_per_actor", self.gpus_per_actor, allow_zero=True)
+        _positive("cpus_per_actor", self.cpus_per_actor)
+        _integer("batch_size", self.batch_size, 1)
+        _integer("max_pixels", self.max_pixels, 64)
+        if not isinstance(self.storage_options, dict):
+            raise ValueError(f"storage_options must be a JSON object, got {self.storage_options!r}")
+        return self
+
+    def replace(self, **changes: Any) -> "PipelineConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+def validate_prompts(prompts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse an empty prompt list or blank prompts before any work starts."""
+    if isinstance(prompts, str):
+        prompts = (prompts,)
+    prompts = tuple(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one edit instruction to protect against")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"every prompt must be a non-empty string, got {p!r}")
+    return prompts
+
+
+def config_json(attack: AttackConfig, model_id: str, model_revision: str | None) -> str:
+    """Canonical JSON of everything that determines a protected photo (sorted keys, no spaces)."""
+    payload = {"attack": dataclasses.asdict(attack), "model_id": model_id, "model_revision": model_revision}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def config_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

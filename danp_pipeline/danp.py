@@ -1,0 +1,227 @@
+"""The PGD loop of Algorithm 1 and the DANP objective (DAA + NBA), DANP_SPEC.md Eq. 11-13.
+
+:func:`pgd` is the one loop every method uses. An objective turns the current protected photos
+into per-term gradients; the loop balances the terms, takes the sign step and projects onto the
+L∞ ball and the valid pixel range. :class:`DiffusionObjective` holds what every UNet-based
+objective shares (timesteps, noise, chunking, one VAE backward per term); :class:`DanpObjective`
+adds the DANP losses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .attention import AttentionStore, capture_cross_attention
+from .config import AttackConfig
+from .diffusion import (PromptBatch, add_noise, attack_timesteps, encode_mean, encode_prompts,
+                        latents_and_condition, predict_noise)
+from .models import EditorBundle
+from .threshold import kapur_mask
+
+logger = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    """What :func:`pgd` needs: per-term gradients w.r.t. the photos, and their loss values."""
+
+    weights: dict[str, float]
+
+    def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Return ({term: ∂term/∂x [B,3,h,w]}, {term: loss value [B]}) for photos x, to be minimized."""
+        ...
+
+
+@dataclass
+class PGDResult:
+    delta: torch.Tensor                                    # [B,3,h,w] float32, |δ| ≤ eps
+    history: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # term -> per-iteration [B]
+    weights: dict[str, float] = field(default_factory=dict)               # term -> weight in the total
+
+    def total(self) -> torch.Tensor | None:
+        """Weighted total loss L per iteration and image, [N, B]; None when nothing was optimized."""
+        if not self.history:
+            return None
+        return sum(w * torch.stack(self.history[name]) for name, w in self.weights.items())
+
+
+def combine(grads: dict[str, torch.Tensor], weights: dict[str, float], balance: str) -> torch.Tensor:
+    """Σ_term weight·g_term; with ``grad`` balance each g_term is scaled to unit L1 norm per image."""
+    total = None
+    for name, g in grads.items():
+        if balance == "grad":
+            norm = g.abs().flatten(1).sum(dim=1).view(-1, 1, 1, 1)
+            g = torch.where(norm > 0, g / norm.clamp(min=1e-30), torch.zeros_like(g))
+        total = weights[name] * g if total is None else total + weights[name] * g
+    return total
+
+
+def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig) -> PGDResult:
+    """δ ← clip(δ − α·sign(g), −γ, γ), kept so that x0 + δ ∈ [0,1]; N iterations from δ = 0."""
+    delta = torch.zeros_like(x0, dtype=torch.float32)
+    result = PGDResult(delta, weights=dict(objective.weights))
+    for it in range(cfg.steps):
+        grads, values = objective.gradients((x0 + delta).clamp(0, 1), it)
+        for name, value in values.items():
+            result.history.setdefault(name, []).append(value.detach().cpu())
+        g = combine(grads, objective.weights, cfg.balance)
+        delta = (delta - cfg.step_size * g.sign()).clamp(-cfg.eps, cfg.eps)
+        delta = (x0 + delta).clamp(0, 1) - x0
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("pgd iteration %d/%d: %s", it + 1, cfg.steps,
+                         ", ".join(f"{k}={v.mean().item():.4g}" for k, v in values.items()))
+    result.delta = delta
+    return result
+
+
+class DiffusionObjective:
+    """Shared machinery: per iteration, one VAE encode, |𝒯| × pairs UNet passes in chunks, per-term
+    gradients accumulated at the VAE latent, then one VAE backward per term.
+
+    Subclasses implement :meth:`chunk_losses`, returning per-pair losses for one chunk.
+    """
+
+    weights: dict[str, float]
+
+    def __init__(self, bundle: EditorBundle, cfg: AttackConfig, prompts: list[list[str]], seeds: list[int]) -> None:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"got {len(prompts)} prompt lists for {len(seeds)} images")
+        self.bundle, self.cfg = bundle, cfg
+        self.prompts: PromptBatch = encode_prompts(bundle, prompts, cfg.token_reduction)
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.fixed_timesteps = attack_timesteps(bundle.num_train_timesteps, cfg.num_timesteps, cfg.strength, "centres")
+
+    # -- per-iteration sampling ------------------------------------------------------------
+    def sample(self, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timesteps [B, n] and noise [B, n, P_i, C, h, w]-flattened to [n, P, C, h, w], per-image generators."""
+        n, pairs = self.cfg.num_timesteps, self.prompts.image_index
+        ts, noises = [], []
+        for gen in self.generators:
+            if self.cfg.timesteps == "random":
+                ts.append(attack_timesteps(self.bundle.num_train_timesteps, n, self.cfg.strength, "random", gen))
+            else:
+                ts.append(self.fixed_timesteps)
+        counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
+        for gen, count in zip(self.generators, counts):
+            noises.append(torch.randn((n, count, *latent_shape), generator=gen))
+        timesteps = torch.stack(ts).to(self.bundle.device)                    # [B, n]
+        noise = torch.cat(noises, dim=1).to(self.bundle.device)               # [n, P, C, h, w]
+        return timesteps, noise
+
+    def chunks(self) -> Iterator[list[int]]:
+        n, size = self.cfg.num_timesteps, self.cfg.timestep_batch
+        for start in range(0, n, size):
+            yield list(range(start, min(n, start + size)))
+
+    # -- gradients -------------------------------------------------------------------------
+    def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        x = x.detach().requires_grad_(True)
+        mean = encode_mean(self.bundle, x)
+        mean_leaf = mean.detach().requires_grad_(True)
+        timesteps, noise = self.sample(tuple(mean.shape[1:]))
+        pairs = self.prompts.image_index
+        n_t = self.cfg.num_timesteps
+        latent_grads: dict[str, torch.Tensor] = {}
+        values: dict[str, torch.Tensor] = {}
+        for chunk in self.chunks():
+            k = len(chunk)
+            z, cond = latents_and_condition(self.bundle, mean_leaf)
+            t = timesteps[pairs][:, chunk].T.reshape(-1)                         # [k·P], chunk-major
+            eps = noise[chunk].reshape(k * len(pairs), *z.shape[1:])
+            z_rep = z[pairs].repeat(k, 1, 1, 1)
+            cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
+            losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k, iteration)
+            weight = (self.prompts.pair_weight / n_t).repeat(k)
+            names = list(losses)
+            for j, name in enumerate(names):
+                (g,) = torch.autograd.grad((losses[name] * weight).sum(), mean_leaf,
+                                           retain_graph=j < len(names) - 1, allow_unused=True)
+                if g is not None:
+                    latent_grads[name] = latent_grads.get(name, 0) + g
+            for name, value in {**losses, **extras}.items():
+                per_image = torch.zeros(len(self.generators), device=value.device).index_add_(
+                    0, pairs.repeat(k), (value.detach() * weight).float())
+                values[name] = values.get(name, 0) + per_image
+        grads = {}
+        for j, name in enumerate(self.weights):
+            if name not in latent_grads:  # the term does not depend on the photo (e.g. NBA at δ = 0 is flat)
+                grads[name] = torch.zeros_like(x, dtype=torch.float32)
+                continue
+            (gx,) = torch.autograd.grad(mean, x, latent_grads[name], retain_graph=j < len(self.weights) - 1)
+            grads[name] = gx.float()
+        return grads, values
+
+    def chunk_losses(self, z: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor,
+                     k: int, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-pair losses [k·P] keyed by the names in ``weights``, and detached diagnostics to log."""
+        raise NotImplementedError
+
+    def pair_tensor(self, value: torch.Tensor, k: int) -> torch.Tensor:
+        """Repeat a per-pair tensor [P, ...] for a chunk of k timesteps (chunk-major)."""
+        return value.repeat(k, *([1] * (value.ndim - 1)))
+
+
+class DanpObjective(DiffusionObjective):
+    """L = L_DAA + λ_nba·L_NBA with the dynamic Kapur mask (Eq. 7-13)."""
+
+    def __init__(self, bundle: EditorBundle, cfg: AttackConfig, prompts: list[list[str]], seeds: list[int],
+                 x0: torch.Tensor) -> None:
+        super().__init__(bundle, cfg, prompts, seeds)
+        self.weights = {}
+        if cfg.use_daa:
+            self.weights["daa"] = 1.0
+        if cfg.use_nba:
+            self.weights["nba"] = cfg.lambda_nba
+        self.store = AttentionStore()
+        with torch.no_grad():
+            self.clean_z, self.clean_cond = latents_and_condition(bundle, encode_mean(bundle, x0))
+        self.fixed_masks = self._clean_masks() if cfg.mask == "fixed" and cfg.use_daa else None
+
+    def _attention(self, z_t, cond, t, k) -> tuple[torch.Tensor, torch.Tensor]:
+        self.store.begin(tuple(z_t.shape[-2:]), self.pair_tensor(self.prompts.token_weights, k))
+        with capture_cross_attention(self.bundle.unet, self.store):
+            eps_pred = predict_noise(self.bundle, z_t, t, self.pair_tensor(self.prompts.embeds, k), cond)
+        return self.store.aggregate(self.cfg.upsample), eps_pred
+
+    @torch.no_grad()
+    def _clean_masks(self) -> torch.Tensor:
+        """Masks from the clean photo's attention averaged over the centre timesteps, one per pair."""
+        pairs = self.prompts.image_index
+        maps = 0
+        for t_value in self.fixed_timesteps.tolist():
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+            z = self.clean_z[pairs]
+            noise = torch.randn(z.shape, generator=gen).to(z.device)
+            t = torch.full((len(pairs),), t_value, device=z.device)
+            cond = None if self.clean_cond is None else self.clean_cond[pairs]
+            att, _ = self._attention(add_noise(self.bundle, z, noise, t), cond, t, 1)
+            maps = maps + att
+        return kapur_mask(maps, self.cfg.threshold_bins)
+
+    def chunk_losses(self, z, cond, t, noise, k, iteration):
+        pairs = self.prompts.image_index
+        z_t = add_noise(self.bundle, z, noise, t)
+        att, eps_adv = self._attention(z_t, cond, t, k)
+        losses: dict[str, torch.Tensor] = {}
+        extras: dict[str, torch.Tensor] = {}
+        if self.cfg.use_daa:
+            mask = self.pair_tensor(self.fixed_masks, k) if self.fixed_masks is not None else \
+                kapur_mask(att.detach(), self.cfg.threshold_bins)
+            inside = (att * mask).pow(2).flatten(1).sum(1)
+            outside = (att * (1 - mask)).pow(2).flatten(1).sum(1)
+            losses["daa"] = inside - self.cfg.lambda_daa * outside
+            extras["att_inside"], extras["att_outside"] = inside.detach(), outside.detach()
+        if self.cfg.use_nba:
+            if self.cfg.nba_target == "clean":
+                with torch.no_grad():
+                    z0_t = add_noise(self.bundle, self.clean_z[pairs].repeat(k, 1, 1, 1), noise, t)
+                    cond0 = None if self.clean_cond is None else self.clean_cond[pairs].repeat(k, 1, 1, 1)
+                    target = predict_noise(self.bundle, z0_t, t, self.pair_tensor(self.prompts.embeds, k), cond0)
+            else:
+                target = noise
+            losses["nba"] = -(target - eps_adv).pow(2).flatten(1).sum(1)
+        return losses, extras

@@ -1,0 +1,89 @@
+"""Forward passes of a frozen editor that every objective shares.
+
+Small functions over an :class:`~danp_pipeline.models.EditorBundle`: encode prompts, encode a photo
+into latents (and, for InstructPix2Pix, the image conditioning), noise latents at a timestep,
+predict noise, and choose the attack timesteps 𝒯.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import token_weights
+from .models import EditorBundle
+
+
+@dataclass
+class PromptBatch:
+    """Text conditioning for a flat list of (image, prompt) pairs."""
+
+    embeds: torch.Tensor          # [P, 77, D] in the editor's dtype
+    token_weights: torch.Tensor   # [P, 77] float32, each row sums to 1
+    image_index: torch.Tensor     # [P] which image of the batch each pair belongs to
+    pair_weight: torch.Tensor     # [P] 1 / (number of prompts of that image)
+
+
+@torch.no_grad()
+def encode_prompts(bundle: EditorBundle, prompts: list[list[str]], reduction: str = "content") -> PromptBatch:
+    """Encode every image's prompts; pairs are ordered image by image."""
+    flat = [p for image_prompts in prompts for p in image_prompts]
+    owner = [i for i, image_prompts in enumerate(prompts) for _ in image_prompts]
+    weight = [1.0 / len(image_prompts) for image_prompts in prompts for _ in image_prompts]
+    tok = bundle.tokenizer(flat, padding="max_length", max_length=bundle.tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+    embeds = bundle.text_encoder(tok.input_ids.to(bundle.device))[0]
+    return PromptBatch(
+        embeds=embeds.to(bundle.dtype),
+        token_weights=token_weights(tok.attention_mask, reduction).to(bundle.device),
+        image_index=torch.tensor(owner, device=bundle.device),
+        pair_weight=torch.tensor(weight, device=bundle.device, dtype=torch.float32),
+    )
+
+
+def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
+    """VAE posterior mean (= mode) of photos x in [0,1], unscaled, float32 out."""
+    posterior = bundle.vae.encode((2 * x - 1).to(bundle.dtype)).latent_dist
+    return posterior.mean.float()
+
+
+def latents_and_condition(bundle: EditorBundle, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z = E(x) (mean × scaling factor) and, for ip2p, the image conditioning E_img(x) (mean, unscaled)."""
+    z = mean * bundle.vae.config.scaling_factor
+    return z, (mean if bundle.kind == "ip2p" else None)
+
+
+def add_noise(bundle: EditorBundle, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z_t = √ᾱ_t z + √(1−ᾱ_t) ε, per sample t."""
+    abar = bundle.scheduler.alphas_cumprod.to(z.device, torch.float32)[t].view(-1, 1, 1, 1)
+    return abar.sqrt() * z + (1 - abar).sqrt() * noise
+
+
+def predict_noise(
+    bundle: EditorBundle,
+    z_t: torch.Tensor,
+    t: torch.Tensor,
+    embeds: torch.Tensor,
+    condition: torch.Tensor | None,
+) -> torch.Tensor:
+    """ε_θ(z_t, t, c); for ip2p the UNet input is [z_t, E_img(x)] on the channel axis. float32 out."""
+    sample = z_t if condition is None else torch.cat([z_t, condition], dim=1)
+    out = bundle.unet(sample.to(bundle.dtype), t, encoder_hidden_states=embeds).sample
+    return out.float()
+
+
+def attack_timesteps(
+    num_train: int, count: int, strength: float, mode: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """𝒯: centres of ``count`` equal bins over [0, strength·T), or one uniform draw per bin."""
+    top = strength * num_train
+    width = top / count
+    starts = torch.arange(count, dtype=torch.float64) * width
+    if mode == "centres":
+        t = starts + width / 2
+    elif mode == "random":
+        t = starts + torch.rand(count, generator=generator, dtype=torch.float64) * width
+    else:
+        raise ValueError(f"unknown timestep mode {mode!r}; expected 'centres' or 'random'")
+    return t.floor().long().clamp(0, num_train - 1)

@@ -1,0 +1,143 @@
+"""The Python API: protect photos in three lines.
+
+    editor = load_editor("timbrooks/instruct-pix2pix")
+    immunizer = Immunizer(editor, AttackConfig())
+    results = immunizer.protect(photos, prompts=["put her in a prison cell"])
+
+Photos of any size and mode: each is optimized at its working resolution (photos sharing one are
+batched), δ is applied at full resolution, and every output meets the L∞ guarantee.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import AttackConfig, validate_prompts
+from .danp import DanpObjective, Objective, PGDResult, pgd
+from .imageio import DecodedImage, apply_delta, decode_image, linf_levels, psnr_db, to_tensor, working_size
+from .models import EditorBundle
+
+logger = logging.getLogger(__name__)
+
+PhotoLike = DecodedImage | Image.Image | np.ndarray | bytes | str | os.PathLike
+
+
+@dataclass
+class ProtectedImage:
+    """One protected photo and what was measured on it."""
+
+    pixels: np.ndarray                    # uint8 HxWx3, or HxW for grayscale sources
+    alpha: np.ndarray | None
+    linf_levels: int                      # measured max |out − in| in 8-bit levels
+    psnr_db: float                        # protected vs original
+    loss_first: float
+    loss_last: float
+    terms: dict[str, tuple[float, float]] = field(default_factory=dict)  # term -> (first, last)
+    working_size: tuple[int, int] = (0, 0)
+    seconds: float = 0.0                  # share of the batch's optimization time
+
+    @property
+    def image(self) -> Image.Image:
+        img = Image.fromarray(self.pixels)
+        if self.alpha is not None:
+            img.putalpha(Image.fromarray(self.alpha))
+        return img
+
+
+def as_decoded(photo: PhotoLike, max_pixels: int = 40_000_000) -> DecodedImage:
+    """Accept a decoded image, a PIL image, an HxW(x3) uint8 array, encoded bytes or a file path."""
+    if isinstance(photo, DecodedImage):
+        return photo
+    if isinstance(photo, (str, os.PathLike)):
+        with open(photo, "rb") as fh:
+            return decode_image(fh.read(), max_pixels=max_pixels)
+    if isinstance(photo, np.ndarray):
+        if photo.dtype != np.uint8 or photo.ndim not in (2, 3):
+            raise ValueError(f"array photos must be uint8 HxW or HxWx3, got {photo.dtype} {photo.shape}")
+        photo = Image.fromarray(photo)
+    if isinstance(photo, Image.Image):
+        buf = io.BytesIO()
+        photo.save(buf, format="PNG")
+        photo = buf.getvalue()
+    if isinstance(photo, bytes):
+        return decode_image(photo, max_pixels=max_pixels)
+    raise TypeError(f"cannot protect an object of type {type(photo).__name__}")
+
+
+class Immunizer:
+    """Computes protections against one frozen editor with one attack configuration."""
+
+    def __init__(self, editor: EditorBundle, config: AttackConfig | None = None) -> None:
+        self.editor = editor
+        self.config = (config or AttackConfig()).validate()
+
+    def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> Objective:
+        if self.config.method == "danp":
+            return DanpObjective(self.editor, self.config, prompts, seeds, x0)
+        from .baselines import build_objective
+
+        return build_objective(self.config.method, self.editor, self.config, prompts, seeds, x0)
+
+    def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> PGDResult:
+        """Run PGD on a batch of working-resolution photos x0 [B,3,h,w] in [0,1]."""
+        x0 = x0.to(self.editor.device, torch.float32)
+        if self.config.method == "random":
+            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+            noise = torch.stack([torch.rand(x0.shape[1:], generator=g) for g in gens]).to(x0.device)
+            delta = (2 * noise - 1) * self.config.eps
+            return PGDResult((x0 + delta).clamp(0, 1) - x0, {})
+        return pgd(x0, self.objective(x0, prompts, seeds), self.config)
+
+    def protect(
+        self,
+        photos: list[PhotoLike] | PhotoLike,
+        prompts: str | list[str] | list[list[str]],
+        seeds: list[int] | None = None,
+    ) -> list[ProtectedImage]:
+        """Protect photos against edits by ``prompts`` (one list for all photos, or one list per photo)."""
+        photos = photos if isinstance(photos, list) else [photos]
+        per_photo = self._prompts_per_photo(prompts, len(photos))
+        seeds = [self.config.seed] * len(photos) if seeds is None else list(seeds)
+        if len(seeds) != len(photos):
+            raise ValueError(f"got {len(seeds)} seeds for {len(photos)} photos")
+        decoded = [as_decoded(p) for p in photos]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, img in enumerate(decoded):
+            groups[working_size(img.width, img.height, self.config.resolution, self.config.resolution_multiple)].append(i)
+        results: list[ProtectedImage | None] = [None] * len(photos)
+        for size, members in groups.items():
+            start = time.perf_counter()
+            x0 = torch.stack([to_tensor(decoded[i], size) for i in members])
+            out = self.perturb(x0, [per_photo[i] for i in members], [seeds[i] for i in members])
+            elapsed = (time.perf_counter() - start) / len(members)
+            for j, i in enumerate(members):
+                results[i] = self._finish(decoded[i], out, j, size, elapsed)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, img: DecodedImage, out: PGDResult, j: int, size: tuple[int, int], seconds: float) -> ProtectedImage:
+        pixels = apply_delta(img, out.delta[j].cpu(), self.config.eps)
+        terms = {name: (float(h[0][j]), float(h[-1][j])) for name, h in out.history.items()}
+        total = out.total()
+        total_first, total_last = (float("nan"),) * 2 if total is None else (float(total[0, j]), float(total[-1, j]))
+        return ProtectedImage(pixels, img.alpha, linf_levels(img, pixels), psnr_db(img, pixels),
+                              total_first, total_last, terms, size, seconds)
+
+    @staticmethod
+    def _prompts_per_photo(prompts: str | list[str] | list[list[str]], n: int) -> list[list[str]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if prompts and all(isinstance(p, (list, tuple)) for p in prompts):
+            if len(prompts) != n:
+                raise ValueError(f"got {len(prompts)} prompt lists for {n} photos")
+            return [list(validate_prompts(p)) for p in prompts]
+        shared = list(validate_prompts(prompts))
+        return [shared] * n

@@ -1,0 +1,198 @@
+"""Load a frozen text-guided editor into an :class:`EditorBundle`.
+
+Two editor kinds: ``ip2p`` (InstructPix2Pix-style, 8-channel UNet input [z_t, E_img(x)]) and ``sd``
+(Stable Diffusion v1.x used as img2img / SDEdit, 4-channel UNet). Real checkpoints load from a
+diffusers repo id or a local directory, safetensors only and without remote code. ``tiny-ip2p`` and
+``tiny-sd`` are random editors built from small configs with an offline tokenizer, for tests and
+the demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .config import EDITOR_KINDS, TINY_MODELS
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_TOKENIZER_DIR = ASSETS / "tiny_clip_tokenizer"
+
+
+@dataclass
+class EditorBundle:
+    """The frozen parts of an editor that the attack and the attacker's edit need."""
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
+    kind: str
+    model_id: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def freeze(self) -> "EditorBundle":
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.eval()
+            module.requires_grad_(False)
+        return self
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "EditorBundle":
+        self.device = torch.device(device)
+        self.dtype = dtype or self.dtype
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.to(self.device)
+            if module.dtype != self.dtype:
+                module.to(self.dtype)
+        return self
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write a diffusers-layout directory (safetensors) that :func:`load_editor` reads back."""
+        path = Path(path)
+        for name in ("vae", "unet", "text_encoder"):
+            getattr(self, name).save_pretrained(path / name, safe_serialization=True)
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.scheduler.save_pretrained(path / "scheduler")
+        index = {"_class_name": _pipeline_class(self.kind), "_diffusers_version": _diffusers_version()}
+        (path / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on GPU and fp32 on CPU; half precision is refused on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ValueError("precision 'fp16' is not supported on CPU; use 'fp32' or 'bf16'")
+    return dtype
+
+
+def load_editor(
+    model_id: str,
+    revision: str | None = None,
+    *,
+    device: torch.device | str | None = None,
+    precision: str = "auto",
+    seed: int = 0,
+) -> EditorBundle:
+    """Load an editor by diffusers repo id, local directory, or tiny test name; returns it frozen."""
+    device = torch.device(device) if device is not None else default_device()
+    dtype = resolve_dtype(precision, device)
+    if model_id in TINY_MODELS:
+        bundle = tiny_editor(TINY_MODELS[model_id], seed=seed)
+    else:
+        bundle = _load_diffusers(model_id, revision)
+    bundle.to(device, dtype).freeze()
+    logger.info("loaded editor %s (kind=%s, revision=%s) on %s as %s",
+                bundle.model_id, bundle.kind, bundle.revision, device, dtype)
+    return bundle
+
+
+def _load_diffusers(model_id: str, revision: str | None) -> EditorBundle:
+    local = Path(model_id)
+    if not local.is_dir() and (model_id.startswith((".", "/", "~")) or model_id.count("/") != 1):
+        raise ValueError(f"model {model_id!r} is neither an existing directory nor a repo id of the form owner/name")
+    common = {"revision": revision, "use_safetensors": True}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", **common)
+        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", **common)
+        text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", **common)
+        tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", revision=revision)
+        scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", revision=revision)
+    except (OSError, EnvironmentError) as exc:
+        raise ValueError(f"cannot load editor {model_id!r} (revision {revision!r}) as safetensors: {exc}") from exc
+    in_channels = unet.config.in_channels
+    kinds = {8: "ip2p", 4: "sd"}
+    if in_channels not in kinds:
+        raise ValueError(f"model {model_id!r} has a UNet with {in_channels} input channels; "
+                         "supported: 8 (InstructPix2Pix) and 4 (Stable Diffusion img2img)")
+    resolved = revision or (_local_revision(local) if local.is_dir() else "main")
+    return EditorBundle(vae, unet, text_encoder, tokenizer, scheduler, kinds[in_channels],
+                        model_id, resolved, torch.device("cpu"), torch.float32)
+
+
+def _local_revision(path: Path) -> str:
+    """A content fingerprint of a local model directory: names and sizes of its weight and config files."""
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if file.suffix in (".safetensors", ".json", ".txt"):
+            digest.update(f"{file.relative_to(path)}:{file.stat().st_size}".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def tiny_editor(kind: str, seed: int = 0) -> EditorBundle:
+    """A random editor of the given kind built from small configs (latent factor 8, like SD)."""
+    if kind not in EDITOR_KINDS:
+        raise ValueError(f"unknown editor kind {kind!r}; expected one of {list(EDITOR_KINDS)}")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=8 if kind == "ip2p" else 4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    torch.manual_seed(seed + 2)
+    tokenizer = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+    ))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear")
+    name = f"tiny-{kind}"
+    return EditorBundle(vae, unet, text_encoder, tokenizer, scheduler, kind, name, f"random-seed{seed}",
+                        torch.device("cpu"), torch.float32)
+
+
+def _pipeline_class(kind: str) -> str:
+    return "StableDiffusionInstructPix2PixPipeline" if kind == "ip2p" else "StableDiffusionImg2ImgPipeline"
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
