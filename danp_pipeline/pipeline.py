@@ -1,0 +1,136 @@
+"""The Ray Data job, and nothing else: list → drop done → read → protect → commit → summary.
+
+Every photo ends as exactly one manifest row per configuration. The Protector commits each batch
+as one Parquet part as soon as it is done, so a job killed at any point loses at most the batches
+in flight, and a rerun skips every photo whose row was committed (``ok`` rows always; ``error``
+rows too unless ``retry_errors``). Runs on the cluster at ``RAY_ADDRESS`` when set, else on a
+local Ray instance it starts and stops itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import ray
+
+from . import reader, storage, writer
+from .config import PipelineConfig, config_json, config_sha256
+from .provenance import INDEX_COLUMNS, MANIFEST_DIR, done_sources, read_manifest
+from .worker import Protector
+
+logger = logging.getLogger(__name__)
+
+#: Read tasks are I/O-bound: a quarter CPU each, so that on a 2-core machine they always fit
+#: beside the actors (an actor pool that claims every CPU starves the reads and the job hangs).
+READ_CPUS = 0.25
+#: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
+OBJECTS_PER_BLOCK = 4
+PROGRESS_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    ok: int
+    errors: int
+    skipped: int
+    total: int
+    seconds: float
+    photos_per_hour: float
+    output_uri: str
+    manifest_uri: str
+    run_id: str
+
+    def __str__(self) -> str:
+        return (f"{self.total} objects: {self.ok} ok, {self.errors} error, {self.skipped} skipped (already done) "
+                f"in {self.seconds:.1f} s ({self.photos_per_hour:.0f} photos/hour); "
+                f"images under {self.output_uri}/images, manifest under {self.manifest_uri}")
+
+
+def run(cfg: PipelineConfig) -> RunSummary:
+    """Protect every object under ``cfg.input_uri`` into ``cfg.output_uri``; log and return a summary."""
+    cfg = cfg.validate()
+    start, run_id = time.perf_counter(), uuid.uuid4().hex[:12]
+    out_fs, out_root = storage.filesystem(cfg.output_uri, cfg.storage_options)
+    manifest_dir = storage.join(out_root, MANIFEST_DIR)
+    config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision))
+    logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU / %.2g GPU, batch %d",
+                run_id, config_sha[:12], cfg.model, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, cfg.batch_size)
+
+    writer.remove_superseded(out_fs, manifest_dir)
+    prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
+    listed = list(reader.list_inputs(cfg, prompts))
+    done = done_sources(read_manifest(out_fs, manifest_dir, INDEX_COLUMNS), config_sha, retry_errors=cfg.retry_errors)
+    todo = list(reader.drop_done(listed, done))
+    logger.info("%d objects under %s: %d to protect, %d already done", len(listed), cfg.input_uri, len(todo),
+                len(listed) - len(todo))
+    _warn_unused_prompts(prompts, listed)
+
+    counts: Counter[str] = Counter()
+    if todo:
+        with _ray_session():
+            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / OBJECTS_PER_BLOCK))
+            ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
+                                fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
+                                           "max_pixels": cfg.max_pixels})
+            ds = ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
+                                compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
+                                batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+            counts = _consume(ds, len(todo), start)
+        if cfg.retry_errors:
+            writer.remove_superseded(out_fs, manifest_dir)
+
+    seconds = time.perf_counter() - start
+    summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=len(listed) - len(todo), total=len(listed),
+                         seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
+                         output_uri=storage.to_uri(out_fs, out_root),
+                         manifest_uri=storage.to_uri(out_fs, manifest_dir), run_id=run_id)
+    logger.info("done: %s", summary)
+    return summary
+
+
+def _consume(ds: ray.data.Dataset, expected: int, start: float) -> Counter[str]:
+    """Drain the dataset (rows are already committed by the actors), logging progress."""
+    counts: Counter[str] = Counter()
+    last_log = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        counts.update(batch["status"].to_pylist())
+        for source, error in zip(batch["source_key"].to_pylist(), batch["error"].to_pylist()):
+            if error:
+                logger.debug("error %s: %s", source, error)
+        if time.perf_counter() - last_log >= PROGRESS_EVERY_S:
+            last_log = time.perf_counter()
+            done = counts["ok"] + counts["error"]
+            rate = counts["ok"] * 3600 / (last_log - start)
+            logger.info("progress: %d/%d (%d ok, %d error), %.0f photos/hour", done, expected, counts["ok"],
+                        counts["error"], rate)
+    return counts
+
+
+class _ray_session:
+    """Use the Ray already initialized in this process, else connect to ``RAY_ADDRESS``, else start
+    a local instance (token auth on, as Ray starts it) and stop it on exit."""
+
+    def __enter__(self) -> None:
+        self.owned = not ray.is_initialized()
+        if self.owned:
+            address = os.environ.get("RAY_ADDRESS") or "local"
+            logger.info("starting Ray (%s)", "cluster at RAY_ADDRESS" if address != "local" else "local instance")
+            ray.init(address=address, include_dashboard=False if address == "local" else None,
+                     logging_level=logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            ray.shutdown()
+
+
+def _warn_unused_prompts(prompts: dict[str, tuple[str, ...]], listed: list[dict]) -> None:
+    if prompts:
+        unused = set(prompts) - {item["source_key"] for item in listed}
+        if unused:
+            logger.warning("prompts file: %d key(s) match no input object, e.g. %r", len(unused), sorted(unused)[0])

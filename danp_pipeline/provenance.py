@@ -1,0 +1,165 @@
+"""Provenance: the manifest schema, row construction, hashing, and reading the ledger back.
+
+The manifest is a Parquet dataset under ``OUTPUT/manifest/``: many small part files with one fixed
+schema (:data:`SCHEMA`), one row per input object and configuration. A row is identified by
+``(source_uri, config_sha256)``. When a reader meets more than one row for an identity (possible
+only after a crash between a retry and its clean-up, see writer.remove_superseded), the row that
+wins is the ``ok`` one if any, else the newest by ``finished_at``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_DIR = "manifest"
+IMAGES_DIR = "images"
+
+SCHEMA = pa.schema([
+    ("source_uri", pa.string()),
+    ("source_key", pa.string()),          # key relative to INPUT
+    ("source_sha256", pa.string()),
+    ("source_bytes", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("status", pa.string()),              # "ok" | "error"
+    ("error", pa.string()),
+    ("output_uri", pa.string()),
+    ("output_sha256", pa.string()),
+    ("method", pa.string()),
+    ("model_id", pa.string()),
+    ("model_revision", pa.string()),
+    ("prompts", pa.list_(pa.string())),
+    ("config_json", pa.string()),
+    ("config_sha256", pa.string()),
+    ("linf_levels", pa.int32()),
+    ("psnr_db", pa.float64()),
+    ("loss_first", pa.float64()),
+    ("loss_last", pa.float64()),
+    ("seed", pa.int64()),
+    ("duration_s", pa.float64()),
+    ("device", pa.string()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("package_version", pa.string()),
+    ("notes", pa.string()),               # decode notes: EXIF rotation applied, 16-bit reduced, …
+    ("run_id", pa.string()),
+])
+
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+#: Columns read to decide what a run still has to do.
+INDEX_COLUMNS: tuple[str, ...] = ("source_uri", "config_sha256", "status", "finished_at")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("danp-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A full manifest row: every schema column present, unknown names refused."""
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown manifest columns {sorted(unknown)}")
+    if fields.get("status") not in ("ok", "error"):
+        raise ValueError(f"status must be 'ok' or 'error', got {fields.get('status')!r}")
+    row = dict.fromkeys(COLUMNS)
+    row["package_version"] = package_version()
+    row.update(fields)
+    return row
+
+
+def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist([dict(r) for r in rows], schema=SCHEMA)
+
+
+def empty_table(columns: Iterable[str] = COLUMNS) -> pa.Table:
+    return SCHEMA.empty_table().select(list(columns))
+
+
+def list_parts(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> list[str]:
+    """Committed part files (temp files start with '.' and are ignored)."""
+    if not fs.exists(manifest_dir):
+        return []
+    paths = fs.find(manifest_dir, withdirs=False)
+    return sorted(p for p in paths if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+
+
+def read_part(fs: fsspec.AbstractFileSystem, path: str, columns: Iterable[str] | None = None) -> pa.Table:
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh, columns=list(columns) if columns is not None else None)
+    wanted = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+    return table.cast(wanted)
+
+
+def read_manifest(
+    fs: fsspec.AbstractFileSystem,
+    manifest_dir: str,
+    columns: Iterable[str] | None = None,
+    *,
+    with_part: bool = False,
+    threads: int = 16,
+) -> pa.Table:
+    """Every row of every part (duplicates included); ``with_part`` adds the part path as ``part``."""
+    columns = list(columns) if columns is not None else list(COLUMNS)
+    parts = list_parts(fs, manifest_dir)
+
+    def load(path: str) -> pa.Table:
+        table = read_part(fs, path, columns)
+        return table.append_column("part", pa.array([path] * table.num_rows, pa.string())) if with_part else table
+
+    if not parts:
+        table = empty_table(columns)
+        return table.append_column("part", pa.array([], pa.string())) if with_part else table
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(parts)))) as pool:
+        tables = list(pool.map(load, parts))
+    return pa.concat_tables(tables)
+
+
+def winners(table: pa.Table) -> pa.Table:
+    """One row per (source_uri, config_sha256): the ok row if any, else the newest."""
+    if table.num_rows == 0:
+        return table
+    ranked = table.append_column("_ok", pc.equal(table["status"], "ok")).append_column(
+        "_i", pa.array(range(table.num_rows), pa.int64()))
+    ranked = ranked.sort_by([("source_uri", "ascending"), ("config_sha256", "ascending"),
+                             ("_ok", "descending"), ("finished_at", "descending"), ("_i", "descending")])
+    src, cfg = ranked["source_uri"].to_pylist(), ranked["config_sha256"].to_pylist()
+    keep = [i == 0 or (src[i], cfg[i]) != (src[i - 1], cfg[i - 1]) for i in range(ranked.num_rows)]
+    return ranked.filter(pa.array(keep)).drop_columns(["_ok", "_i"])
+
+
+def done_sources(index: pa.Table, config_sha: str, *, retry_errors: bool = False) -> set[str]:
+    """Source URIs a run with ``config_sha`` must skip: those with an ok row, and with an error row
+    too unless ``retry_errors``."""
+    if index.num_rows == 0:
+        return set()
+    mine = winners(index.filter(pc.equal(index["config_sha256"], config_sha)))
+    if retry_errors:
+        mine = mine.filter(pc.equal(mine["status"], "ok"))
+    return set(mine["source_uri"].to_pylist())

@@ -1,0 +1,148 @@
+"""Reading: list the input keys, drop those already done, read and hash the bytes of the rest.
+
+Listing runs on the driver and yields small dicts (key, URI, size, sidecar prompts); the bytes are
+read by Ray tasks (:func:`read_objects`), hashed as they arrive, and an object that cannot be read
+becomes a row with ``read_error`` set instead of an exception.
+
+Prompts sidecar (``--prompts-file``): a JSON object ``{"key": "prompt" | ["prompt", …]}`` or a CSV
+file with a header ``key,prompt`` (several rows per key allowed). Keys are relative to INPUT. A
+photo whose key is not in the sidecar gets the ``--prompt`` values, or ``DEFAULT_PROMPTS`` when
+none were given. A sidecar stored under INPUT is not treated as a photo.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from . import storage
+from .config import PipelineConfig
+from .provenance import utcnow
+
+logger = logging.getLogger(__name__)
+
+READ_SCHEMA = pa.schema([
+    ("source_key", pa.string()),
+    ("source_uri", pa.string()),
+    ("path", pa.string()),
+    ("size", pa.int64()),
+    ("prompts", pa.list_(pa.string())),
+    ("data", pa.large_binary()),
+    ("source_sha256", pa.string()),
+    ("source_bytes", pa.int64()),
+    ("read_error", pa.string()),
+    ("read_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def max_source_bytes(max_pixels: int) -> int:
+    """Objects larger than this are refused unread: 8 bytes per allowed pixel (16-bit RGBA,
+    uncompressed) plus 1 MiB of headers and metadata."""
+    return 8 * max_pixels + 2**20
+
+
+def load_prompts_file(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, tuple[str, ...]]:
+    """Parse a JSON or CSV prompts sidecar into {key: prompts}; ValueError names what is wrong."""
+    fs, path = storage.filesystem(uri, storage_options)
+    try:
+        text = fs.cat_file(path).decode("utf-8-sig")
+    except Exception as exc:
+        raise ValueError(storage.scrub(f"cannot read prompts file {uri!r}: {type(exc).__name__}: {exc}",
+                                       storage_options)) from exc
+    if path.lower().endswith(".json") or text.lstrip().startswith("{"):
+        mapping = _prompts_from_json(uri, text)
+    else:
+        mapping = _prompts_from_csv(uri, text)
+    result = {}
+    for key, prompts in mapping.items():
+        key = _normalize_key(key)
+        prompts = tuple(prompts)
+        if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+            raise ValueError(f"prompts file {uri!r}: key {key!r} needs non-empty prompt strings, got {list(prompts)!r}")
+        result[key] = result.get(key, ()) + prompts
+    return result
+
+
+def _prompts_from_json(uri: str, text: str) -> dict[str, list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"prompts file {uri!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"prompts file {uri!r} must hold a JSON object {{key: prompt or [prompts]}}")
+    return {str(k): [v] if isinstance(v, str) else list(v) if isinstance(v, list) else [v] for k, v in data.items()}
+
+
+def _prompts_from_csv(uri: str, text: str) -> dict[str, list[str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"key", "prompt"} <= set(reader.fieldnames):
+        raise ValueError(f"prompts file {uri!r}: CSV needs a header with columns key,prompt; got {reader.fieldnames}")
+    mapping: dict[str, list[str]] = {}
+    for line in reader:
+        mapping.setdefault(line["key"] or "", []).append(line["prompt"] or "")
+    return mapping
+
+
+def _normalize_key(key: str) -> str:
+    while key.startswith("./"):
+        key = key[2:]
+    return key
+
+
+def list_inputs(config: PipelineConfig, prompts: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[dict[str, Any]]:
+    """Yield one item per file under INPUT, minus the prompts sidecar and anything under OUTPUT."""
+    fs, root = storage.filesystem(config.input_uri, config.storage_options)
+    excluded = _excluded_roots(config)
+    prompts = prompts or {}
+    for key, path, size in storage.list_files(fs, root):
+        uri = storage.to_uri(fs, path)
+        if any(uri == ex or uri.startswith(ex.rstrip("/") + "/") for ex in excluded):
+            continue
+        yield {"source_key": key, "source_uri": uri, "path": path, "size": size, "prompts": list(prompts.get(key, ()))}
+
+
+def _excluded_roots(config: PipelineConfig) -> list[str]:
+    excluded = []
+    out_fs, out_root = storage.filesystem(config.output_uri, config.storage_options)
+    excluded.append(storage.to_uri(out_fs, out_root))
+    if config.prompts_file:
+        side_fs, side_path = storage.filesystem(config.prompts_file, config.storage_options)
+        excluded.append(storage.to_uri(side_fs, side_path))
+    return excluded
+
+
+def drop_done(items: Iterable[dict[str, Any]], done: set[str]) -> Iterator[dict[str, Any]]:
+    """Items whose source URI has no final row in the manifest yet."""
+    return (item for item in items if item["source_uri"] not in done)
+
+
+def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[str, Any], max_pixels: int) -> pa.Table:
+    """Ray task: read and hash every object of the batch; failures become ``read_error``."""
+    fs, _ = storage.filesystem(input_uri, storage_options)
+    limit = max_source_bytes(max_pixels)
+    rows = [{**item, **_read_one(fs, item["path"], item.get("size") or 0, limit, storage_options)}
+            for item in batch.to_pylist()]
+    return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+
+
+def _read_one(fs: Any, path: str, listed_size: int, limit: int, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    read_at = utcnow()
+    if listed_size > limit:
+        return {"read_error": f"object too large: {listed_size} bytes > limit {limit} (from --max-pixels)",
+                "source_bytes": listed_size, "read_at": read_at}
+    hasher = hashlib.sha256()
+    try:
+        data = storage.read_hashed(fs, path, hasher)
+    except FileNotFoundError:
+        return {"read_error": "object vanished between listing and reading", "read_at": read_at}
+    except Exception as exc:
+        reason = storage.scrub(f"read failed: {type(exc).__name__}: {exc}", storage_options)
+        return {"read_error": reason, "read_at": read_at}
+    return {"data": data, "source_sha256": hasher.hexdigest(), "source_bytes": len(data), "read_at": read_at}

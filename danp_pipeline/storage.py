@@ -1,0 +1,171 @@
+"""Storage: fsspec filesystems from URIs, listing, safe relative keys and atomic writes.
+
+Any URI fsspec knows works: local paths, ``file://``, ``s3://`` (s3fs), ``gs://``, ``memory://``…
+Options come from ``--storage-options`` (passed to fsspec as keyword arguments) and, for S3, from
+the standard AWS environment variables: botocore reads ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_DEFAULT_REGION`` itself, and
+``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` become ``endpoint_url`` here when the options name
+none. Credentials are never copied into options, URIs, logs or errors: :func:`scrub` removes them
+from any text that leaves this module.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+_SECRET_OPTION = re.compile(r"secret|password|passwd|token|credential|key", re.IGNORECASE)
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+               "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING")
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+class UnsafeKeyError(ValueError):
+    """An object key that could escape OUTPUT or cannot name an output unambiguously."""
+
+
+def resolve_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for ``uri``: the given ones plus the S3 endpoint from the environment."""
+    options = dict(storage_options or {})
+    protocol = fsspec.core.split_protocol(uri)[0]
+    if protocol in ("s3", "s3a") and "endpoint_url" not in options:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        client_kwargs = options.get("client_kwargs") or {}
+        if endpoint and "endpoint_url" not in client_kwargs:
+            options["endpoint_url"] = endpoint
+    return options
+
+
+def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, root path without protocol) for a URI or a local path."""
+    try:
+        fs, root = fsspec.core.url_to_fs(uri, **resolve_options(uri, storage_options))
+    except Exception as exc:
+        raise ValueError(scrub(f"cannot open storage {uri!r}: {type(exc).__name__}: {exc}", storage_options)) from exc
+    return fs, root.rstrip("/") or root
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Canonical URI of ``path`` on ``fs`` (``file:///abs/path``, ``s3://bucket/key``), no user info."""
+    return _USERINFO.sub("", fs.unstrip_protocol(path))
+
+
+def join(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{key}" if root else key
+
+
+def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, str, int]]:
+    """Yield (key relative to ``root``, path, size in bytes) of every file under ``root``, sorted.
+
+    A root that is a single file yields that file under its base name.
+    """
+    if fs.isfile(root):
+        yield posixpath.basename(root), root, int(fs.info(root).get("size") or 0)
+        return
+    found = fs.find(root, withdirs=False, detail=True)
+    prefix = root.rstrip("/") + "/"
+    for path in sorted(found):
+        info = found[path]
+        if info.get("type", "file") != "file" or not path.startswith(prefix):
+            continue
+        yield path[len(prefix):], path, int(info.get("size") or 0)
+
+
+def safe_key(key: str) -> str:
+    """Return ``key`` if it can be used under OUTPUT as is; raise UnsafeKeyError otherwise.
+
+    Refused: empty keys, absolute keys, ``.``/``..``/empty segments (``a//b``), backslashes and
+    control characters. Nothing is rewritten, so two different input keys never map to the same
+    output key.
+    """
+    if not key:
+        raise UnsafeKeyError("unsafe key: empty")
+    if key.startswith("/"):
+        raise UnsafeKeyError(f"unsafe key {key!r}: absolute path")
+    if "\\" in key:
+        raise UnsafeKeyError(f"unsafe key {key!r}: backslash")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise UnsafeKeyError(f"unsafe key {key!r}: control character")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise UnsafeKeyError(f"unsafe key {key!r}: {segment or 'empty'!r} path segment")
+    return key
+
+
+def output_key(key: str) -> str:
+    """Relative output key of a protected photo: the input key (extension kept) plus ``.png``."""
+    return f"images/{safe_key(key)}.png"
+
+
+def is_within(fs: fsspec.AbstractFileSystem, path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or below it (lexically, after normalization)."""
+    path, root = posixpath.normpath(path), posixpath.normpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def read_hashed(fs: fsspec.AbstractFileSystem, path: str, hasher: Any, chunk_size: int = 8 * 2**20) -> bytes:
+    """Read a whole object, feeding ``hasher`` as the bytes arrive."""
+    chunks = []
+    with fs.open(path, "rb", block_size=chunk_size) as fh:
+        while chunk := fh.read(chunk_size):
+            hasher.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` so that no partial object is ever visible under ``path``.
+
+    Local files: a hidden temp file in the same directory, fsync, then ``os.replace``. Object
+    stores: one PUT (S3 makes a single PUT or a completed multipart upload visible atomically).
+    """
+    if isinstance(fs, LocalFileSystem):
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+    fs.pipe_file(path, data)
+
+
+def secrets(storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Every credential-looking string in the options (nested too) and the environment."""
+    found: list[str] = []
+
+    def walk(value: Any, name: str = "") -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, name)
+        elif isinstance(value, str) and _SECRET_OPTION.search(name) and len(value) >= 4:
+            found.append(value)
+
+    walk(dict(storage_options or {}))
+    found += [os.environ[name] for name in _SECRET_ENV if len(os.environ.get(name, "")) >= 4]
+    return sorted(set(found), key=len, reverse=True)
+
+
+def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``text`` with credentials (from options and environment) and URL user info replaced by ***."""
+    for secret in secrets(storage_options):
+        text = text.replace(secret, "***")
+    return _USERINFO.sub("***@", text)

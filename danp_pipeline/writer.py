@@ -1,0 +1,90 @@
+"""Manifest writing: one Parquet part per committed batch, written atomically.
+
+A part is the commit point of its photos: a photo whose row is in a part is done, a photo whose
+row is not will be (re)computed by the next run. Parts are named after what they contain,
+``part-<sha256(config_sha256, sorted source URIs)[:32]>.parquet``, so a batch that Ray retries
+after an actor died overwrites its own part instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .provenance import INDEX_COLUMNS, read_manifest, read_part, to_table, winners
+from .storage import atomic_write, join
+
+logger = logging.getLogger(__name__)
+
+
+def part_name(rows: Sequence[Mapping[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for config_sha, source in sorted((str(r["config_sha256"]), str(r["source_uri"])) for r in rows):
+        digest.update(f"{config_sha}\0{source}\n".encode())
+    return f"part-{digest.hexdigest()[:32]}.parquet"
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_part(fs: fsspec.AbstractFileSystem, manifest_dir: str, rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Commit ``rows`` as one part; returns its path (None when there is nothing to write)."""
+    if not rows:
+        return None
+    path = join(manifest_dir, part_name(rows))
+    atomic_write(fs, path, table_bytes(to_table(rows)))
+    return path
+
+
+def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
+    """Drop rows that lost to another row of the same (source_uri, config_sha256).
+
+    Happens after ``--retry-errors`` (the old error row loses to the new row) or after a crash that
+    let a straggling worker commit a photo twice. Each affected part is rewritten atomically
+    without the losing rows (deleted when nothing is left). Returns the number of rows removed.
+    """
+    index = read_manifest(fs, manifest_dir, INDEX_COLUMNS, with_part=True)
+    if index.num_rows == 0:
+        return 0
+    index = index.append_column("_row", pa.array(_row_numbers(index["part"].to_pylist()), pa.int64()))
+    kept = winners(index)
+    if kept.num_rows == index.num_rows:
+        return 0
+    keep_ids = set(zip(kept["part"].to_pylist(), kept["_row"].to_pylist()))
+    losers: dict[str, list[int]] = {}
+    for part, row in zip(index["part"].to_pylist(), index["_row"].to_pylist()):
+        if (part, row) not in keep_ids:
+            losers.setdefault(part, []).append(row)
+    removed = 0
+    for part, rows in losers.items():
+        table = read_part(fs, part)
+        mask = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(rows, pa.int64())))
+        remaining = table.filter(mask)
+        if remaining.num_rows:
+            atomic_write(fs, part, table_bytes(remaining))
+        else:
+            fs.rm(part)
+        removed += table.num_rows - remaining.num_rows
+    logger.info("manifest: removed %d superseded row(s) from %d part(s)", removed, len(losers))
+    return removed
+
+
+def _row_numbers(parts: list[str]) -> list[int]:
+    """Position of each row inside its part (rows of one part are contiguous in read order)."""
+    numbers, last, n = [], None, 0
+    for part in parts:
+        n = n + 1 if part == last else 0
+        numbers.append(n)
+        last = part
+    return numbers
