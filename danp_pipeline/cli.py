@@ -80,6 +80,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger photos")
     parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="redo photos whose manifest row is an error (default: a rerun skips them)")
     add_attack_options(parser)
 
 
@@ -98,6 +100,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         prompts=tuple(args.prompt), prompts_file=args.prompts_file, attack=attack_config(args),
         actors=args.actors, gpus_per_actor=gpus, cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=storage,
+        retry_errors=args.retry_errors,
     ).validate()
 
 

@@ -128,7 +128,8 @@ class PipelineConfig:
     cpus_per_actor: float = 0.5
     batch_size: int = 1
     max_pixels: int = 40_000_000
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
+    retry_errors: bool = False          # rerun redoes photos whose row is "error" (default: skip them)
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):
