@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from danp_pipeline.models import load_editor, tiny_editor
+
+
+@pytest.mark.parametrize("kind, channels", [("ip2p", 8), ("sd", 4)])
+def test_tiny_editors_have_the_real_layout(kind, channels):
+    bundle = tiny_editor(kind, seed=0)
+    assert bundle.kind == kind and bundle.unet.config.in_channels == channels
+    assert bundle.vae_scale_factor == 8                     # like SD: 64 px -> 8 latent
+    assert bundle.tokenizer.model_max_length == 77
+    assert bundle.num_train_timesteps == 1000
+
+
+def test_save_pretrained_and_load_back_through_the_real_path(tmp_path, tiny_ip2p):
+    tiny_ip2p.save_pretrained(tmp_path / "editor")
+    files = {p.name for p in (tmp_path / "editor").rglob("*")}
+    assert "diffusion_pytorch_model.safetensors" in files and "model.safetensors" in files
+    assert not any(name.endswith((".bin", ".pt", ".ckpt")) for name in files)
+    loaded = load_editor(str(tmp_path / "editor"), device="cpu")
+    assert loaded.kind == "ip2p" and loaded.revision.startswith("local-")
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 8, 8, 8, generator=gen)
+    ids = tiny_ip2p.tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for a, b in [(tiny_ip2p, loaded)]:
+            emb_a, emb_b = a.text_encoder(ids)[0], b.text_encoder(ids)[0]
+            assert torch.equal(emb_a, emb_b)
+            out_a = a.unet(sample, 10, encoder_hidden_states=emb_a).sample
+            out_b = b.unet(sample, 10, encoder_hidden_states=emb_b).sample
+            assert torch.equal(out_a, out_b)
+    assert all(not p.requires_grad for p in loaded.unet.parameters())
+    assert not loaded.unet.training
+
+
+def test_pickle_weights_are_refused(tmp_path, tiny_sd):
+    tiny_sd.save_pretrained(tmp_path / "editor")
+    unet_dir = tmp_path / "editor" / "unet"
+    state = {k: v for k, v in tiny_sd.unet.state_dict().items()}
+    (unet_dir / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save(state, unet_dir / "diffusion_pytorch_model.bin")
+    with pytest.raises(ValueError, match="safetensors"):
+        load_editor(str(tmp_path / "editor"), device="cpu")
+
+
+def test_unsupported_unet_is_refused(tmp_path, tiny_sd):
+    tiny_sd.save_pretrained(tmp_path / "editor")
+    cfg_path = tmp_path / "editor" / "unet" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["in_channels"] = 9        # an inpainting UNet
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="9 input channels"):
+        load_editor(str(tmp_path / "editor"), device="cpu")
