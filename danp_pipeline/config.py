@@ -24,7 +24,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 )
 
 #: Objectives the PGD loop knows (see danp.py and baselines.py).
-METHODS: tuple[str, ...] = ("danp",)
+METHODS: tuple[str, ...] = ("danp", "pge", "pgd-e2e", "sa", "advdm", "mist", "sds", "random")
 
 EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
 TINY_MODELS: dict[str, str] = {"tiny-ip2p": "ip2p", "tiny-sd": "sd"}
