@@ -64,7 +64,7 @@ def build_scheduler(bundle: EditorBundle, name: str = "auto"):
     if name == "pndm":
         return PNDMScheduler.from_config(config, skip_prk_steps=True)
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        return DDIMScheduler.from_config(config, clip_sample=False)
     raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {name!r}")
 
 
