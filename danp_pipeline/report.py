@@ -1,0 +1,133 @@
+"""The evaluation report: a Parquet table, a Markdown summary and one picture grid per photo.
+
+``results.parquet`` has one row per (photo, method, edit seed, robustness transform). The summary
+gives mean ± std per method over photos and seeds (efficacy: edit of the protected photo against
+edit of the clean one; fidelity: protected against original; cost per photo), then the efficacy
+PSNR/SSIM under each robustness transform. ``grids/<photo>.png`` has one row per method:
+original | protected | amplified δ | edit of clean | edit of protected.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+#: (column, header) of the efficacy metrics, with the direction that means "protection works".
+EFFICACY = (("psnr", "PSNR↓"), ("ssim", "SSIM↓"), ("fsim", "FSIM↓"), ("vifp", "VIFp↓"), ("lpips", "LPIPS↑"))
+FIDELITY = (("fidelity_psnr", "PSNR↑"), ("fidelity_ssim", "SSIM↑"), ("linf_levels", "L∞ (levels)"))
+COST = (("seconds", "s/photo"), ("peak_mem_mb", "peak MiB"))
+COLUMNS = ("photo", "prompt", "method", "seed", "transform", *(c for c, _ in EFFICACY + FIDELITY + COST),
+           "loss_first", "loss_last", "memory_kind", "model", "editor_kind")
+PANELS = 5
+
+
+def amplify(original: np.ndarray, protected: np.ndarray, levels: int) -> np.ndarray:
+    """δ shown as an image: mid-grey is zero, ±``levels`` map to black/white."""
+    delta = protected.astype(np.float32) - original.astype(np.float32)
+    scale = 127.5 / max(levels, 1)
+    return np.clip(np.rint(127.5 + delta * scale), 0, 255).astype(np.uint8)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Stack rows of equally sized uint8 HxWx3 panels into one image (len(rows)·H × PANELS·W)."""
+    if not rows or any(len(r) != PANELS for r in rows):
+        raise ValueError(f"every grid row needs {PANELS} panels, got {[len(r) for r in rows]}")
+    shapes = {p.shape for r in rows for p in r}
+    if len(shapes) != 1:
+        raise ValueError(f"grid panels must share one shape, got {sorted(shapes)}")
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+
+
+def _fmt(values: pd.Series, digits: int) -> str:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return "n/a"
+    mean, std = values.mean(), values.std(ddof=0) if len(values) > 1 else 0.0
+    if math.isinf(mean):
+        return "inf"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _digits(column: str) -> int:
+    return 2 if column in ("psnr", "fidelity_psnr", "seconds", "linf_levels") else (0 if column == "peak_mem_mb" else 4)
+
+
+def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[str] = (),
+                     settings: dict | None = None) -> str:
+    """Mean ± std per method: efficacy (no transform), fidelity and cost, then robustness."""
+    clean = df[df["transform"] == "none"]
+    per_photo = clean.drop_duplicates(["photo", "method"])
+    header = ["method", *(h for _, h in EFFICACY), *(f"fid. {h}" for _, h in FIDELITY), *(h for _, h in COST)]
+    rows = []
+    for m in methods:
+        eff, once = clean[clean["method"] == m], per_photo[per_photo["method"] == m]
+        rows.append([m, *(_fmt(eff[c], _digits(c)) for c, _ in EFFICACY),
+                     *(_fmt(once[c], _digits(c)) for c, _ in FIDELITY + COST)])
+    n_photos, n_seeds = df["photo"].nunique(), df["seed"].nunique()
+    parts = ["# Protection evaluation", "",
+             f"{n_photos} photo(s) × {n_seeds} edit seed(s) per method. Efficacy compares the edit of the "
+             "protected photo with the edit of the clean photo (same prompt, same seed): lower PSNR/SSIM/FSIM/"
+             "VIFp and higher LPIPS mean a stronger protection. Fidelity compares the protected photo with the "
+             "original. Mean ± std over photos × seeds (fidelity and cost: over photos).", "",
+             _table(header, rows)]
+    transforms = [t for t in dict.fromkeys(df["transform"]) if t != "none"]
+    if transforms:
+        parts += ["", "## Robustness", "",
+                  "Efficacy PSNR↓ / SSIM↓ when the protected photo is transformed before the edit "
+                  "(the edit of the clean photo is the reference).", ""]
+        rob_rows = []
+        for m in methods:
+            sub = df[df["method"] == m]
+            rob_rows.append([m, *(f"{_fmt(sub[sub['transform'] == t]['psnr'], 2)} / "
+                                  f"{_fmt(sub[sub['transform'] == t]['ssim'], 3)}" for t in ["none", *transforms])])
+        parts.append(_table(["method", "none", *transforms], rob_rows))
+    if notes:
+        parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    if settings:
+        parts += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True), "```"]
+    parts += ["", f"Grids (`grids/<photo>.png`): one row per method in the order {', '.join(methods)}; "
+              "columns: original | protected | amplified δ | edit of clean | edit of protected.", ""]
+    return "\n".join(parts)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str | os.PathLike,
+                 methods: Sequence[str], notes: Sequence[str] = (), settings: dict | None = None) -> dict[str, Path]:
+    """Write results.parquet, summary.md and grids/*.png under ``output_dir``; return their paths."""
+    out = Path(output_dir)
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = df.sort_values(["photo", "method", "seed", "transform"], kind="stable").reset_index(drop=True)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}
+    _atomic_write(paths["parquet"], buf.getvalue())
+    _atomic_write(paths["summary"], summary_markdown(df, methods, notes, settings).encode())
+    for name, pixels in grids.items():
+        png = io.BytesIO()
+        Image.fromarray(pixels).save(png, format="PNG")
+        _atomic_write(out / "grids" / f"{name}.png", png.getvalue())
+    logger.info("wrote %d rows, summary and %d grids to %s", len(df), len(grids), out)
+    return paths
