@@ -125,7 +125,7 @@ def load_pairs(source: str | Path, prompts: tuple[str, ...] = (), resolution: in
         if not prompts:
             raise ValueError(f"input {str(source)!r} is a folder: give the edit instruction(s) with --prompt")
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
-        entries = [(f, p) for f in files for p in validate_prompts(prompts)]
+        entries = [(f.relative_to(source), p) for f in files for p in validate_prompts(prompts)]
         root = source
     elif source.is_file():
         entries, root = _read_pairs_file(source), source.parent

@@ -56,8 +56,9 @@ FAST = ["--steps", "2", "--timesteps", "1", "--resolution", "64", "--editor-step
 
 # -- inputs --------------------------------------------------------------------------------------
 
-def test_folder_pairs_every_photo_with_every_prompt_at_working_resolution(photo_dir):
-    pairs = load_pairs(photo_dir, ("add fire", "make it snow"), resolution=64)
+def test_folder_pairs_every_photo_with_every_prompt_at_working_resolution(photo_dir, monkeypatch):
+    monkeypatch.chdir(photo_dir.parent)
+    pairs = load_pairs("photos", ("add fire", "make it snow"), resolution=64)
     assert [(p.name, p.prompt) for p in pairs] == [
         ("astronaut", "add fire"), ("astronaut-1", "make it snow"),
         ("sub_chelsea", "add fire"), ("sub_chelsea-1", "make it snow")]
@@ -67,7 +68,8 @@ def test_folder_pairs_every_photo_with_every_prompt_at_working_resolution(photo_
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "dict"])
-def test_pairs_files_resolve_photos_relative_to_the_file(photo_dir, fmt):
+def test_pairs_files_resolve_photos_relative_to_the_file(photo_dir, fmt, monkeypatch):
+    monkeypatch.chdir(photo_dir.parent)
     rows = [{"photo": "astronaut.png", "instruction": "add fire"}, {"photo": "sub/chelsea.jpg", "prompt": "make it snow"}]
     if fmt == "csv":
         text, suffix = "photo,instruction\nastronaut.png,add fire\nsub/chelsea.jpg,make it snow\n", "csv"
@@ -79,7 +81,7 @@ def test_pairs_files_resolve_photos_relative_to_the_file(photo_dir, fmt):
         text, suffix = json.dumps(rows), "json"
     path = photo_dir / f"pairs.{suffix}"
     path.write_text(text)
-    pairs = load_pairs(path, resolution=64)
+    pairs = load_pairs(path.relative_to(photo_dir.parent), resolution=64)
     assert [(p.name, p.prompt) for p in pairs] == [("astronaut", "add fire"), ("sub_chelsea", "make it snow")]
 
 
