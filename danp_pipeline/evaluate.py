@@ -254,8 +254,12 @@ def write_results(config: EvalConfig, results: list[tuple[str, list[dict], np.nd
     problem = lpips_problem(config.lpips_weights)
     if problem:
         notes.append(f"LPIPS was not computed (column empty, n/a above): {problem}")
-    kinds = sorted({row["memory_kind"] for row in rows})
-    notes.append(f"peak memory: {', '.join(kinds)} (MiB)")
+    meaning = {"cuda_max_allocated": "CUDA memory allocated by torch at its peak during the protection",
+               "rss_peak": "peak resident memory of the whole process during the protection (editor included)",
+               "rss_peak_since_start": "peak resident memory of the process since it started (no per-photo reset)"}
+    for kind in sorted({row["memory_kind"] for row in rows}):
+        notes.append(f"peak MiB = {meaning.get(kind, kind)}")
+    notes.append("s/photo = wall time of the protection alone; the first method of each worker includes warm-up")
     return write_report(rows, {name: g for name, _, g in results}, output_dir, config.methods, notes,
                         config.settings())
 

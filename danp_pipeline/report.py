@@ -70,8 +70,9 @@ def _digits(column: str) -> int:
 
 
 def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[str] = (),
-                     settings: dict | None = None) -> str:
-    """Mean ± std per method: efficacy (no transform), fidelity and cost, then robustness."""
+                     settings: dict | None = None, transforms: Sequence[str] | None = None) -> str:
+    """Mean ± std per method: efficacy (no transform), fidelity and cost, then robustness (columns in
+    the order of ``transforms``, default: first appearance in ``df``)."""
     clean = df[df["transform"] == "none"]
     per_photo = clean.drop_duplicates(["photo", "method"])
     header = ["method", *(h for _, h in EFFICACY), *(f"fid. {h}" for _, h in FIDELITY), *(h for _, h in COST)]
@@ -87,7 +88,7 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
              "VIFp and higher LPIPS mean a stronger protection. Fidelity compares the protected photo with the "
              "original. Mean ± std over photos × seeds (fidelity and cost: over photos).", "",
              _table(header, rows)]
-    transforms = [t for t in dict.fromkeys(df["transform"]) if t != "none"]
+    transforms = [t for t in (transforms or dict.fromkeys(df["transform"])) if t != "none"]
     if transforms:
         parts += ["", "## Robustness", "",
                   "Efficacy PSNR↓ / SSIM↓ when the protected photo is transformed before the edit "
@@ -119,12 +120,13 @@ def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str
     out = Path(output_dir)
     (out / "grids").mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
+    transforms = list(dict.fromkeys(df["transform"]))
     df = df.sort_values(["photo", "method", "seed", "transform"], kind="stable").reset_index(drop=True)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}
     _atomic_write(paths["parquet"], buf.getvalue())
-    _atomic_write(paths["summary"], summary_markdown(df, methods, notes, settings).encode())
+    _atomic_write(paths["summary"], summary_markdown(df, methods, notes, settings, transforms).encode())
     for name, pixels in grids.items():
         png = io.BytesIO()
         Image.fromarray(pixels).save(png, format="PNG")

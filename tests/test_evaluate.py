@@ -167,6 +167,7 @@ def test_eval_writes_a_complete_readable_report(photo_dir, tmp_path, monkeypatch
     for m in methods:
         assert f"| {m} |" in summary
     assert "LPIPS was not computed" in summary and LPIPS_ENV_VAR in summary
+    assert "| method | none | jpeg75 | blur |" in summary                 # robustness in the order asked
     for name in ("astronaut", "sub_chelsea"):
         grid = Image.open(out / "grids" / f"{name}.png")
         assert grid.size == (PANELS * 64, len(methods) * 64) and grid.mode == "RGB"
