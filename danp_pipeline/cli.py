@@ -21,6 +21,7 @@ logger = logging.getLogger("danp_pipeline")
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("danp_pipeline.cli", "protect every photo under INPUT, writing to OUTPUT"),
+    "ingest": ("danp_pipeline.ingest", "protect only what is new or changed under INPUT since the last run (scheduled)"),
     "demo": ("danp_pipeline.demo", "run the whole pipeline offline on bundled photos with a tiny editor"),
     "verify": ("danp_pipeline.verify", "re-hash protected outputs against the manifest"),
     "eval": ("danp_pipeline.evaluate", "measure protection efficacy, fidelity, robustness and cost"),

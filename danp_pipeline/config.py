@@ -130,6 +130,7 @@ class PipelineConfig:
     max_pixels: int = 40_000_000
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     retry_errors: bool = False          # rerun redoes photos whose row is "error" (default: skip them)
+    detect_changes: bool = False        # also redo objects whose bytes changed since their row (ingest.py)
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import ray
 
-from . import reader, storage, writer
+from . import ledger, reader, storage, writer
 from .config import PipelineConfig, config_json, config_sha256
-from .provenance import INDEX_COLUMNS, MANIFEST_DIR, done_sources, read_manifest
+from .provenance import MANIFEST_DIR, read_manifest
 from .worker import Protector
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def run(cfg: PipelineConfig) -> RunSummary:
     writer.remove_superseded(out_fs, manifest_dir)
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
     listed = list(reader.list_inputs(cfg, prompts))
-    done = done_sources(read_manifest(out_fs, manifest_dir, INDEX_COLUMNS), config_sha, retry_errors=cfg.retry_errors)
-    todo = list(reader.drop_done(listed, done))
+    index = read_manifest(out_fs, manifest_dir, ledger.LEDGER_COLUMNS)
+    todo = ledger.plan(listed, index, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes)
     logger.info("%d objects under %s: %d to protect, %d already done", len(listed), cfg.input_uri, len(todo),
                 len(listed) - len(todo))
     _warn_unused_prompts(prompts, listed)
@@ -82,7 +82,7 @@ def run(cfg: PipelineConfig) -> RunSummary:
                                 compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
                                 batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
             counts = _consume(ds, len(todo), start)
-        if cfg.retry_errors:
+        if any(item["reason"] != "new" for item in todo):  # drop the rows that retried/changed photos replace
             writer.remove_superseded(out_fs, manifest_dir)
 
     seconds = time.perf_counter() - start

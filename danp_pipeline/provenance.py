@@ -2,9 +2,10 @@
 
 The manifest is a Parquet dataset under ``OUTPUT/manifest/``: many small part files with one fixed
 schema (:data:`SCHEMA`), one row per input object and configuration. A row is identified by
-``(source_uri, config_sha256)``. When a reader meets more than one row for an identity (possible
-only after a crash between a retry and its clean-up, see writer.remove_superseded), the row that
-wins is the ``ok`` one if any, else the newest by ``finished_at``.
+``(source_uri, config_sha256)``. When a reader meets more than one row for an identity (after a
+retry, a re-protection of changed bytes, or a crash before the clean-up of writer.remove_superseded)
+the newest row by ``finished_at`` wins, except that an ``error`` row never displaces an ``ok`` row
+for the same bytes (same ``source_sha256``, or bytes unknown because the read failed).
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ SCHEMA = pa.schema([
     ("package_version", pa.string()),
     ("notes", pa.string()),               # decode notes: EXIF rotation applied, 16-bit reduced, …
     ("run_id", pa.string()),
+    ("source_etag", pa.string()),         # listing fingerprint when read: "etag:…" or "mtime:…" (ingest)
+    ("reason", pa.string()),              # why this run processed it: new | changed (sha256 a→b) | retry
 ])
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 #: Columns read to decide what a run still has to do.
-INDEX_COLUMNS: tuple[str, ...] = ("source_uri", "config_sha256", "status", "finished_at")
+INDEX_COLUMNS: tuple[str, ...] = ("source_uri", "config_sha256", "status", "finished_at", "source_sha256")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -111,10 +114,16 @@ def list_parts(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> list[str]:
 
 
 def read_part(fs: fsspec.AbstractFileSystem, path: str, columns: Iterable[str] | None = None) -> pa.Table:
-    with fs.open(path, "rb") as fh:
-        table = pq.read_table(fh, columns=list(columns) if columns is not None else None)
+    """One part as ``columns`` of SCHEMA; columns a part predates (added later) read as nulls."""
     wanted = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
-    return table.cast(wanted)
+    with fs.open(path, "rb") as fh:
+        parquet = pq.ParquetFile(fh)
+        present = [name for name in wanted.names if name in parquet.schema_arrow.names]
+        table = parquet.read(columns=present)
+    for name in wanted.names:
+        if name not in present:
+            table = table.append_column(name, pa.nulls(table.num_rows, wanted.field(name).type))
+    return table.select(wanted.names).cast(wanted)
 
 
 def read_manifest(
@@ -142,16 +151,28 @@ def read_manifest(
 
 
 def winners(table: pa.Table) -> pa.Table:
-    """One row per (source_uri, config_sha256): the ok row if any, else the newest."""
+    """The current row per (source_uri, config_sha256): the newest, unless it is an error and an ok
+    row exists for the same bytes (or the error's bytes are unknown): then the newest ok row."""
     if table.num_rows == 0:
         return table
-    ranked = table.append_column("_ok", pc.equal(table["status"], "ok")).append_column(
-        "_i", pa.array(range(table.num_rows), pa.int64()))
+    ranked = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
     ranked = ranked.sort_by([("source_uri", "ascending"), ("config_sha256", "ascending"),
-                             ("_ok", "descending"), ("finished_at", "descending"), ("_i", "descending")])
+                             ("finished_at", "descending"), ("_i", "descending")])
     src, cfg = ranked["source_uri"].to_pylist(), ranked["config_sha256"].to_pylist()
-    keep = [i == 0 or (src[i], cfg[i]) != (src[i - 1], cfg[i - 1]) for i in range(ranked.num_rows)]
-    return ranked.filter(pa.array(keep)).drop_columns(["_ok", "_i"])
+    status = ranked["status"].to_pylist()
+    sha = ranked["source_sha256"].to_pylist() if "source_sha256" in ranked.column_names else [None] * len(src)
+    keep, start, n = [], 0, ranked.num_rows
+    while start < n:
+        end = start + 1
+        while end < n and (src[end], cfg[end]) == (src[start], cfg[start]):
+            end += 1
+        pick = start  # the newest
+        ok = next((i for i in range(start, end) if status[i] == "ok"), None)
+        if status[start] != "ok" and ok is not None and (sha[start] is None or sha[ok] in (None, sha[start])):
+            pick = ok
+        keep.append(pick)
+        start = end
+    return ranked.take(pa.array(keep, pa.int64())).drop_columns(["_i"])
 
 
 def done_sources(index: pa.Table, config_sha: str, *, retry_errors: bool = False) -> set[str]:

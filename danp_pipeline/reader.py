@@ -39,6 +39,9 @@ READ_SCHEMA = pa.schema([
     ("source_bytes", pa.int64()),
     ("read_error", pa.string()),
     ("read_at", pa.timestamp("us", tz="UTC")),
+    ("source_etag", pa.string()),
+    ("reason", pa.string()),
+    ("previous_sha256", pa.string()),
 ])
 
 
@@ -101,11 +104,12 @@ def list_inputs(config: PipelineConfig, prompts: Mapping[str, tuple[str, ...]] |
     fs, root = storage.filesystem(config.input_uri, config.storage_options)
     excluded = _excluded_roots(config)
     prompts = prompts or {}
-    for key, path, size in storage.list_files(fs, root):
+    for key, path, info in storage.list_objects(fs, root):
         uri = storage.to_uri(fs, path)
         if any(uri == ex or uri.startswith(ex.rstrip("/") + "/") for ex in excluded):
             continue
-        yield {"source_key": key, "source_uri": uri, "path": path, "size": size, "prompts": list(prompts.get(key, ()))}
+        yield {"source_key": key, "source_uri": uri, "path": path, "size": int(info.get("size") or 0),
+               "prompts": list(prompts.get(key, ())), "source_etag": storage.object_version(info)}
 
 
 def _excluded_roots(config: PipelineConfig) -> list[str]:
@@ -127,8 +131,17 @@ def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[st
     """Ray task: read and hash every object of the batch; failures become ``read_error``."""
     fs, _ = storage.filesystem(input_uri, storage_options)
     limit = max_source_bytes(max_pixels)
-    rows = [{**item, **_read_one(fs, item["path"], item.get("size") or 0, limit, storage_options)}
-            for item in batch.to_pylist()]
+    rows = []
+    for item in batch.to_pylist():
+        row = {**item, **_read_one(fs, item["path"], item.get("size") or 0, limit, storage_options)}
+        previous = item.get("previous_sha256")
+        if previous and row.get("source_sha256") == previous:
+            logger.info("%s: listing changed but bytes did not (sha256 %s); nothing to redo", item["source_key"],
+                        previous[:12])
+            continue
+        if previous and row.get("source_sha256"):
+            row["reason"] = f"changed (sha256 {previous[:12]}→{row['source_sha256'][:12]})"
+        rows.append(row)
     return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
 
 

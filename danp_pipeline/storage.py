@@ -66,8 +66,15 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, 
 
     A root that is a single file yields that file under its base name.
     """
+    fs.invalidate_cache(root)  # object-store listings are cached per filesystem instance
+    for key, path, info in list_objects(fs, root):
+        yield key, path, int(info.get("size") or 0)
+
+
+def list_objects(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Like :func:`list_files`, with the listing's whole info dict (size, ETag, mtime, …)."""
     if fs.isfile(root):
-        yield posixpath.basename(root), root, int(fs.info(root).get("size") or 0)
+        yield posixpath.basename(root), root, fs.info(root)
         return
     found = fs.find(root, withdirs=False, detail=True)
     prefix = root.rstrip("/") + "/"
@@ -75,7 +82,20 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, 
         info = found[path]
         if info.get("type", "file") != "file" or not path.startswith(prefix):
             continue
-        yield path[len(prefix):], path, int(info.get("size") or 0)
+        yield path[len(prefix):], path, info
+
+
+def object_version(info: Mapping[str, Any]) -> str | None:
+    """A cheap change detector from a listing entry: the ETag where the store gives one (S3, GCS),
+    else the modification time (local files); None when the listing has neither."""
+    for name in ("ETag", "etag", "md5Hash", "generation"):
+        if info.get(name):
+            return f"etag:{str(info[name]).strip(chr(34))}"
+    for name in ("mtime", "LastModified", "updated", "last_modified"):
+        value = info.get(name)
+        if value:
+            return f"mtime:{value.isoformat() if hasattr(value, 'isoformat') else value}"
+    return None
 
 
 def safe_key(key: str) -> str:

@@ -135,7 +135,8 @@ class Protector:
             prompts=photo.prompts or list(record.get("prompts") or []) or self.default_prompts,
             config_json=self.config_json, config_sha256=self.config_sha256, seed=self.config.attack.seed,
             duration_s=time.perf_counter() - photo.clock, device=self.device_name,
-            started_at=photo.started, finished_at=utcnow(), notes=notes, run_id=self.run_id, **fields)
+            started_at=photo.started, finished_at=utcnow(), notes=notes, run_id=self.run_id,
+            source_etag=record.get("source_etag"), reason=record.get("reason"), **fields)
 
     def _reason(self, exc: BaseException) -> str:
         text = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,45 @@
+"""Bulk protect as a Ray job: the same options as ``danp-protect run``, on the cluster that runs it.
+
+    ray job submit --address http://HEAD:8265 --runtime-env jobs/runtime_env.yaml -- \\
+        python jobs/protect.py s3://archive/photos s3://protected/run1 --actors 8 --gpus-per-actor 1
+
+Inside a submitted job ``RAY_ADDRESS`` is set, so the pipeline joins that cluster instead of
+starting one. A thin wrapper: it parses with ``danp_pipeline.cli.configure`` and calls
+``danp_pipeline.pipeline.run``; everything else (skipping work already done, error rows, the
+manifest) is the library's. Exit status 0 when the job ran (bad photos are rows, not failures),
+2 on invalid options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from danp_pipeline import cli, pipeline
+
+logger = logging.getLogger("danp_pipeline.jobs.protect")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobs/protect.py", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for debug logs")
+    cli.configure(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = pipeline.run(cli.pipeline_config(args))
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Scheduled ingestion: the ledger decides what is new or changed, the lease keeps runs apart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+from pipeline_support import (encode, fast_config, ray_local, real_photo, s3_client, s3_endpoint,  # noqa: F401
+                              s3_options, upload)
+
+from danp_pipeline import ingest, ledger, provenance, storage, verify
+from danp_pipeline.ingest import IngestLock, LockHeld
+
+
+def photo(name: str, size=(64, 48), quality=90) -> bytes:
+    return encode(real_photo(name, size), "JPEG", quality=quality)
+
+
+def current(output_uri: str, options: dict | None = None) -> dict[str, dict]:
+    fs, root = storage.filesystem(output_uri, {**(options or {}), "skip_instance_cache": True})
+    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    keys = [r["source_key"] for r in rows]
+    assert len(keys) == len(set(keys)), f"more than one row for a photo: {sorted(keys)}"
+    return {r["source_key"]: r for r in rows}
+
+
+# -- the ledger (no Ray) ----------------------------------------------------------------------------
+
+def test_plan_processes_new_changed_and_retried_objects_and_skips_the_rest():
+    def listed(key, size, etag):
+        return {"source_key": key, "source_uri": f"s3://b/{key}", "size": size, "source_etag": etag}
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [provenance.make_row(source_uri=f"s3://b/{k}", status=st, config_sha256="c1", source_sha256=sha,
+                                source_bytes=n, source_etag=e, finished_at=t0 + timedelta(minutes=m))
+            for k, st, sha, n, e, m in [("same.jpg", "ok", "a" * 64, 10, "etag:1", 0),
+                                         ("edited.jpg", "ok", "b" * 64, 10, "etag:2", 0),
+                                         ("resized.jpg", "ok", "c" * 64, 10, "etag:3", 0),
+                                         ("broken.jpg", "error", None, None, "etag:4", 0),
+                                         ("legacy.jpg", "ok", "d" * 64, 10, None, 0)]]
+    index = provenance.to_table(rows).select(list(ledger.LEDGER_COLUMNS))
+    items = [listed("same.jpg", 10, "etag:1"), listed("edited.jpg", 10, "etag:9"), listed("resized.jpg", 11, "etag:3"),
+             listed("broken.jpg", 5, "etag:4"), listed("legacy.jpg", 10, "etag:7"), listed("fresh.jpg", 3, "etag:5")]
+    plan = {i["source_key"]: i for i in ledger.plan(items, index, "c1", detect_changes=True)}
+    assert {k: i["reason"] for k, i in plan.items()} == {"edited.jpg": "changed", "resized.jpg": "changed",
+                                                         "fresh.jpg": "new"}
+    assert plan["edited.jpg"]["previous_sha256"] == "b" * 64
+    assert [i["source_key"] for i in ledger.plan(items, index, "c1")] == ["fresh.jpg"]  # plain run: no change check
+    retried = ledger.plan(items, index, "c1", retry_errors=True)
+    assert [(i["source_key"], i["reason"]) for i in retried] == [("broken.jpg", "retry"), ("fresh.jpg", "new")]
+    assert len(ledger.plan(items, index, "other-config")) == len(items)
+
+
+# -- the lease (no Ray) -----------------------------------------------------------------------------
+
+def test_local_lock_excludes_a_second_run_until_released(tmp_path):
+    fs, root = storage.filesystem(str(tmp_path / "out"))
+    path = storage.join(root, ingest.LOCK_NAME)
+    with IngestLock(fs, path) as first:
+        with pytest.raises(LockHeld, match="another ingest run holds the lock since 20") as held:
+            IngestLock(fs, path).acquire()
+        assert first.owner in str(held.value)
+        started = time.monotonic()
+        with pytest.raises(LockHeld):
+            IngestLock(fs, path, wait_s=0.3, poll_s=0.1).acquire()
+        assert time.monotonic() - started >= 0.3
+    with IngestLock(fs, path):  # released: the next run gets it
+        pass
+
+
+def test_s3_lock_uses_conditional_writes_and_takes_over_only_an_expired_lease(s3_endpoint):
+    upload(s3_endpoint, "danp-lock", "x", {})
+    options = {**s3_options(s3_endpoint), "skip_instance_cache": True}
+    fs, _ = storage.filesystem("s3://danp-lock", options)
+    path = "danp-lock/out/_ingest.lock"
+    first = IngestLock(fs, path, ttl_s=60)
+    first.acquire()
+    with pytest.raises(LockHeld, match="another ingest run holds the lock since"):
+        IngestLock(fs, path).acquire()
+    first.release()
+    assert not fs.exists(path)
+
+    # a holder that died: its lease expired, and exactly one of two successors takes it over
+    stale = {"owner": "dead-host:1:abc", "since": "2026-01-01T00:00:00+00:00", "expires": "2026-01-01T01:00:00+00:00"}
+    s3_client(s3_endpoint).put_object(Bucket="danp-lock", Key="out/_ingest.lock", Body=json.dumps(stale).encode())
+    fs.invalidate_cache()
+    stale_etag = fs.info(path)["ETag"]
+    winner = IngestLock(fs, path, ttl_s=60)
+    winner.acquire()
+    loser = IngestLock(fs, path)
+    with pytest.raises(OSError):  # the loser's take-over, conditional on the stale ETag, is refused
+        loser._s3("put_object", Body=loser._payload(), IfMatch=stale_etag)
+    assert json.loads(fs.cat_file(path))["owner"] == winner.owner
+    winner.release()
+
+
+# -- end to end -------------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_local):
+    options = s3_options(s3_endpoint)
+    upload(s3_endpoint, "danp-ingest", "in", {"day1/a.jpg": photo("astronaut"), "day1/b.jpg": photo("chelsea")})
+    upload(s3_endpoint, "danp-ingest-out", "unrelated", {})
+    cfg = fast_config("s3://danp-ingest/in", "s3://danp-ingest-out/archive", storage_options=options)
+
+    first = ingest.ingest(cfg)
+    assert (first.ok, first.errors, first.skipped) == (2, 0, 0)
+    rows = current(cfg.output_uri, options)
+    assert {r["reason"] for r in rows.values()} == {"new"} and all(r["source_etag"] for r in rows.values())
+
+    upload(s3_endpoint, "danp-ingest", "in", {"day2/c.jpg": photo("coffee"), "day2/d.jpg": photo("camera")})
+    second = ingest.ingest(cfg)
+    assert (second.ok, second.skipped) == (2, 2)
+    rows = current(cfg.output_uri, options)
+    assert sorted(rows) == ["day1/a.jpg", "day1/b.jpg", "day2/c.jpg", "day2/d.jpg"]
+    assert rows["day1/a.jpg"]["run_id"] == first.run_id and rows["day2/c.jpg"]["run_id"] == second.run_id
+
+    old_sha = rows["day1/b.jpg"]["source_sha256"]
+    edited = photo("chelsea", quality=60)
+    upload(s3_endpoint, "danp-ingest", "in", {"day1/b.jpg": edited})
+    third = ingest.ingest(cfg)
+    assert (third.ok, third.skipped) == (1, 3)
+    rows = current(cfg.output_uri, options)
+    b = rows["day1/b.jpg"]
+    new_sha = provenance.sha256_hex(edited)
+    assert b["status"] == "ok" and b["source_sha256"] == new_sha and b["run_id"] == third.run_id
+    assert b["reason"] == f"changed (sha256 {old_sha[:12]}→{new_sha[:12]})"
+    assert verify.verify(cfg.output_uri, options).ok
+
+    assert ingest.ingest(cfg).ok == 0  # nothing new: nothing done
+
+
+@pytest.mark.integration
+def test_overlapping_ingest_runs_never_protect_a_photo_twice(tmp_path, ray_local):
+    (tmp_path / "in").mkdir()
+    for i, name in enumerate(["astronaut", "chelsea", "coffee"]):
+        (tmp_path / "in" / f"{i}.jpg").write_bytes(photo(name))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    lock_path = tmp_path / "out" / ingest.LOCK_NAME
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.update(first=ingest.ingest(cfg)))
+    first.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock_path.exists() and lock_path.stat().st_size):  # the first run holds the lease
+            assert first.is_alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        results["second"] = ingest.ingest(cfg)  # overlaps the first: refused at once
+    finally:
+        first.join(timeout=300)
+    assert results["second"] is None
+    assert results["first"].ok == 3
+    rows = current(cfg.output_uri)
+    assert sorted(rows) == ["0.jpg", "1.jpg", "2.jpg"] and all(r["status"] == "ok" for r in rows.values())
+    assert len({r["run_id"] for r in rows.values()}) == 1
+    assert ingest.ingest(cfg).skipped == 3
