@@ -12,6 +12,16 @@ from PIL import Image
 from danp_pipeline.models import load_editor
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models on a 2-core machine: a second intra-op thread only adds contention (measured 30x slower
+    under load), and Ray workers started by the tests need the other core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_ip2p():
     return load_editor("tiny-ip2p", device="cpu")
