@@ -32,6 +32,10 @@ READ_CPUS = 0.25
 #: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
 OBJECTS_PER_BLOCK = 4
 PROGRESS_EVERY_S = 30.0
+#: A Protector whose process or node dies is restarted and its batch resubmitted, without limit:
+#: a lost node costs retries, not photos (a retried batch overwrites its own manifest part).
+#: These are Ray Data's defaults, set here so that they stay the job's behaviour.
+ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ def run(cfg: PipelineConfig) -> RunSummary:
                                            "max_pixels": cfg.max_pixels})
             ds = ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
                                 compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
-                                batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+                                batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                                **ACTOR_FAULT_TOLERANCE)
             counts = _consume(ds, len(todo), start)
         if any(item["reason"] != "new" for item in todo):  # drop the rows that retried/changed photos replace
             writer.remove_superseded(out_fs, manifest_dir)

@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .storage import retrying
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_DIR = "manifest"
@@ -107,19 +109,18 @@ def empty_table(columns: Iterable[str] = COLUMNS) -> pa.Table:
 
 def list_parts(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> list[str]:
     """Committed part files (temp files start with '.' and are ignored)."""
-    if not fs.exists(manifest_dir):
+    if not retrying(fs.exists, manifest_dir, what=f"listing {manifest_dir}"):
         return []
-    paths = fs.find(manifest_dir, withdirs=False)
+    paths = retrying(fs.find, manifest_dir, withdirs=False, what=f"listing {manifest_dir}")
     return sorted(p for p in paths if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
 
 
 def read_part(fs: fsspec.AbstractFileSystem, path: str, columns: Iterable[str] | None = None) -> pa.Table:
     """One part as ``columns`` of SCHEMA; columns a part predates (added later) read as nulls."""
     wanted = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
-    with fs.open(path, "rb") as fh:
-        parquet = pq.ParquetFile(fh)
-        present = [name for name in wanted.names if name in parquet.schema_arrow.names]
-        table = parquet.read(columns=present)
+    parquet = pq.ParquetFile(pa.BufferReader(retrying(fs.cat_file, path, what=f"reading {path}")))
+    present = [name for name in wanted.names if name in parquet.schema_arrow.names]
+    table = parquet.read(columns=present)
     for name in wanted.names:
         if name not in present:
             table = table.append_column(name, pa.nulls(table.num_rows, wanted.field(name).type))

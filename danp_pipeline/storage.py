@@ -11,12 +11,16 @@ from any text that leaves this module.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import posixpath
+import random
 import re
 import tempfile
-from collections.abc import Iterator, Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -25,6 +29,24 @@ _SECRET_OPTION = re.compile(r"secret|password|passwd|token|credential|key", re.I
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
                "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Transient object-store errors (connection lost, timeouts, 5xx, throttling) are retried this many
+#: times in all, with exponential backoff and jitter, on top of botocore's/s3fs's own retries.
+RETRY_ATTEMPTS = 5
+RETRY_BASE_S = 0.2
+RETRY_MAX_S = 5.0
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                    "RequestTimeout", "InternalError", "ServiceUnavailable", "BadGateway", "GatewayTimeout",
+                    "500", "502", "503", "504"}
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                    "IncompleteReadError", "ResponseStreamingError", "ClientPayloadError", "ServerDisconnectedError",
+                    "ClientConnectionError", "ClientOSError", "ServerTimeoutError", "FSTimeoutError"}
+_TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.EAGAIN}
 
 
 class UnsafeKeyError(ValueError):
@@ -73,10 +95,10 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, 
 
 def list_objects(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """Like :func:`list_files`, with the listing's whole info dict (size, ETag, mtime, …)."""
-    if fs.isfile(root):
-        yield posixpath.basename(root), root, fs.info(root)
+    if retrying(fs.isfile, root, what=f"listing {root}"):
+        yield posixpath.basename(root), root, retrying(fs.info, root, what=f"listing {root}")
         return
-    found = fs.find(root, withdirs=False, detail=True)
+    found = retrying(fs.find, root, withdirs=False, detail=True, what=f"listing {root}")
     prefix = root.rstrip("/") + "/"
     for path in sorted(found):
         info = found[path]
@@ -96,6 +118,46 @@ def object_version(info: Mapping[str, Any]) -> str | None:
         if value:
             return f"mtime:{value.isoformat() if hasattr(value, 'isoformat') else value}"
     return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an object-store error is worth retrying: connection trouble, timeouts, HTTP 5xx/429 and
+    throttling codes, anywhere in the exception's cause chain. Missing objects and refused access
+    are permanent."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, UnsafeKeyError)):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, Mapping):
+            code = str((response.get("Error") or {}).get("Code", ""))
+            status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retrying(fn: Callable[..., T], *args: Any, what: str = "storage call", attempts: int = RETRY_ATTEMPTS,
+             **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, retried with exponential backoff while it fails transiently; the last
+    error (or the first permanent one) is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if attempt >= attempts or not is_transient(exc):
+                raise
+            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            logger.warning("%s: transient %s (attempt %d of %d), retrying in %.1f s", what, type(exc).__name__,
+                           attempt, attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def safe_key(key: str) -> str:
@@ -131,12 +193,17 @@ def is_within(fs: fsspec.AbstractFileSystem, path: str, root: str) -> bool:
 
 
 def read_hashed(fs: fsspec.AbstractFileSystem, path: str, hasher: Any, chunk_size: int = 8 * 2**20) -> bytes:
-    """Read a whole object, feeding ``hasher`` as the bytes arrive."""
-    chunks = []
-    with fs.open(path, "rb", block_size=chunk_size) as fh:
-        while chunk := fh.read(chunk_size):
-            hasher.update(chunk)
-            chunks.append(chunk)
+    """Read a whole object (retrying transient errors from the start), then feed ``hasher``."""
+    def read() -> list[bytes]:
+        chunks = []
+        with fs.open(path, "rb", block_size=chunk_size) as fh:
+            while chunk := fh.read(chunk_size):
+                chunks.append(chunk)
+        return chunks
+
+    chunks = retrying(read, what=f"reading {path}")
+    for chunk in chunks:
+        hasher.update(chunk)
     return b"".join(chunks)
 
 
@@ -144,7 +211,8 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` so that no partial object is ever visible under ``path``.
 
     Local files: a hidden temp file in the same directory, fsync, then ``os.replace``. Object
-    stores: one PUT (S3 makes a single PUT or a completed multipart upload visible atomically).
+    stores: one PUT (S3 makes a single PUT or a completed multipart upload visible atomically),
+    retried while it fails transiently (a PUT of the same bytes is idempotent).
     """
     if isinstance(fs, LocalFileSystem):
         directory = os.path.dirname(path) or "."
@@ -162,7 +230,7 @@ def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
                 os.unlink(tmp)
             raise
         return
-    fs.pipe_file(path, data)
+    retrying(fs.pipe_file, path, data, what=f"writing {path}")
 
 
 def secrets(storage_options: Mapping[str, Any] | None = None) -> list[str]:

@@ -1,0 +1,176 @@
+"""Object-store faults: transient errors are retried with backoff, permanent ones become error rows.
+
+The job runs against a fault-injecting HTTP proxy in front of the moto S3 server: every third
+request is answered ``503 ServiceUnavailable`` (a deterministic counter, at most once per distinct
+method + URL so that every operation can succeed within the retry budget) and one key is refused
+with ``403 AccessDenied`` every time. botocore's own retries are switched off (``max_attempts: 1``)
+so the retries that save the job are the pipeline's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+from botocore.exceptions import ClientError
+from pipeline_support import (SECRET_KEY, encode, fast_config, ray_local, real_photo, s3_endpoint,  # noqa: F401
+                              s3_options, upload)
+
+from danp_pipeline import pipeline, provenance, storage, verify
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
+
+
+class FaultProxy:
+    """A threaded HTTP proxy to ``upstream`` that fails every ``every``-th request with 503 (once per
+    method + URL) and every request whose path contains one of ``deny`` with 403."""
+
+    def __init__(self, upstream: str, every: int = 3, deny: tuple[str, ...] = ()) -> None:
+        self.upstream = urlsplit(upstream)
+        self.every, self.deny = every, deny
+        self.lock = threading.Lock()
+        self.count = self.transient = self.denied = 0
+        self.failed_once: set[tuple[str, str]] = set()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                body = self._body()
+                verdict = proxy.verdict(self.command, self.path)
+                if verdict:
+                    status, code = verdict
+                    payload = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>injected</Message></Error>"
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload) if self.command != "HEAD" else 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload.encode())
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                if body is not None:
+                    headers["Content-Length"] = str(len(body))
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in _HOP and (k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            def _body(self) -> bytes | None:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while (size := int(self.rfile.readline().split(b";")[0], 16)):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else (b"" if self.command in ("PUT", "POST") else None)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def verdict(self, method: str, path: str) -> tuple[int, str] | None:
+        with self.lock:
+            self.count += 1
+            if any(d in path for d in self.deny):
+                self.denied += 1
+                return 403, "AccessDenied"
+            if self.count % self.every == 0 and (method, path) not in self.failed_once:
+                self.failed_once.add((method, path))
+                self.transient += 1
+                return 503, "ServiceUnavailable"
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def no_botocore_retries(options: dict) -> dict:
+    return {**options, "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+def test_retrying_retries_only_transient_errors_and_gives_up_after_the_budget(monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
+
+    def flaky(failures: list[BaseException]):
+        calls = []
+
+        def fn():
+            calls.append(1)
+            if failures:
+                raise failures.pop(0)
+            return "done"
+        return fn, calls
+
+    wrapped = OSError("upstream said no")
+    wrapped.__cause__ = client_error("SlowDown", 503)
+    fn, calls = flaky([client_error("ServiceUnavailable", 503), ConnectionResetError(), wrapped])
+    assert storage.retrying(fn, what="t") == "done" and len(calls) == 4
+    assert len(sleeps) == 3 and sleeps[0] <= sleeps[1] <= sleeps[2] <= storage.RETRY_MAX_S  # backoff grows
+
+    for permanent in (client_error("AccessDenied", 403), FileNotFoundError("gone"), PermissionError("no")):
+        fn, calls = flaky([permanent])
+        with pytest.raises(type(permanent)):
+            storage.retrying(fn)
+        assert len(calls) == 1
+
+    fn, calls = flaky([TimeoutError()] * 10)
+    with pytest.raises(TimeoutError):
+        storage.retrying(fn, attempts=3)
+    assert len(calls) == 3
+
+
+@pytest.mark.integration
+def test_job_survives_a_flaky_s3_endpoint_and_records_permanent_failures(s3_endpoint, ray_local):
+    photos = {f"in/{i}.jpg": encode(real_photo(name, (64, 48)), "JPEG")
+              for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut", "chelsea"])}
+    photos["in/denied.jpg"] = encode(real_photo("coffee", (64, 48)), "JPEG")
+    upload(s3_endpoint, "danp-flaky", "src", photos)
+    upload(s3_endpoint, "danp-flaky-out", "unrelated", {})
+    proxy = FaultProxy(s3_endpoint, every=3, deny=("/danp-flaky/src/in/denied.jpg",))
+    try:
+        options = no_botocore_retries(s3_options(proxy.endpoint))
+        cfg = fast_config("s3://danp-flaky/src", "s3://danp-flaky-out/run", storage_options=options)
+        summary = pipeline.run(cfg)
+    finally:
+        proxy.close()
+    assert proxy.transient >= 10 and proxy.denied >= 1, (proxy.transient, proxy.denied)
+    assert (summary.ok, summary.errors) == (6, 1)
+
+    direct = s3_options(s3_endpoint)
+    fs, root = storage.filesystem(cfg.output_uri, {**direct, "skip_instance_cache": True})
+    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    assert sorted(r["source_key"] for r in rows) == sorted(k.removeprefix("src/") for k in photos)  # once each
+    denied = next(r for r in rows if r["source_key"] == "in/denied.jpg")
+    assert denied["status"] == "error" and denied["error"] == "read failed: PermissionError: Forbidden"
+    assert SECRET_KEY not in denied["error"]
+    assert all(r["status"] == "ok" for r in rows if r is not denied)
+    assert verify.verify(cfg.output_uri, direct).ok
