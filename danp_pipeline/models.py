@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_clip_tokenizer"
+CROSS_ATTENTION_SHARPNESS = 4.0
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _load_diffusers(model_id: str, revision: str | None) -> EditorBundle:
         text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", **common)
         tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", revision=revision)
         scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", revision=revision)
-    except (OSError, EnvironmentError) as exc:
+    except (OSError, RuntimeError) as exc:  # missing files / no safetensors / mismatched weights
         raise ValueError(f"cannot load editor {model_id!r} (revision {revision!r}) as safetensors: {exc}") from exc
     in_channels = unet.config.in_channels
     kinds = {8: "ip2p", 4: "sd"}
@@ -161,6 +162,14 @@ def tiny_editor(kind: str, seed: int = 0) -> EditorBundle:
         attention_head_dim=8,
         norm_num_groups=16,
     )
+    # Trained editors attend sharply to a few tokens per region; at default init the softmax over 77
+    # tokens is nearly uniform and the attention map is flat noise. Scaling the query/key projections
+    # of attn2 gives the random editor peaked, spatially varying cross-attention like a real one.
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_q.weight.mul_(CROSS_ATTENTION_SHARPNESS)
+                module.to_k.weight.mul_(CROSS_ATTENTION_SHARPNESS)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         in_channels=3,
@@ -186,6 +195,43 @@ def tiny_editor(kind: str, seed: int = 0) -> EditorBundle:
     name = f"tiny-{kind}"
     return EditorBundle(vae, unet, text_encoder, tokenizer, scheduler, kind, name, f"random-seed{seed}",
                         torch.device("cpu"), torch.float32)
+
+
+def full_size_editor(kind: str, seed: int = 0, device: torch.device | str = "cpu") -> EditorBundle:
+    """A random editor with the published full-size architecture, for timing without a download.
+
+    UNet, VAE and text encoder follow Stable Diffusion v1.5's configs (CLIP ViT-L/14 text encoder);
+    ``ip2p`` differs only by its 8-channel UNet input, as InstructPix2Pix. The tokenizer is the tiny
+    offline one: it changes token ids, not the cost. Modules are built directly on ``device``.
+    """
+    if kind not in EDITOR_KINDS:
+        raise ValueError(f"unknown editor kind {kind!r}; expected one of {list(EDITOR_KINDS)}")
+    tokenizer = CLIPTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    with torch.device(device):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=8 if kind == "ip2p" else 4, out_channels=4,
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+            attention_head_dim=8, norm_num_groups=32,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear")
+    name = "sd15-arch" if kind == "sd" else "ip2p-arch"
+    return EditorBundle(vae, unet, text_encoder, tokenizer, scheduler, kind, name, f"random-seed{seed}",
+                        torch.device(device), torch.float32)
 
 
 def _pipeline_class(kind: str) -> str:

@@ -50,4 +50,4 @@ def encode(arr: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
 
 
 def as_batch(*arrays: np.ndarray) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+    return torch.stack([torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255 for a in arrays])

@@ -30,7 +30,7 @@ def test_defaults_follow_the_spec():
     (dict(balance="auto"), "balance"),
     (dict(threshold_bins=1), "threshold_bins"),
     (dict(strength=1.5), "strength"),
-    (dict(resolution=100), "resolution"),
+    (dict(resolution=32), "resolution must be an integer >= 64, got 32"),
     (dict(use_daa=False, use_nba=False), "both False"),
     (dict(method="photoshop"), "method must be one of"),
 ])

@@ -1,0 +1,108 @@
+import torch
+
+from danp_pipeline.config import AttackConfig
+from danp_pipeline.danp import DanpObjective, combine, pgd
+from danp_pipeline.diffusion import attack_timesteps
+
+from conftest import as_batch, photo
+
+PROMPT = [["put her in a prison cell"]]
+
+
+def small(**changes) -> AttackConfig:
+    return AttackConfig(**{"steps": 12, "num_timesteps": 4, "resolution": 64, **changes}).validate()
+
+
+def evaluate(bundle, cfg, x0, x, seed=123):
+    """Loss terms at x with one fixed draw of timesteps and noise (independent of the attack's draws)."""
+    _, values = DanpObjective(bundle, cfg, PROMPT, [seed], x0).gradients(x, 0)
+    return {k: float(v[0]) for k, v in values.items()}
+
+
+def test_spec_timesteps_are_bin_centres_and_respect_strength():
+    assert attack_timesteps(1000, 10, 1.0, "centres").tolist() == list(range(50, 1000, 100))
+    assert attack_timesteps(1000, 4, 0.5, "centres").tolist() == [62, 187, 312, 437]
+    gen = torch.Generator().manual_seed(0)
+    drawn = attack_timesteps(1000, 10, 0.6, "random", gen)
+    assert all(60 * k <= t < 60 * (k + 1) for k, t in enumerate(drawn.tolist()))
+
+
+def test_danp_loss_falls_and_attention_moves_out_of_the_mask(tiny_ip2p):
+    cfg = small()
+    x0 = as_batch(photo("astronaut"))
+    result = pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [0], x0), cfg)
+    total = result.total()[:, 0]
+    assert total[-3:].mean() < total[:3].mean() - 1.0        # NBA opens a gap of several units
+    assert result.history["nba"][0].abs().item() < 1e-6        # NBA is exactly zero at δ = 0
+    before = evaluate(tiny_ip2p, cfg, x0, x0)
+    after = evaluate(tiny_ip2p, cfg, x0, x0 + result.delta)
+    assert after["daa"] + after["nba"] < before["daa"] + before["nba"]
+    assert after["att_inside"] < before["att_inside"]
+    assert after["att_outside"] > before["att_outside"]
+
+
+def test_daa_alone_lowers_attention_inside_a_fixed_mask(tiny_ip2p):
+    cfg = small(use_nba=False, mask="fixed", steps=8)
+    x0 = as_batch(photo("chelsea"))
+    result = pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [0], x0), cfg)
+    before = evaluate(tiny_ip2p, cfg, x0, x0)
+    after = evaluate(tiny_ip2p, cfg, x0, x0 + result.delta)
+    assert after["daa"] < before["daa"]
+    assert after["att_inside"] < before["att_inside"] and after["att_outside"] > before["att_outside"]
+
+
+def test_delta_respects_the_budget_and_the_pixel_range(tiny_sd):
+    cfg = small(steps=4, eps=0.05, step_size=0.02)
+    x0 = as_batch(photo("astronaut"), photo("coffee"))
+    x0[0, :, :8] = 1.0     # saturated pixels: δ may not push them past 1
+    result = pgd(x0, DanpObjective(tiny_sd, cfg, PROMPT * 2, [0, 0], x0), cfg)
+    assert result.delta.abs().max().item() <= cfg.eps + 1e-7
+    assert result.delta.abs().max().item() > cfg.eps - 1e-6   # the budget is actually used
+    assert ((x0 + result.delta) >= 0).all() and ((x0 + result.delta) <= 1 + 1e-7).all()
+
+
+def test_same_seed_same_result_different_seed_different_result(tiny_ip2p):
+    cfg = small(steps=2, timesteps="random")
+    x0 = as_batch(photo("coffee"))
+
+    def run(seed):
+        return pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [seed], x0), cfg).delta
+
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a, b)
+    assert (a != c).float().mean().item() > 0.05
+
+
+def test_a_photo_gets_the_same_draws_alone_or_in_a_batch(tiny_ip2p):
+    """Noise and timesteps come from the photo's own seed, so batching does not change its objective."""
+    cfg = small(steps=1, timesteps="random")
+    x0 = as_batch(photo("astronaut"), photo("coffee"))
+    alone = pgd(x0[:1], DanpObjective(tiny_ip2p, cfg, PROMPT, [3], x0[:1]), cfg)
+    batched = pgd(x0, DanpObjective(tiny_ip2p, cfg, [PROMPT[0], ["add fire", "make it snow"]], [3, 4], x0), cfg)
+    for term in ("daa", "nba", "att_inside", "att_outside"):
+        a, b = alone.history[term][0][0].item(), batched.history[term][0][0].item()
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a)), (term, a, b)
+
+
+def test_every_option_of_the_spec_runs_and_changes_the_result(tiny_ip2p):
+    x0 = as_batch(photo("astronaut"))
+    base = small(steps=2, num_timesteps=2)
+    ref = pgd(x0, DanpObjective(tiny_ip2p, base, PROMPT, [0], x0), base).delta
+    for change in [dict(nba_target="noise"), dict(balance="raw"), dict(token_reduction="all"),
+                   dict(upsample="nearest"), dict(threshold_bins=16), dict(strength=0.5), dict(lambda_daa=0.0)]:
+        cfg = base.replace(**change)
+        out = pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [0], x0), cfg)
+        assert torch.isfinite(out.delta).all(), change
+        assert not torch.equal(out.delta, ref), change
+
+
+def test_gradient_balance_gives_each_term_unit_l1_norm_and_survives_zeros():
+    g1 = torch.randn(2, 3, 4, 4) * 1e-6
+    g2 = torch.randn(2, 3, 4, 4) * 1e3
+    g2[1] = 0
+    out = combine({"daa": g1, "nba": g2}, {"daa": 1.0, "nba": 1.0}, "grad")
+    assert torch.allclose(out[1].abs().sum(), torch.tensor(1.0))          # only daa, normalized
+    both = g1[0] / g1[0].abs().sum() + g2[0] / g2[0].abs().sum()
+    assert torch.allclose(out[0], both)
+    raw = combine({"daa": g1, "nba": g2}, {"daa": 1.0, "nba": 0.5}, "raw")
+    assert torch.allclose(raw, g1 + 0.5 * g2)
