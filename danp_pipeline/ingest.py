@@ -57,6 +57,7 @@ class IngestLock:
         self.fs, self.path, self.ttl_s, self.wait_s, self.poll_s = fs, path, ttl_s, wait_s, poll_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._fh: Any = None
+        self._since = datetime.now(timezone.utc)
         self._etag: str | None = None
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -103,7 +104,7 @@ class IngestLock:
 
     def _payload(self) -> bytes:
         now = datetime.now(timezone.utc)
-        return json.dumps({"owner": self.owner, "since": getattr(self, "_since", now).isoformat(),
+        return json.dumps({"owner": self.owner, "since": self._since.isoformat(),
                            "expires": (now + timedelta(seconds=self.ttl_s)).isoformat()}).encode()
 
     def _try_acquire(self) -> None:
