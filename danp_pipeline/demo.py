@@ -31,7 +31,9 @@ def sample_photos() -> list[Path]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .pipeline import read_manifest, run
+    from . import storage
+    from .pipeline import run
+    from .provenance import MANIFEST_DIR, read_manifest, winners
 
     root = Path(args.dir).resolve()
     originals = root / "originals"
@@ -42,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(input_uri=str(originals), output_uri=str(root / "protected"), model=args.model,
                          attack=attack, prompts=("put her in a prison cell", "make it look like a painting"))
     summary = run(cfg.validate())
-    rows = read_manifest(cfg.output_uri, cfg.storage_options)
+    fs, out_root = storage.filesystem(cfg.output_uri)
+    rows = winners(read_manifest(fs, storage.join(out_root, MANIFEST_DIR))).to_pylist()
     for row in sorted(rows, key=lambda r: r["source_uri"]):
         if row["status"] == "ok":
             logger.info("%-40s L∞ %d levels (bound %d)  PSNR %.2f dB  loss %.4g -> %.4g",
