@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 #: Read tasks are I/O-bound: a quarter CPU each, so that on a 2-core machine they always fit
 #: beside the actors (an actor pool that claims every CPU starves the reads and the job hangs).
 READ_CPUS = 0.25
+#: Concurrent read tasks per actor: enough to keep an actor fed, few enough that a small machine
+#: does not spend its CPUs starting worker processes.
+READ_TASKS_PER_ACTOR = 2
 #: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
 OBJECTS_PER_BLOCK = 4
 PROGRESS_EVERY_S = 30.0
@@ -58,7 +61,8 @@ class RunSummary:
 
 def run(cfg: PipelineConfig) -> RunSummary:
     """Protect every object under ``cfg.input_uri`` into ``cfg.output_uri``; log and return a summary."""
-    cfg = cfg.validate()
+    cfg = cfg.replace(storage_options=storage.resolve_options(
+        cfg.output_uri, storage.resolve_options(cfg.input_uri, cfg.storage_options)))
     start, run_id = time.perf_counter(), uuid.uuid4().hex[:12]
     out_fs, out_root = storage.filesystem(cfg.output_uri, cfg.storage_options)
     manifest_dir = storage.join(out_root, MANIFEST_DIR)
@@ -78,8 +82,10 @@ def run(cfg: PipelineConfig) -> RunSummary:
     counts: Counter[str] = Counter()
     if todo:
         with _ray_session():
-            ds = ray.data.from_items(todo, override_num_blocks=math.ceil(len(todo) / OBJECTS_PER_BLOCK))
+            blocks = math.ceil(len(todo) / OBJECTS_PER_BLOCK)
+            ds = ray.data.from_items(todo, override_num_blocks=blocks)
             ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
+                                compute=ray.data.TaskPoolStrategy(size=min(blocks, READ_TASKS_PER_ACTOR * cfg.actors)),
                                 fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
                                            "max_pixels": cfg.max_pixels})
             ds = ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
@@ -117,17 +123,28 @@ def _consume(ds: ray.data.Dataset, expected: int, start: float) -> Counter[str]:
     return counts
 
 
+#: Ray's raylet dies if its agents or workers take longer than 30 s / 60 s to start, which happens
+#: on a small, busy machine; a local instance started here waits longer (unless the user set these).
+SLOW_START_ENV = {"RAY_agent_register_timeout_ms": "300000", "RAY_worker_register_timeout_seconds": "300"}
+
+
 class _ray_session:
     """Use the Ray already initialized in this process, else connect to ``RAY_ADDRESS``, else start
     a local instance (token auth on, as Ray starts it) and stop it on exit."""
 
     def __enter__(self) -> None:
         self.owned = not ray.is_initialized()
-        if self.owned:
-            address = os.environ.get("RAY_ADDRESS") or "local"
-            logger.info("starting Ray (%s)", "cluster at RAY_ADDRESS" if address != "local" else "local instance")
-            ray.init(address=address, include_dashboard=False if address == "local" else None,
-                     logging_level=logging.WARNING)
+        if not self.owned:
+            return
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            logger.info("connecting to the Ray cluster at RAY_ADDRESS")
+            ray.init(address=address, logging_level=logging.WARNING)
+            return
+        logger.info("starting a local Ray instance")
+        for name, value in SLOW_START_ENV.items():
+            os.environ.setdefault(name, value)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
 
     def __exit__(self, *exc: object) -> None:
         if self.owned:

@@ -108,7 +108,8 @@ def empty_table(columns: Iterable[str] = COLUMNS) -> pa.Table:
 
 
 def list_parts(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> list[str]:
-    """Committed part files (temp files start with '.' and are ignored)."""
+    """Committed part files (temp files start with '.' and are ignored); never from a stale cache."""
+    fs.invalidate_cache(manifest_dir)
     if not retrying(fs.exists, manifest_dir, what=f"listing {manifest_dir}"):
         return []
     paths = retrying(fs.find, manifest_dir, withdirs=False, what=f"listing {manifest_dir}")

@@ -133,6 +133,11 @@ def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[st
     limit = max_source_bytes(max_pixels)
     rows = []
     for item in batch.to_pylist():
+        try:  # never touch an object whose key could escape OUTPUT (or that a client may normalize)
+            storage.safe_key(item["source_key"])
+        except storage.UnsafeKeyError as exc:
+            rows.append({**item, "read_error": str(exc), "read_at": utcnow()})
+            continue
         row = {**item, **_read_one(fs, item["path"], item.get("size") or 0, limit, storage_options)}
         previous = item.get("previous_sha256")
         if previous and row.get("source_sha256") == previous:

@@ -2,11 +2,9 @@
 
 Any URI fsspec knows works: local paths, ``file://``, ``s3://`` (s3fs), ``gs://``, ``memory://``…
 Options come from ``--storage-options`` (passed to fsspec as keyword arguments) and, for S3, from
-the standard AWS environment variables: botocore reads ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN`` and ``AWS_DEFAULT_REGION`` itself, and
-``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` become ``endpoint_url`` here when the options name
-none. Credentials are never copied into options, URIs, logs or errors: :func:`scrub` removes them
-from any text that leaves this module.
+the standard AWS environment variables of the process that launches the job (:func:`resolve_options`),
+so that Ray workers on other nodes reach the same storage. Credentials never go into URIs, logs or
+error messages: :func:`scrub` removes them from any text that leaves this module.
 """
 
 from __future__ import annotations
@@ -53,15 +51,32 @@ class UnsafeKeyError(ValueError):
     """An object key that could escape OUTPUT or cannot name an output unambiguously."""
 
 
+_S3_ENV = (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"), ("token", "AWS_SESSION_TOKEN"))
+
+
 def resolve_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """fsspec options for ``uri``: the given ones plus the S3 endpoint from the environment."""
+    """fsspec options for ``uri``: the given ones, completed for S3 from the standard AWS variables.
+
+    Given options always win. For ``s3://`` URIs, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``
+    become ``endpoint_url``, ``AWS_DEFAULT_REGION``/``AWS_REGION`` the client's region, and
+    ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` the credentials (unless the
+    options name their own credentials, a profile, or anonymous access). The job resolves these on
+    the machine where it is launched, so Ray workers on other nodes use the same storage.
+    """
     options = dict(storage_options or {})
-    protocol = fsspec.core.split_protocol(uri)[0]
-    if protocol in ("s3", "s3a") and "endpoint_url" not in options:
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client_kwargs = options.get("client_kwargs") or {}
-        if endpoint and "endpoint_url" not in client_kwargs:
-            options["endpoint_url"] = endpoint
+    if fsspec.core.split_protocol(uri)[0] not in ("s3", "s3a"):
+        return options
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and "endpoint_url" not in options and "endpoint_url" not in client_kwargs:
+        options["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region and "region_name" not in client_kwargs:
+        options["client_kwargs"] = {**client_kwargs, "region_name": region}
+    if not any(options.get(name) for name in ("key", "secret", "token", "profile", "anon")):
+        for name, variable in _S3_ENV:
+            if os.environ.get(variable):
+                options[name] = os.environ[variable]
     return options
 
 
@@ -104,6 +119,8 @@ def list_objects(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str
         info = found[path]
         if info.get("type", "file") != "file" or not path.startswith(prefix):
             continue
+        if path.endswith("/") and not info.get("size"):
+            continue  # an empty "dir/" marker object, not a photo
         yield path[len(prefix):], path, info
 
 

@@ -1,0 +1,223 @@
+"""The Ray Data job end to end: moto S3 in and out, bad inputs, rerun, crash and resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pipeline_support import (FAST_ARGS, FAST_ATTACK, SECRET_KEY, bad_inputs, check_linf, encode, fast_config,  # noqa: F401
+                              good_photos, odd_photos, ray_local, real_photo, s3_endpoint, s3_env, s3_options, upload)
+
+from danp_pipeline import pipeline, provenance, reader, storage, verify
+from danp_pipeline.worker import HANG_AFTER_PARTS_ENV
+
+RUN_TIMEOUT_S = 420
+
+
+# -- reader (no Ray) ----------------------------------------------------------------------------
+
+def test_prompts_file_json_and_csv(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"a.jpg": "add a hat", "./b/c.png": ["x", "y"]}))
+    (tmp_path / "p.csv").write_text("key,prompt\na.jpg,add a hat\na.jpg,make it snow\nb/c.png,x\n")
+    assert reader.load_prompts_file(str(tmp_path / "p.json")) == {"a.jpg": ("add a hat",), "b/c.png": ("x", "y")}
+    assert reader.load_prompts_file(str(tmp_path / "p.csv")) == {"a.jpg": ("add a hat", "make it snow"),
+                                                                   "b/c.png": ("x",)}
+    (tmp_path / "bad.json").write_text(json.dumps({"a.jpg": ""}))
+    with pytest.raises(ValueError, match="a.jpg"):
+        reader.load_prompts_file(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.csv").write_text("name,text\na,b\n")
+    with pytest.raises(ValueError, match="key,prompt"):
+        reader.load_prompts_file(str(tmp_path / "bad.csv"))
+    with pytest.raises(ValueError, match="cannot read prompts file"):
+        reader.load_prompts_file(str(tmp_path / "missing.json"))
+
+
+def test_listing_skips_the_sidecar_and_an_output_inside_input(tmp_path):
+    (tmp_path / "in" / "out" / "images").mkdir(parents=True)
+    (tmp_path / "in" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "in" / "prompts.json").write_text("{}")
+    (tmp_path / "in" / "out" / "images" / "a.jpg.png").write_bytes(b"x")
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "in" / "out"), prompts_file=str(tmp_path / "in/prompts.json"))
+    items = list(reader.list_inputs(cfg, {"a.jpg": ("p",)}))
+    assert [(i["source_key"], i["prompts"]) for i in items] == [("a.jpg", ["p"])]
+    assert items[0]["source_uri"] == f"file://{tmp_path}/in/a.jpg"
+
+
+def test_read_objects_hashes_and_turns_failures_into_rows(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"abc")
+    items = [{"source_key": "a.jpg", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 3, "prompts": []},
+             {"source_key": "gone.jpg", "source_uri": "", "path": str(tmp_path / "gone.jpg"), "size": 3, "prompts": []},
+             {"source_key": "huge.tif", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 10**12, "prompts": []},
+             {"source_key": "../up.jpg", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 3, "prompts": []}]
+    out = reader.read_objects(pa.Table.from_pylist(items), input_uri=str(tmp_path), storage_options={},
+                              max_pixels=1000).to_pylist()
+    assert out[0]["data"] == b"abc" and out[0]["source_sha256"] == provenance.sha256_hex(b"abc")
+    assert out[1]["read_error"] == "object vanished between listing and reading"
+    assert out[2]["read_error"].startswith("object too large") and out[2]["data"] is None
+    assert "unsafe key" in out[3]["read_error"] and out[3]["data"] is None
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+def manifest_rows(output_uri: str, options: dict | None = None) -> list[dict]:
+    fs, root = storage.filesystem(output_uri, options)
+    return provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+
+
+@pytest.mark.integration
+def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, ray_local, caplog):
+    caplog.set_level(logging.DEBUG, logger="danp_pipeline")
+    good, bad = {**good_photos(), **odd_photos()}, bad_inputs()
+    unsafe = {"nested/../../escape.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    sidecar = {"photos/2024/astronaut.jpg": ["give him a hat", "make it snow"]}
+    files = {**good, **{k: v for k, (v, _) in bad.items()}, **unsafe, "prompts.json": json.dumps(sidecar).encode()}
+    upload(s3_endpoint, "danp-archive", "in", files)
+    options = s3_options(s3_endpoint)
+    cfg = fast_config("s3://danp-archive/in", "s3://danp-protected/run", storage_options=options,
+                      prompts_file="s3://danp-archive/in/prompts.json", batch_size=2)
+    upload(s3_endpoint, "danp-protected", "unrelated", {})
+
+    summary = pipeline.run(cfg)
+
+    assert (summary.ok, summary.errors, summary.skipped) == (len(good), len(bad) + 1, 0)
+    assert summary.total == len(files) - 1 and summary.output_uri == "s3://danp-protected/run"
+    rows = {r["source_key"]: r for r in manifest_rows(cfg.output_uri, options)}
+    assert set(rows) == set(files) - {"prompts.json"}  # one row per object, the sidecar is not a photo
+    fs, _ = storage.filesystem(cfg.output_uri, options)
+    for key, data in good.items():
+        r = rows[key]
+        assert r["status"] == "ok", (key, r["error"])
+        assert r["source_uri"] == f"s3://danp-archive/in/{key}" and r["source_sha256"] == provenance.sha256_hex(data)
+        assert r["output_uri"] == f"s3://danp-protected/run/images/{key}.png"
+        out = fs.cat_file(r["output_uri"])
+        assert provenance.sha256_hex(out) == r["output_sha256"]
+        assert check_linf(data, out, FAST_ATTACK.eps) == r["linf_levels"] <= FAST_ATTACK.linf_levels_bound
+    for key, (_, reason) in bad.items():
+        assert rows[key]["status"] == "error" and reason in rows[key]["error"], (key, rows[key]["error"])
+    assert "unsafe key" in rows["nested/../../escape.jpg"]["error"]
+    assert rows["photos/2024/astronaut.jpg"]["prompts"] == sidecar["photos/2024/astronaut.jpg"]
+    assert rows["a/b.jpg"]["output_uri"] != rows["a/b.tiff"]["output_uri"]
+    assert not fs.exists("danp-protected/escape.jpg.png") and not fs.exists("danp-protected/run/escape.jpg.png")
+    manifest_text = json.dumps(list(rows.values()), default=str)
+    assert SECRET_KEY not in manifest_text and SECRET_KEY not in caplog.text
+
+    args = Namespace(output=cfg.output_uri, storage_options=json.dumps(options), threads=4)
+    assert verify.main(args) == 0
+
+    again = pipeline.run(cfg)  # rerun: nothing new, nothing duplicated
+    assert (again.ok, again.errors, again.skipped) == (0, 0, len(files) - 1)
+    assert len(manifest_rows(cfg.output_uri, options)) == len(rows)
+
+    tampered, deleted = rows["odd/rgba.png"]["output_uri"], rows["photos/camera.png"]["output_uri"]
+    fs.pipe_file(tampered, fs.cat_file(tampered) + b"\0")
+    fs.rm(deleted)
+    fs.pipe_file("danp-protected/run/images/stray.png", b"not ours")
+    report = verify.verify(cfg.output_uri, options)
+    assert (report.modified, report.missing) == ([tampered], [deleted])
+    assert report.unlisted == ["s3://danp-protected/run/images/stray.png"]
+    caplog.clear()
+    assert verify.main(args) == 1
+    assert tampered in caplog.text and deleted in caplog.text
+
+
+@pytest.mark.integration
+def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_local):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 64)), "JPEG"))
+    (tmp_path / "in" / "b.jpg").write_bytes(b"")  # not yet uploaded completely
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    first = pipeline.run(cfg)
+    assert (first.ok, first.errors) == (1, 1)
+    (tmp_path / "in" / "b.jpg").write_bytes(encode(real_photo("coffee", (64, 64)), "JPEG"))
+    assert pipeline.run(cfg).skipped == 2  # errors are final by default
+    retried = pipeline.run(cfg.replace(retry_errors=True))
+    assert (retried.ok, retried.errors, retried.skipped) == (1, 0, 1)
+    rows = manifest_rows(cfg.output_uri)
+    assert sorted((r["source_key"], r["status"]) for r in rows) == [("a.jpg", "ok"), ("b.jpg", "ok")]
+    assert verify.verify(cfg.output_uri).ok
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the job's whole session (driver, its Ray instance, its workers), then wait until it is gone."""
+    deadline = time.monotonic() + 60
+    while (pids := _session_pids(proc.pid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    proc.wait(timeout=30)
+    assert not _session_pids(proc.pid)
+
+
+def _cli(*args: str) -> list[str]:
+    exe = shutil.which("danp-protect", path=os.path.dirname(sys.executable))
+    return [exe, *args] if exe else [sys.executable, "-c", "from danp_pipeline.cli import cli_main; cli_main()", *args]
+
+
+@pytest.mark.integration
+def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpoint, ray_local, tmp_path):
+    """The first run starts its own local Ray (the CLI's default) and is killed, with all its
+    processes, after its second committed part; the rerun joins the session's Ray cluster through
+    RAY_ADDRESS (2 CPUs) and must finish, exit 0, without recomputing a committed photo."""
+    photos = {f"day{i}/img{i}.jpg": encode(real_photo(name, (64, 48)), "JPEG")
+              for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut"])}
+    upload(s3_endpoint, "danp-crash", "in", photos)
+    env = s3_env(s3_endpoint)  # credentials and endpoint through the standard AWS variables only
+    upload(s3_endpoint, "danp-out", "unrelated", {})
+    command = _cli("run", "s3://danp-crash/in", "s3://danp-out/crash", "--batch-size", "1", *FAST_ARGS)
+    options = s3_options(s3_endpoint)
+    fs = storage.filesystem("s3://danp-out", {**options, "skip_instance_cache": True})[0]
+
+    log = open(tmp_path / "crash.log", "wb")
+    proc = subprocess.Popen(command, env={**env, HANG_AFTER_PARTS_ENV: "2"}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # the fault hook reaches the workers of its own Ray only
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while len(provenance.list_parts(fs, "danp-out/crash/manifest")) < 2:
+            assert proc.poll() is None, (tmp_path / "crash.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no manifest part appeared"
+            time.sleep(1)
+    finally:
+        _kill_session(proc)
+    committed = manifest_rows("s3://danp-out/crash", options)
+    assert len(committed) == 2  # the worker stopped after its second part: nothing else was committed
+
+    cluster = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    done = subprocess.run(command, env={**env, **cluster}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3 ok, 0 error, 2 skipped" in done.stderr
+
+    rows = manifest_rows("s3://danp-out/crash", options)
+    assert sorted(r["source_key"] for r in rows) == sorted(photos)  # every photo exactly once
+    assert all(r["status"] == "ok" for r in rows)
+    by_key = {r["source_key"]: r for r in rows}
+    for old in committed:  # committed rows untouched, their photos not recomputed
+        assert by_key[old["source_key"]] == old
+    assert len({r["run_id"] for r in rows}) == 2
+    assert verify.verify("s3://danp-out/crash", options).ok
+    assert SECRET_KEY not in done.stderr + (tmp_path / "crash.log").read_text()

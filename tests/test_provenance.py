@@ -1,0 +1,107 @@
+"""provenance + writer: the fixed schema, the ledger's rules, idempotent parts, superseded rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pyarrow as pa
+import pytest
+
+from danp_pipeline import provenance, storage, writer
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def row(source: str, status: str = "ok", config: str = "c1", minutes: int = 0, **fields):
+    return provenance.make_row(source_uri=source, source_key=source.rsplit("/", 1)[-1], status=status,
+                               config_sha256=config, finished_at=T0 + timedelta(minutes=minutes),
+                               error=None if status == "ok" else "boom", **fields)
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    fs, root = storage.filesystem(str(tmp_path))
+    return fs, storage.join(root, provenance.MANIFEST_DIR)
+
+
+def test_schema_has_every_column_the_design_lists():
+    design = ("source_uri source_sha256 source_bytes width height status error output_uri output_sha256 method "
+              "model_id model_revision prompts config_json config_sha256 linf_levels psnr_db loss_first loss_last "
+              "seed duration_s device started_at finished_at package_version").split()
+    assert set(design) <= set(provenance.COLUMNS)
+    assert provenance.SCHEMA.field("prompts").type == pa.list_(pa.string())
+
+
+def test_make_row_fills_every_column_and_refuses_unknown_ones():
+    r = row("file:///a.jpg", prompts=["x"])
+    assert set(r) == set(provenance.COLUMNS)
+    assert r["package_version"] == provenance.package_version()
+    with pytest.raises(ValueError, match="unknown manifest columns"):
+        provenance.make_row(status="ok", password="x")
+    with pytest.raises(ValueError, match="status"):
+        provenance.make_row(status="done")
+
+
+def test_parts_round_trip_with_the_fixed_schema(manifest):
+    fs, mdir = manifest
+    rows = [row("s3://b/1.jpg", prompts=["a", "b"], psnr_db=float("inf")), row("s3://b/2.jpg", "error")]
+    path = writer.write_part(fs, mdir, rows)
+    table = provenance.read_manifest(fs, mdir)
+    assert table.schema == provenance.SCHEMA
+    assert table.num_rows == 2 and table["prompts"].to_pylist()[0] == ["a", "b"]
+    assert provenance.read_manifest(fs, mdir, with_part=True)["part"].to_pylist() == [path, path]
+    assert writer.write_part(fs, mdir, []) is None
+
+
+def test_part_names_are_deterministic_so_a_retried_batch_overwrites_itself(manifest):
+    fs, mdir = manifest
+    a, b = row("s3://b/1.jpg"), row("s3://b/2.jpg")
+    assert writer.part_name([a, b]) == writer.part_name([b, a])
+    assert writer.part_name([a]) != writer.part_name([a, b])
+    assert writer.part_name([a]) != writer.part_name([row("s3://b/1.jpg", config="c2")])
+    writer.write_part(fs, mdir, [a, b])
+    writer.write_part(fs, mdir, [b, a])
+    assert provenance.read_manifest(fs, mdir).num_rows == 2
+
+
+def test_temp_files_are_not_parts(manifest):
+    fs, mdir = manifest
+    writer.write_part(fs, mdir, [row("s3://b/1.jpg")])
+    fs.pipe_file(f"{mdir}/.tmp-half-written", b"garbage")
+    fs.pipe_file(f"{mdir}/_SUCCESS", b"")
+    assert len(provenance.list_parts(fs, mdir)) == 1
+    assert provenance.read_manifest(fs, provenance.MANIFEST_DIR + "-missing").num_rows == 0
+
+
+def test_winners_prefer_ok_then_newest():
+    table = provenance.to_table([
+        row("s3://b/1.jpg", "error", minutes=5), row("s3://b/1.jpg", "ok", minutes=1),
+        row("s3://b/2.jpg", "error", minutes=1), row("s3://b/2.jpg", "error", minutes=3),
+        row("s3://b/2.jpg", "ok", config="c2"),
+    ])
+    won = {(r["source_uri"], r["config_sha256"]): r for r in provenance.winners(table).to_pylist()}
+    assert len(won) == 3
+    assert won[("s3://b/1.jpg", "c1")]["status"] == "ok"
+    assert won[("s3://b/2.jpg", "c1")]["finished_at"] == T0 + timedelta(minutes=3)
+
+
+def test_done_sources_skip_errors_unless_retrying_and_ignore_other_configs():
+    index = provenance.to_table([row("s3://b/ok.jpg"), row("s3://b/err.jpg", "error"),
+                                 row("s3://b/other.jpg", config="c2")])
+    assert provenance.done_sources(index, "c1") == {"s3://b/ok.jpg", "s3://b/err.jpg"}
+    assert provenance.done_sources(index, "c1", retry_errors=True) == {"s3://b/ok.jpg"}
+    assert provenance.done_sources(index, "c3") == set()
+    assert provenance.done_sources(provenance.empty_table(), "c1") == set()
+
+
+def test_remove_superseded_leaves_exactly_one_row_per_identity(manifest):
+    fs, mdir = manifest
+    old = writer.write_part(fs, mdir, [row("s3://b/1.jpg", "error", minutes=0), row("s3://b/2.jpg")])
+    lone = writer.write_part(fs, mdir, [row("s3://b/3.jpg", "error", minutes=0)])
+    writer.write_part(fs, mdir, [row("s3://b/1.jpg", "ok", minutes=2), row("s3://b/3.jpg", "error", minutes=2)])
+    assert writer.remove_superseded(fs, mdir) == 2
+    table = provenance.read_manifest(fs, mdir)
+    assert sorted(table["source_uri"].to_pylist()) == ["s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg"]
+    assert dict(zip(table["source_uri"].to_pylist(), table["status"].to_pylist()))["s3://b/1.jpg"] == "ok"
+    assert fs.exists(old) and not fs.exists(lone)  # rewritten without the loser / deleted when empty
+    assert writer.remove_superseded(fs, mdir) == 0

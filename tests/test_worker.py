@@ -1,0 +1,137 @@
+"""worker.Protector called directly, without Ray: one row per input, bad photos become error rows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from pipeline_support import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, real_photo
+
+from danp_pipeline import provenance, reader, storage
+from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
+from danp_pipeline.immunizer import Immunizer
+from danp_pipeline.worker import Protector
+
+
+def read_batch(cfg, files: dict[str, bytes], tmp_path, prompts=None) -> pa.Table:
+    """Write files under INPUT and run the real listing and read stage on them."""
+    for key, data in files.items():
+        path = tmp_path / "in" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    items = list(reader.list_inputs(cfg, prompts))
+    return reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri,
+                               storage_options=cfg.storage_options, max_pixels=cfg.max_pixels)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """As in a Ray actor (OMP_NUM_THREADS=1 for num_cpus<2): on a busy 2-core machine two OpenMP
+    threads can be ~50x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+
+
+def test_one_row_per_input_in_order_with_readable_reasons(cfg, tmp_path):
+    bad = bad_inputs()
+    files = {"good.jpg": encode(real_photo("astronaut", (80, 64)), "JPEG"), **{k: v for k, (v, _) in bad.items()}}
+    batch = read_batch(cfg, files, tmp_path)
+    out = Protector(cfg, run_id="r1")(batch)
+    assert out.schema == provenance.SCHEMA
+    rows = {r["source_key"]: r for r in out.to_pylist()}
+    assert out["source_key"].to_pylist() == batch["source_key"].to_pylist()
+    assert rows["good.jpg"]["status"] == "ok"
+    for key, (_, reason) in bad.items():
+        assert rows[key]["status"] == "error" and reason in rows[key]["error"], (key, rows[key]["error"])
+        assert rows[key]["output_uri"] is None
+    good = rows["good.jpg"]
+    fs, _ = storage.filesystem(cfg.output_uri)
+    data = fs.cat_file(good["output_uri"])
+    assert good["output_uri"] == f"file://{tmp_path}/out/images/good.jpg.png"
+    assert good["output_sha256"] == provenance.sha256_hex(data)
+    assert good["source_sha256"] == provenance.sha256_hex(files["good.jpg"])
+    assert check_linf(files["good.jpg"], data, FAST_ATTACK.eps) == good["linf_levels"]
+    assert (good["width"], good["height"], good["seed"], good["run_id"]) == (80, 64, FAST_ATTACK.seed, "r1")
+    assert good["config_sha256"] == config_sha256(config_json(FAST_ATTACK, "tiny-ip2p", None))
+    assert good["prompts"] == list(DEFAULT_PROMPTS) and good["device"] == "cpu"
+    assert good["started_at"] <= good["finished_at"] and good["duration_s"] > 0
+    committed = provenance.read_manifest(fs, f"{tmp_path}/out/manifest")
+    assert committed.num_rows == len(files)  # the batch is committed as one part before returning
+
+
+def test_odd_but_valid_images_are_all_protected(cfg, tmp_path):
+    files = odd_photos()
+    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    assert [r["status"] for r in out] == ["ok"] * len(files), [r["error"] for r in out]
+    fs, _ = storage.filesystem(cfg.output_uri)
+    for r in out:
+        check_linf(files[r["source_key"]], fs.cat_file(r["output_uri"]), FAST_ATTACK.eps)
+    notes = {r["source_key"]: r["notes"] for r in out}
+    assert "exif orientation 6 applied" in notes["odd/exif-rotated.jpg"]
+    assert len({r["output_uri"] for r in out}) == len(out)
+
+
+def test_sidecar_prompts_win_and_others_fall_back(tmp_path):
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), prompts=("make it snow",))
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
+             "b.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    out = Protector(cfg)(read_batch(cfg, files, tmp_path, prompts={"a.jpg": ("add a hat", "make her smile")}))
+    assert out["prompts"].to_pylist() == [["add a hat", "make her smile"], ["make it snow"]]
+
+
+def test_unsafe_keys_and_read_errors_never_reach_the_disk(cfg, tmp_path):
+    record = {"source_uri": "s3://b/in/x/../../escape.jpg", "path": "b/in/x/../../escape.jpg",
+              "source_key": "x/../../escape.jpg", "size": 3, "prompts": [],
+              "data": encode(real_photo("astronaut", (64, 64)), "JPEG"), "read_error": None}
+    vanished = {**record, "source_uri": "s3://b/in/v.jpg", "source_key": "v.jpg", "data": None,
+                "read_error": "object vanished between listing and reading"}
+    out = Protector(cfg)([record, vanished]).to_pylist()
+    assert out[0]["status"] == "error" and "unsafe key" in out[0]["error"]
+    assert out[1]["error"] == "object vanished between listing and reading"
+    assert not (tmp_path / "escape.jpg.png").exists() and not (tmp_path / "out" / "images").exists()
+
+
+def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
+             "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    batch = read_batch(cfg, files, tmp_path)
+    protector = Protector(cfg)
+    real = Immunizer.protect
+
+    def flaky(self, photos, prompts, seeds=None):
+        if any(p.rgb.mean() == poison_mean for p in photos):
+            raise RuntimeError("CUDA error: simulated")
+        return real(self, photos, prompts, seeds)
+
+    from danp_pipeline.imageio import decode_image
+
+    poison_mean = decode_image(files["poison.jpg"]).rgb.mean()
+    monkeypatch.setattr(Immunizer, "protect", flaky)
+    out = {r["source_key"]: r for r in protector(batch).to_pylist()}
+    assert out["a.jpg"]["status"] == "ok"
+    assert out["poison.jpg"]["status"] == "error"
+    assert out["poison.jpg"]["error"] == "protection failed: RuntimeError: CUDA error: simulated"
+
+
+def test_write_failure_is_an_error_row(cfg, tmp_path):
+    (tmp_path / "out" / "images").mkdir(parents=True)
+    (tmp_path / "out" / "images" / "blocked").write_bytes(b"a file where a directory must go")
+    files = {"blocked/a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    assert out[0]["status"] == "error" and out[0]["error"].startswith("cannot write output")
+
+
+def test_same_photo_same_config_same_bytes(cfg, tmp_path):
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    batch = read_batch(cfg, files, tmp_path)
+    first = Protector(cfg)(batch)["output_sha256"][0].as_py()
+    second = Protector(cfg)(batch)["output_sha256"][0].as_py()
+    assert first == second
