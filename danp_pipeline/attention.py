@@ -33,11 +33,13 @@ class AttentionStore:
         self.maps: list[torch.Tensor] = []
         self.latent_hw: tuple[int, int] | None = None
         self.token_weights: torch.Tensor | None = None
+        self.recording = False
 
     def begin(self, latent_hw: tuple[int, int], token_weights: torch.Tensor) -> None:
         self.maps = []
         self.latent_hw = latent_hw
         self.token_weights = token_weights
+        self.recording = True
 
     def add(self, probs: torch.Tensor, heads: int) -> None:
         if self.latent_hw is None or self.token_weights is None:
@@ -51,10 +53,13 @@ class AttentionStore:
             raise RuntimeError(f"cannot place {n_query} attention queries on a grid of latent {h}x{w}")
         probs = probs.reshape(batch, heads, n_query, n_tokens).mean(dim=1)
         weights = self.token_weights.to(probs.dtype)[:, :, None]
-        self.maps.append(torch.bmm(probs, weights).reshape(batch, *grid))
+        layer_map = torch.bmm(probs, weights).reshape(batch, *grid)
+        if self.recording:  # not during activation recomputation (gradient checkpointing) after aggregate()
+            self.maps.append(layer_map)
 
     def aggregate(self, mode: str = "bilinear") -> torch.Tensor:
-        """Att = (1/L) Σ_l Up(A_l) on the largest captured grid, as float32 [B, H, W]."""
+        """Att = (1/L) Σ_l Up(A_l) on the largest captured grid, as float32 [B, H, W]. Ends recording."""
+        self.recording = False
         if not self.maps:
             raise RuntimeError("no cross-attention was captured: is the processor installed on attn2?")
         size = max((m.shape[-2:] for m in self.maps), key=lambda s: s[0] * s[1])

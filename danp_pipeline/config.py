@@ -70,7 +70,13 @@ class AttackConfig:
     balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
     resolution: int = 512               # working resolution: longer side
     resolution_multiple: int = 64
-    timestep_batch: int = 1             # timesteps per UNet call (1 = Algorithm 1 literally)
+    path: str = "fast"                  # "fast" (batched, see danp.py) or "reference" (Algorithm 1 literally)
+    timestep_batch: int = 0             # fast path: timesteps per UNet call; 0 = auto (see max_unet_batch)
+    max_unet_batch: int = 16            # fast path, auto: fewest UNet calls of at most this many (photo, prompt, t)
+    channels_last: bool = False         # fast path: NHWC convolutions (no gain measured on CPU; a GPU option)
+    compile: bool = False               # fast path: torch.compile the UNet (slow first iteration)
+    gradient_checkpointing: bool = False  # fast path: recompute UNet/VAE activations in backward (memory)
+    vae_recompute: bool = False         # fast path: Mist-v2 two-pass VAE, no VAE graph held during UNet passes
     precision: str = "auto"             # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
     seed: int = 0
 
@@ -98,7 +104,12 @@ class AttackConfig:
         _choice("balance", self.balance, ("grad", "raw"))
         _integer("resolution_multiple", self.resolution_multiple, 8)
         _integer("resolution", self.resolution, self.resolution_multiple)
-        _integer("timestep_batch", self.timestep_batch, 1)
+        _choice("path", self.path, ("fast", "reference"))
+        _integer("timestep_batch", self.timestep_batch, 0)
+        _integer("max_unet_batch", self.max_unet_batch, 1)
+        for name in ("channels_last", "compile", "gradient_checkpointing", "vae_recompute"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _integer("seed", self.seed, 0)
         return self

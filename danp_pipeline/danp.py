@@ -9,7 +9,9 @@ adds the DANP losses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,8 +20,8 @@ import torch
 
 from .attention import AttentionStore, capture_cross_attention
 from .config import AttackConfig
-from .diffusion import (PromptBatch, add_noise, attack_timesteps, encode_mean, encode_prompts,
-                        latents_and_condition, predict_noise)
+from .diffusion import (PromptBatch, add_noise, attack_timesteps, encode_mean, encode_prompts, fast_path_setup,
+                        latents_and_condition, predict_noise, set_memory_format)
 from .models import EditorBundle
 from .threshold import kapur_mask
 
@@ -113,47 +115,113 @@ class DiffusionObjective:
         return timesteps, noise
 
     def chunks(self) -> Iterator[list[int]]:
-        n, size = self.cfg.num_timesteps, self.cfg.timestep_batch
+        """Timestep indices per UNet call: one at a time on the reference path; on the fast path
+        ``timestep_batch``, or (0) the fewest equal calls of at most ``max_unet_batch`` samples."""
+        n = self.cfg.num_timesteps
+        if self.cfg.path == "reference":
+            size = 1
+        elif self.cfg.timestep_batch:
+            size = self.cfg.timestep_batch
+        else:
+            calls = max(1, math.ceil(n * len(self.prompts.image_index) / self.cfg.max_unet_batch))
+            size = math.ceil(n / calls)
         for start in range(0, n, size):
             yield list(range(start, min(n, start + size)))
 
     # -- gradients -------------------------------------------------------------------------
     def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-term ∂term/∂x and per-image loss values; ``cfg.path`` picks the implementation.
+
+        Both paths draw the same timesteps and noise and compute the same sums; they differ in
+        floating-point summation order only.
+        """
+        set_memory_format(self.bundle, self.cfg.path == "fast" and self.cfg.channels_last)
+        if self.cfg.path == "reference":
+            return self._reference_gradients(x, iteration)
+        with fast_path_setup(self.bundle, self.cfg):
+            return self._fast_gradients(x, iteration)
+
+    def _reference_gradients(self, x: torch.Tensor, iteration: int):
+        """Algorithm 1 literally: for each timestep encode x, run the UNet, backpropagate each term to x."""
         x = x.detach().requires_grad_(True)
-        mean = encode_mean(self.bundle, x)
+        factor = self.bundle.vae_scale_factor
+        shape = (self.bundle.vae.config.latent_channels, x.shape[-2] // factor, x.shape[-1] // factor)
+        timesteps, noise = self.sample(shape)
+        grads: dict[str, torch.Tensor] = {}
+        values: dict[str, torch.Tensor] = {}
+        for chunk in self.chunks():
+            losses, extras, weight = self._chunk(encode_mean(self.bundle, x), timesteps, noise, chunk, iteration)
+            self._accumulate(grads, losses, weight, x)
+            self._record(values, {**losses, **extras}, weight, len(chunk))
+        return self._complete(grads, x), values
+
+    def _fast_gradients(self, x: torch.Tensor, iteration: int):
+        """One VAE encode per iteration, ``timestep_batch`` timesteps per UNet call, per-term gradients
+        accumulated at the VAE latent, then one VAE backward per term. With ``vae_recompute`` the encoder
+        runs without a graph first and again for the backward (Mist v2's two passes): its activations
+        are not held while the UNet runs."""
+        x = x.detach().requires_grad_(True)
+        with torch.set_grad_enabled(not self.cfg.vae_recompute):
+            mean = encode_mean(self.bundle, x)
         mean_leaf = mean.detach().requires_grad_(True)
         timesteps, noise = self.sample(tuple(mean.shape[1:]))
-        pairs = self.prompts.image_index
-        n_t = self.cfg.num_timesteps
         latent_grads: dict[str, torch.Tensor] = {}
         values: dict[str, torch.Tensor] = {}
         for chunk in self.chunks():
-            k = len(chunk)
-            z, cond = latents_and_condition(self.bundle, mean_leaf)
-            t = timesteps[pairs][:, chunk].T.reshape(-1)                         # [k·P], chunk-major
-            eps = noise[chunk].reshape(k * len(pairs), *z.shape[1:])
-            z_rep = z[pairs].repeat(k, 1, 1, 1)
-            cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
-            losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k, iteration)
-            weight = (self.prompts.pair_weight / n_t).repeat(k)
-            names = list(losses)
-            for j, name in enumerate(names):
-                (g,) = torch.autograd.grad((losses[name] * weight).sum(), mean_leaf,
-                                           retain_graph=j < len(names) - 1, allow_unused=True)
-                if g is not None:
-                    latent_grads[name] = latent_grads.get(name, 0) + g
-            for name, value in {**losses, **extras}.items():
-                per_image = torch.zeros(len(self.generators), device=value.device).index_add_(
-                    0, pairs.repeat(k), (value.detach() * weight).float())
-                values[name] = values.get(name, 0) + per_image
+            losses, extras, weight = self._chunk(mean_leaf, timesteps, noise, chunk, iteration)
+            with self.backward_context():
+                self._accumulate(latent_grads, losses, weight, mean_leaf)
+            self._record(values, {**losses, **extras}, weight, len(chunk))
+        names = [name for name in self.weights if name in latent_grads]
+        if names and self.cfg.vae_recompute:
+            mean = encode_mean(self.bundle, x)
         grads = {}
-        for j, name in enumerate(self.weights):
-            if name not in latent_grads:  # the term does not depend on the photo (e.g. NBA at δ = 0 is flat)
-                grads[name] = torch.zeros_like(x, dtype=torch.float32)
-                continue
-            (gx,) = torch.autograd.grad(mean, x, latent_grads[name], retain_graph=j < len(self.weights) - 1)
-            grads[name] = gx.float()
-        return grads, values
+        for j, name in enumerate(names):
+            (grads[name],) = torch.autograd.grad(mean, x, latent_grads[name], retain_graph=j < len(names) - 1)
+        return self._complete(grads, x), values
+
+    def _chunk(self, mean: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor, chunk: list[int],
+               iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """Losses of one UNet call over the timesteps in ``chunk`` × every (image, prompt) pair, chunk-major."""
+        k, pairs = len(chunk), self.prompts.image_index
+        z, cond = latents_and_condition(self.bundle, mean)
+        t = timesteps[pairs][:, chunk].T.reshape(-1)                             # [k·P], chunk-major
+        eps = noise[chunk].reshape(k * len(pairs), *z.shape[1:])
+        z_rep = z[pairs].repeat(k, 1, 1, 1)
+        cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
+        losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k, iteration)
+        weight = (self.prompts.pair_weight / self.cfg.num_timesteps).repeat(k)
+        return losses, extras, weight
+
+    @staticmethod
+    def _accumulate(grads: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], weight: torch.Tensor,
+                    wrt: torch.Tensor) -> None:
+        """grads[term] += ∂(Σ weight·loss_term)/∂wrt, one backward per term through the shared forward."""
+        names = list(losses)
+        for j, name in enumerate(names):
+            (g,) = torch.autograd.grad((losses[name] * weight).sum(), wrt,
+                                       retain_graph=j < len(names) - 1, allow_unused=True)
+            if g is not None:
+                grads[name] = grads[name] + g if name in grads else g
+
+    def _record(self, values: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], weight: torch.Tensor,
+                k: int) -> None:
+        """values[name] += per-image weighted sum of a chunk's per-pair values."""
+        index = self.prompts.image_index.repeat(k)
+        for name, value in terms.items():
+            per_image = torch.zeros(len(self.generators), device=value.device).index_add_(
+                0, index, (value.detach() * weight).float())
+            values[name] = values[name] + per_image if name in values else per_image
+
+    def _complete(self, grads: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """float32 gradient per term of ``weights``; zero for a term that does not depend on the photo
+        (e.g. NBA at δ = 0 is flat)."""
+        return {name: grads[name].float() if name in grads else torch.zeros_like(x, dtype=torch.float32)
+                for name in self.weights}
+
+    def backward_context(self) -> contextlib.AbstractContextManager:
+        """Entered around the fast path's backward passes through the UNet (see DanpObjective)."""
+        return contextlib.nullcontext()
 
     def chunk_losses(self, z: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor,
                      k: int, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -186,6 +254,13 @@ class DanpObjective(DiffusionObjective):
         with capture_cross_attention(self.bundle.unet, self.store):
             eps_pred = predict_noise(self.bundle, z_t, t, self.pair_tensor(self.prompts.embeds, k), cond)
         return self.store.aggregate(self.cfg.upsample), eps_pred
+
+    def backward_context(self) -> contextlib.AbstractContextManager:
+        """Under gradient checkpointing the backward recomputes attn2 forwards: they must run the same
+        capture processor (the store does not record them)."""
+        if self.cfg.gradient_checkpointing:
+            return capture_cross_attention(self.bundle.unet, self.store)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def _clean_masks(self) -> torch.Tensor:

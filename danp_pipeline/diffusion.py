@@ -7,11 +7,14 @@ predict noise, and choose the attack timesteps 𝒯.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from .attention import token_weights
+from .config import AttackConfig
 from .models import EditorBundle
 
 
@@ -87,3 +90,32 @@ def attack_timesteps(
     else:
         raise ValueError(f"unknown timestep mode {mode!r}; expected 'centres' or 'random'")
     return t.floor().long().clamp(0, num_train - 1)
+
+
+def set_memory_format(bundle: EditorBundle, channels_last: bool) -> None:
+    """Put the UNet and VAE weights in NHWC (``channels_last``) or NCHW layout; a no-op when already so."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for module in (bundle.unet, bundle.vae):
+        conv = next(m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+        if not conv.weight.is_contiguous(memory_format=fmt):
+            module.to(memory_format=fmt)
+
+
+@contextlib.contextmanager
+def fast_path_setup(bundle: EditorBundle, cfg: AttackConfig) -> Iterator[None]:
+    """Fast-path switches that act on the frozen modules, for the duration of one gradient computation:
+    diffusers' gradient checkpointing of UNet and VAE blocks, and a ``torch.compile``d UNet."""
+    checkpointed = (bundle.unet, bundle.vae) if cfg.gradient_checkpointing else ()
+    for module in checkpointed:
+        module.enable_gradient_checkpointing()
+    if cfg.compile:
+        if getattr(bundle.unet, "_danp_compiled", None) is None:
+            bundle.unet._danp_compiled = torch.compile(bundle.unet._call_impl)
+        bundle.unet._compiled_call_impl = bundle.unet._danp_compiled
+    try:
+        yield
+    finally:
+        for module in checkpointed:
+            module.disable_gradient_checkpointing()
+        if cfg.compile:
+            bundle.unet._compiled_call_impl = None
