@@ -1,0 +1,254 @@
+"""``danp-protect bench``: how fast the immunizer runs, per iteration and per photo, and at what memory.
+
+Builds an editor (the tiny test editors, or the full-size SD v1.5 / InstructPix2Pix architectures with
+random weights, which cost exactly what the real models cost and need no download), then times
+``gradients()`` — one PGD iteration: VAE encode, |𝒯| UNet passes with their backward, VAE backward —
+on a fixed protected photo. With ``--path both`` the reference and fast paths alternate iteration by
+iteration, so that both see the same machine load; medians are reported. Per-photo time is
+``setup + steps × iteration`` over the batch. FLOPs are counted on one extra iteration with
+``torch.utils.flop_counter`` and set against the device's dense bf16 peak where it is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .config import DEFAULT_PROMPTS, AttackConfig
+from .danp import DanpObjective
+from .diffusion import set_memory_format
+from .models import EditorBundle, full_size_editor, load_editor, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+ARCHS: dict[str, tuple[str, str]] = {   # name -> (editor kind, "tiny" | "full")
+    "tiny-ip2p": ("ip2p", "tiny"),
+    "tiny-sd": ("sd", "tiny"),
+    "ip2p": ("ip2p", "full"),
+    "sd15": ("sd", "full"),
+}
+
+#: Dense bf16/fp16 tensor-core peaks in TFLOP/s, by substring of the CUDA device name (first match wins).
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_attack_options
+
+    parser.add_argument("--arch", choices=list(ARCHS), default="tiny-ip2p",
+                        help="editor architecture; ip2p and sd15 are full size with random weights (no download)")
+    parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
+    parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="editor weights: auto = bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
+                        help="which implementation to time; both alternate iteration by iteration")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--no-flops", dest="flops", action="store_false",
+                        help="skip the extra iteration that counts FLOPs")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    add_attack_options(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .cli import attack_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = attack_config(args).replace(precision=args.precision)
+    paths = ["reference", "fast"] if args.path == "both" else [args.path]
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bundle = build_editor(args.arch, device, args.precision, cfg.seed)
+    report = benchmark(bundle, {p: cfg.replace(path=p) for p in paths}, batch_size=args.batch_size,
+                       prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
+    report["arch"] = args.arch
+    print(format_report(report))
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    elif args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
+def build_editor(arch: str, device: torch.device, precision: str, seed: int = 0) -> EditorBundle:
+    """The editor to time: a tiny one, or a full-size architecture with random weights built on ``device``."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
+    kind, size = ARCHS[arch]
+    if size == "tiny":
+        return load_editor(arch, device=device, precision=precision, seed=seed)
+    start = time.perf_counter()
+    bundle = full_size_editor(kind, seed=seed, device=device).to(device, resolve_dtype(precision, device)).freeze()
+    logger.info("built full-size %s architecture (random weights) on %s in %.1f s", arch, device,
+                time.perf_counter() - start)
+    return bundle
+
+
+def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_size: int = 1, prompts: int = 1,
+              iterations: int = 3, warmup: int = 1, count_flops: bool = True) -> dict[str, Any]:
+    """Time one PGD iteration of each named config, alternating between them; returns a JSON-able report."""
+    if batch_size < 1 or prompts < 1 or iterations < 1 or warmup < 0:
+        raise ValueError(f"batch_size, prompts and iterations must be >= 1 and warmup >= 0, got "
+                         f"{batch_size}, {prompts}, {iterations}, {warmup}")
+    first = next(iter(configs.values()))
+    size = first.resolution
+    gen = torch.Generator().manual_seed(first.seed)
+    x0 = torch.rand(batch_size, 3, size, size, generator=gen).to(bundle.device)
+    x = (x0 + first.eps * torch.randn(x0.shape, generator=gen).sign().to(x0.device)).clamp(0, 1)
+    prompt_lists = [[DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(prompts)]] * batch_size
+    seeds = list(range(batch_size))
+    sync = torch.cuda.synchronize if bundle.device.type == "cuda" else (lambda: None)
+
+    results: dict[str, dict[str, Any]] = {}
+    objectives = {}
+    for name, cfg in configs.items():
+        start = time.perf_counter()
+        objectives[name] = DanpObjective(bundle, cfg, prompt_lists, seeds, x0)
+        sync()
+        setup = time.perf_counter() - start
+        _layout(bundle, cfg)
+        with peak_memory(bundle.device) as peak:
+            for it in range(warmup):
+                objectives[name].gradients(x, it)
+            sync()
+        results[name] = {"config": {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile",
+                                                                   "gradient_checkpointing", "vae_recompute")},
+                         "setup_s": setup, "peak_memory_bytes": peak(), "iteration_s": [], "iteration_cpu_s": []}
+    for rnd in range(iterations):          # alternate configs iteration by iteration: same machine load for all
+        for name, objective in objectives.items():
+            _layout(bundle, configs[name])
+            with peak_memory(bundle.device, reset=warmup == 0 and rnd == 0) as peak:
+                sync()
+                wall, cpu = time.perf_counter(), time.process_time()
+                objective.gradients(x, warmup + rnd)
+                sync()
+                results[name]["iteration_s"].append(time.perf_counter() - wall)
+                results[name]["iteration_cpu_s"].append(time.process_time() - cpu)
+            if warmup == 0 and rnd == 0:
+                results[name]["peak_memory_bytes"] = peak()
+    device = describe_device(bundle.device)
+    for name, res in results.items():
+        res.update(summarize(res, configs[name].steps, batch_size))
+        if count_flops:
+            res["flop_per_iteration"] = count_iteration_flops(objectives[name], x, warmup + iterations)
+            res["achieved_tflops"] = res["flop_per_iteration"] / res["sec_per_iteration"] / 1e12
+            if device["peak_tflops"] and bundle.dtype in (torch.bfloat16, torch.float16):
+                res["fraction_of_peak"] = res["achieved_tflops"] / device["peak_tflops"]
+    report: dict[str, Any] = {
+        "device": device, "dtype": str(bundle.dtype).replace("torch.", ""), "model_id": bundle.model_id,
+        "resolution": [size, size], "batch_size": batch_size, "prompts_per_photo": prompts,
+        "steps": first.steps, "timesteps": first.num_timesteps, "iterations": iterations, "warmup": warmup,
+        "results": results,
+    }
+    if "reference" in results and "fast" in results:
+        report["speedup_fast_over_reference"] = (results["reference"]["sec_per_iteration"]
+                                                 / results["fast"]["sec_per_iteration"])
+    return report
+
+
+def _layout(bundle: EditorBundle, cfg: AttackConfig) -> None:
+    """Convert the weights' memory layout for this config before the clock starts, not inside gradients()."""
+    set_memory_format(bundle, cfg.path == "fast" and cfg.channels_last)
+
+
+def summarize(res: dict[str, Any], steps: int, batch_size: int) -> dict[str, float]:
+    per_iteration = statistics.median(res["iteration_s"])
+    per_photo = (res["setup_s"] + steps * per_iteration) / batch_size
+    return {"sec_per_iteration": per_iteration, "cpu_sec_per_iteration": statistics.median(res["iteration_cpu_s"]),
+            "sec_per_photo": per_photo, "photos_per_hour": 3600.0 / per_photo}
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device, reset: bool = True) -> Iterator[Callable[[], int]]:
+    """Peak memory of the block: ``max_memory_allocated`` on CUDA, the process's peak RSS (VmHWM) on CPU.
+
+    On CPU the peak can only be reset to the current RSS, so it includes what the process already holds
+    (weights, allocator caches).
+    """
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: int(torch.cuda.max_memory_allocated(device))
+        return
+    if reset:
+        with contextlib.suppress(OSError):
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")          # resets VmHWM to the current RSS (Linux)
+    yield _peak_rss_bytes
+
+
+def _peak_rss_bytes() -> int:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+
+
+def count_iteration_flops(objective: DanpObjective, x: torch.Tensor, iteration: int) -> int:
+    """FLOPs of one gradients() call (matmuls, convolutions, attention; forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    custom = {  # CPU's fused attention kernels are not in torch's table
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
+    }
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        objective.gradients(x, iteration)
+    return int(counter.get_total_flops())
+
+
+def describe_device(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((value for key, value in PEAK_TFLOPS if key in name), None)
+        return {"type": "cuda", "name": name, "peak_tflops": peak, "torch": torch.__version__}
+    return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "peak_tflops": None, "torch": torch.__version__}
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    dev = report["device"]
+    lines = [f"{report['model_id']} on {dev['name']} ({report['dtype']}), {report['resolution'][0]}² working "
+             f"resolution, batch {report['batch_size']}, {report['prompts_per_photo']} prompt(s), "
+             f"{report['timesteps']} timesteps, {report['steps']} steps per photo"]
+    for name, res in report["results"].items():
+        flops = ""
+        if "achieved_tflops" in res:
+            flops = f"  {res['flop_per_iteration'] / 1e12:.3g} TFLOP/it  {res['achieved_tflops']:.3g} TFLOP/s"
+            if "fraction_of_peak" in res:
+                flops += f" ({100 * res['fraction_of_peak']:.0f}% of {dev['peak_tflops']:.0f})"
+        lines.append(f"  {name:<10} {res['sec_per_iteration']:8.3f} s/it  {res['sec_per_photo']:9.1f} s/photo  "
+                     f"{res['photos_per_hour']:9.1f} photos/h  peak {res['peak_memory_bytes'] / 2**30:.2f} GiB{flops}")
+    if "speedup_fast_over_reference" in report:
+        lines.append(f"  fast is {report['speedup_fast_over_reference']:.2f}x the reference (median s/it)")
+    return "\n".join(lines)
