@@ -20,7 +20,6 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .storage import retrying
@@ -175,14 +174,3 @@ def winners(table: pa.Table) -> pa.Table:
         keep.append(pick)
         start = end
     return ranked.take(pa.array(keep, pa.int64())).drop_columns(["_i"])
-
-
-def done_sources(index: pa.Table, config_sha: str, *, retry_errors: bool = False) -> set[str]:
-    """Source URIs a run with ``config_sha`` must skip: those with an ok row, and with an error row
-    too unless ``retry_errors``."""
-    if index.num_rows == 0:
-        return set()
-    mine = winners(index.filter(pc.equal(index["config_sha256"], config_sha)))
-    if retry_errors:
-        mine = mine.filter(pc.equal(mine["status"], "ok"))
-    return set(mine["source_uri"].to_pylist())

@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -120,11 +120,6 @@ def _excluded_roots(config: PipelineConfig) -> list[str]:
         side_fs, side_path = storage.filesystem(config.prompts_file, config.storage_options)
         excluded.append(storage.to_uri(side_fs, side_path))
     return excluded
-
-
-def drop_done(items: Iterable[dict[str, Any]], done: set[str]) -> Iterator[dict[str, Any]]:
-    """Items whose source URI has no final row in the manifest yet."""
-    return (item for item in items if item["source_uri"] not in done)
 
 
 def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[str, Any], max_pixels: int) -> pa.Table:

@@ -85,13 +85,19 @@ def test_winners_prefer_ok_then_newest():
     assert won[("s3://b/2.jpg", "c1")]["finished_at"] == T0 + timedelta(minutes=3)
 
 
-def test_done_sources_skip_errors_unless_retrying_and_ignore_other_configs():
+def test_a_rerun_skips_ok_and_error_rows_unless_retrying_and_ignores_other_configs():
+    from danp_pipeline import ledger
+
     index = provenance.to_table([row("s3://b/ok.jpg"), row("s3://b/err.jpg", "error"),
                                  row("s3://b/other.jpg", config="c2")])
-    assert provenance.done_sources(index, "c1") == {"s3://b/ok.jpg", "s3://b/err.jpg"}
-    assert provenance.done_sources(index, "c1", retry_errors=True) == {"s3://b/ok.jpg"}
-    assert provenance.done_sources(index, "c3") == set()
-    assert provenance.done_sources(provenance.empty_table(), "c1") == set()
+    listed = [{"source_uri": f"s3://b/{name}.jpg", "size": None} for name in ("ok", "err", "other", "new")]
+
+    def todo(config, **kw):
+        return [(i["source_uri"].rsplit("/", 1)[-1], i["reason"]) for i in ledger.plan(listed, index, config, **kw)]
+
+    assert todo("c1") == [("other.jpg", "new"), ("new.jpg", "new")]
+    assert todo("c1", retry_errors=True) == [("err.jpg", "retry"), ("other.jpg", "new"), ("new.jpg", "new")]
+    assert len(todo("c3")) == 4
 
 
 def test_remove_superseded_leaves_exactly_one_row_per_identity(manifest):

@@ -1,0 +1,148 @@
+"""How fast the Ray job protects photos, and how its memory behaves as the archive grows.
+
+    python benchmarks/pipeline_scale.py demo            # 8 photos, tiny-ip2p, resolution 64, 10 steps
+    python benchmarks/pipeline_scale.py scale 50 500    # N small photos, 1 step, 1 timestep
+
+Each measurement runs ``pipeline.run`` in a fresh Python process that starts its own local Ray, so
+peak figures belong to that run alone. Reported per run: wall seconds and photos/hour over the
+whole run (Ray start and model load included) and in steady state (between the first and the last
+photo finished); the driver's RSS after imports and its peak (ru_maxrss); and the peak summed RSS
+of the driver plus every process it started (Ray's GCS, raylet, workers, the actor), sampled every
+0.5 s from /proc. Not a test: timings depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+SIZES = [(64, 48), (48, 64), (80, 60), (64, 64)]
+NAMES = ["astronaut", "chelsea", "coffee", "camera", "rocket"]
+
+
+def make_photos(directory: Path, n: int) -> None:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    sources = [np.asarray(getattr(data, name)()) for name in NAMES]
+    for i in range(n):
+        img = Image.fromarray(sources[i % len(sources)]).resize(SIZES[i % len(SIZES)])
+        path = directory / f"batch{i // 100:02d}" / f"photo{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=90)
+        path.write_bytes(buf.getvalue())
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+class TreeSampler(threading.Thread):
+    """Peak summed RSS of this process and all its descendants."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_mb, self.stop = 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.peak_mb = max(self.peak_mb, sum(rss_mb(p) for p in descendants(os.getpid())))
+
+
+def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
+    """Run the job once in this process and return its figures."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from danp_pipeline import pipeline, provenance, storage
+    from danp_pipeline.config import AttackConfig, PipelineConfig
+
+    work = Path(tempfile.mkdtemp(prefix="danp-bench-"))
+    make_photos(work / "in", n)
+    driver_before = rss_mb(os.getpid())
+    sampler = TreeSampler()
+    sampler.start()
+    cfg = PipelineConfig(input_uri=str(work / "in"), output_uri=str(work / "out"),
+                         attack=AttackConfig(resolution=resolution, steps=steps, num_timesteps=timesteps))
+    summary = pipeline.run(cfg)
+    sampler.stop.set()
+    fs, root = storage.filesystem(cfg.output_uri)
+    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    finished = sorted(r["finished_at"] for r in rows if r["status"] == "ok")
+    span = (finished[-1] - finished[0]).total_seconds() if len(finished) > 1 else 0.0
+    return {
+        "photos": n, "ok": summary.ok, "errors": summary.errors, "steps": steps, "timesteps": timesteps,
+        "resolution": resolution, "seconds": round(summary.seconds, 1),
+        "photos_per_hour": round(summary.photos_per_hour),
+        "steady_photos_per_hour": round((len(finished) - 1) * 3600 / span) if span else None,
+        "mean_photo_s": round(sum(r["duration_s"] for r in rows) / len(rows), 3),
+        "driver_rss_after_imports_mb": round(driver_before),
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "job_tree_peak_rss_mb": round(sampler.peak_mb),
+    }
+
+
+def measure(n: int, steps: int, timesteps: int, resolution: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "_one", str(n), str(steps), str(timesteps), str(resolution)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"run of {n} photos failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict]) -> str:
+    keys = list(results[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["_one"]:
+        print(json.dumps(one(*(int(a) for a in argv[1:5]))))
+        return
+    load = os.getloadavg()[0]
+    if argv[:1] == ["demo"]:
+        results = [measure(8, 10, 10, 64)]
+    elif argv[:1] == ["scale"]:
+        results = [measure(int(n), 1, 1, 64) for n in (argv[1:] or ["50", "500"])]
+    else:
+        raise SystemExit(__doc__)
+    print(f"load average at start: {load:.1f}, at end: {os.getloadavg()[0]:.1f}, on {os.cpu_count()} CPUs")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
