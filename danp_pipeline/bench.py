@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from .config import DEFAULT_PROMPTS, AttackConfig
-from .danp import DanpObjective
+from .danp import Objective
 from .diffusion import set_memory_format
+from .immunizer import Immunizer
 from .models import EditorBundle, full_size_editor, load_editor, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def build_editor(arch: str, device: torch.device, precision: str, seed: int = 0)
 def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_size: int = 1, prompts: int = 1,
               iterations: int = 3, warmup: int = 1, count_flops: bool = True) -> dict[str, Any]:
     """Time one PGD iteration of each named config, alternating between them; returns a JSON-able report."""
+    if any(cfg.method == "random" for cfg in configs.values()):
+        raise ValueError("method 'random' draws noise once and runs no PGD iterations: nothing to time")
     if batch_size < 1 or prompts < 1 or iterations < 1 or warmup < 0:
         raise ValueError(f"batch_size, prompts and iterations must be >= 1 and warmup >= 0, got "
                          f"{batch_size}, {prompts}, {iterations}, {warmup}")
@@ -120,7 +123,7 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     objectives = {}
     for name, cfg in configs.items():
         start = time.perf_counter()
-        objectives[name] = DanpObjective(bundle, cfg, prompt_lists, seeds, x0)
+        objectives[name] = Immunizer(bundle, cfg).objective(x0, prompt_lists, seeds)
         sync()
         setup = time.perf_counter() - start
         _layout(bundle, cfg)
@@ -203,7 +206,7 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
 
 
-def count_iteration_flops(objective: DanpObjective, x: torch.Tensor, iteration: int) -> int:
+def count_iteration_flops(objective: Objective, x: torch.Tensor, iteration: int) -> int:
     """FLOPs of one gradients() call (matmuls, convolutions, attention; forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 

@@ -31,9 +31,10 @@ def test_bench_reports_both_paths_as_json(tmp_path):
     assert report["speedup_fast_over_reference"] > 0
 
 
-def test_bench_refuses_an_unknown_architecture(capsys):
+def test_bench_refuses_an_unknown_architecture_and_a_method_without_iterations():
     with pytest.raises(SystemExit):
         entrypoint(["bench", "--arch", "sd99"])
+    assert entrypoint(["bench", "--method", "random", "--resolution", "64"]) == 2
 
 
 @pytest.mark.parametrize("kind, unet_params", [("sd", 859_520_964), ("ip2p", 859_532_484)])
