@@ -26,15 +26,6 @@ BASE = AttackConfig(eps=0.06, steps=8, step_size=0.01, num_timesteps=2, resoluti
 BASELINES = ("pge", "pgd-e2e", "sa", "advdm", "mist", "sds")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def photos():
     return [photo("astronaut"), photo("chelsea")]

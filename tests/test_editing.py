@@ -16,15 +16,6 @@ from conftest import photo
 PROMPT = "make it look like a painting"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("kind, cls, scheduler", [
     ("ip2p", StableDiffusionInstructPix2PixPipeline, EulerAncestralDiscreteScheduler),
     ("sd", StableDiffusionImg2ImgPipeline, PNDMScheduler),
