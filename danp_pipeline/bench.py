@@ -42,7 +42,8 @@ ARCHS: dict[str, tuple[str, str]] = {   # name -> (editor kind, "tiny" | "full")
 
 #: Dense bf16/fp16 tensor-core peaks in TFLOP/s, by substring of the CUDA device name (first match wins).
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
 )
 
 
