@@ -112,9 +112,13 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="danp-protect", description=__doc__.split("\n")[0])
+def _verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for debug logs")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _verbosity(argparse.ArgumentParser(prog="danp-protect", description=__doc__.split("\n")[0]))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -122,16 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def entrypoint(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def command_parser(module: str, prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand on its own, for the ``jobs/`` entrypoints of ``ray job submit``."""
+    parser = _verbosity(argparse.ArgumentParser(prog=prog, description=description))
+    importlib.import_module(module).configure(parser)
+    return parser
+
+
+def run_command(module: str, args: argparse.Namespace) -> int:
+    """Set up logging once and run a subcommand module; invalid settings exit 2 with the reason."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return importlib.import_module(SUBCOMMANDS[args.command][0]).main(args)
+        return importlib.import_module(module).main(args)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
+
+
+def entrypoint(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(SUBCOMMANDS[args.command][0], args)
 
 
 def cli_main() -> None:

@@ -13,31 +13,20 @@ instead of protecting the same photos twice. Schedule it with a Kubernetes CronJ
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from danp_pipeline import ingest
+from danp_pipeline import cli
 
-logger = logging.getLogger("danp_pipeline.jobs.ingest")
+MODULE = "danp_pipeline.ingest"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/ingest.py", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for debug logs")
-    ingest.configure(parser)
-    return parser
+    return cli.command_parser(MODULE, "jobs/ingest.py", __doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return ingest.main(args)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+    return cli.run_command(MODULE, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -13,32 +13,20 @@ manifest) is the library's. Exit status 0 when the job ran (bad photos are rows,
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from danp_pipeline import cli, pipeline
+from danp_pipeline import cli
 
-logger = logging.getLogger("danp_pipeline.jobs.protect")
+MODULE = "danp_pipeline.cli"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/protect.py", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for debug logs")
-    cli.configure(parser)
-    return parser
+    return cli.command_parser(MODULE, "jobs/protect.py", __doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        summary = pipeline.run(cli.pipeline_config(args))
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
-    return 0
+    return cli.run_command(MODULE, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
