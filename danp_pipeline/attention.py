@@ -69,9 +69,10 @@ class AttentionStore:
 
 
 class CrossAttentionCaptureProcessor:
-    """Attention processor for ``attn2``: standard attention with an explicit softmax that is recorded."""
+    """Attention processor for ``attn2``: standard attention with an explicit softmax that is recorded
+    (or, with ``store=None``, only computed: the same arithmetic as a capturing pass)."""
 
-    def __init__(self, store: AttentionStore) -> None:
+    def __init__(self, store: AttentionStore | None) -> None:
         self.store = store
 
     def __call__(
@@ -97,7 +98,8 @@ class CrossAttentionCaptureProcessor:
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
 
         probs = attn.get_attention_scores(query, key, attention_mask)
-        self.store.add(probs, attn.heads)
+        if self.store is not None:
+            self.store.add(probs, attn.heads)
 
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -107,8 +109,12 @@ class CrossAttentionCaptureProcessor:
 
 
 @contextlib.contextmanager
-def capture_cross_attention(unet: UNet2DConditionModel, store: AttentionStore) -> Iterator[AttentionStore]:
-    """Install the capture processor on every ``attn2`` layer; restore the originals on exit."""
+def capture_cross_attention(unet: UNet2DConditionModel,
+                            store: AttentionStore | None) -> Iterator[AttentionStore | None]:
+    """Install the capture processor on every ``attn2`` layer; restore the originals on exit.
+
+    With ``store=None`` nothing is recorded: a pass that must match a capturing pass bit for bit
+    (the clean branch of NBA) runs the same explicit softmax instead of the fused kernel."""
     original = dict(unet.attn_processors)
     processors = {
         name: CrossAttentionCaptureProcessor(store) if name.endswith("attn2.processor") else proc

@@ -36,7 +36,7 @@ name           source                                               objective he
 =============  ===================================================  =================================================
 
 DANP ablations are not objectives but configurations (:data:`EVAL_METHODS`): ``danp-no-daa``
-(use_daa=False), ``danp-no-nba`` (use_nba=False), ``danp-fixed-mask`` (mask="fixed").
+(use_daa=False; starts from the ``random`` baseline's δ, because NBA alone is flat at δ = 0), ``danp-no-nba`` (use_nba=False), ``danp-fixed-mask`` (mask="fixed").
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ IMAGE_GUIDANCE = 1.5  # InstructPix2Pix's default image guidance
 #: Evaluation names -> AttackConfig changes. The first entry is the method itself.
 EVAL_METHODS: dict[str, dict[str, Any]] = {
     "danp": {"method": "danp"},
-    "danp-no-daa": {"method": "danp", "use_daa": False},
+    "danp-no-daa": {"method": "danp", "use_daa": False, "init": "uniform"},   # NBA is flat at δ = 0
     "danp-no-nba": {"method": "danp", "use_nba": False},
     "danp-fixed-mask": {"method": "danp", "mask": "fixed"},
     "pge": {"method": "pge"},

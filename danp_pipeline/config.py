@@ -68,6 +68,7 @@ class AttackConfig:
     use_nba: bool = True
     nba_target: str = "clean"           # Eq. 12 "clean" branch, or "noise" (abstract's reading)
     balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
+    init: str = "zero"                  # δ start: "zero" (Algorithm 1) or "uniform" in [−γ, γ] (seeded)
     resolution: int = 512               # working resolution: longer side
     resolution_multiple: int = 64
     path: str = "fast"                  # "fast" (batched, see danp.py) or "reference" (Algorithm 1 literally)
@@ -102,6 +103,7 @@ class AttackConfig:
             raise ValueError("use_daa and use_nba are both False: the DANP objective would be empty")
         _choice("nba_target", self.nba_target, ("clean", "noise"))
         _choice("balance", self.balance, ("grad", "raw"))
+        _choice("init", self.init, ("zero", "uniform"))
         _integer("resolution_multiple", self.resolution_multiple, 8)
         _integer("resolution", self.resolution, self.resolution_multiple)
         _choice("path", self.path, ("fast", "reference"))

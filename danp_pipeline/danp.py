@@ -62,9 +62,26 @@ def combine(grads: dict[str, torch.Tensor], weights: dict[str, float], balance: 
     return total
 
 
-def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig) -> PGDResult:
-    """δ ← clip(δ − α·sign(g), −γ, γ), kept so that x0 + δ ∈ [0,1]; N iterations from δ = 0."""
-    delta = torch.zeros_like(x0, dtype=torch.float32)
+def uniform_delta(x0: torch.Tensor, eps: float, seeds: list[int]) -> torch.Tensor:
+    """δ uniform in [−γ, γ] per image from its own seed, kept so that x0 + δ ∈ [0,1]: the ``random``
+    baseline, and the PGD start with ``init="uniform"``."""
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    noise = torch.stack([torch.rand(x0.shape[1:], generator=g) for g in gens]).to(x0.device)
+    return (x0 + (2 * noise - 1) * eps).clamp(0, 1) - x0
+
+
+def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[int] | None = None) -> PGDResult:
+    """δ ← clip(δ − α·sign(g), −γ, γ), kept so that x0 + δ ∈ [0,1]; N iterations from δ = 0, or from
+    :func:`uniform_delta` with ``init="uniform"`` (needs the per-image ``seeds``).
+
+    NBA is exactly 0 with zero gradient at δ = 0, so an NBA-only objective never leaves a zero start
+    (sign(0) = 0): that ablation needs ``init="uniform"``."""
+    if cfg.init == "uniform":
+        if seeds is None or len(seeds) != len(x0):
+            raise ValueError(f"init='uniform' needs one seed per image: got {seeds!r} for {len(x0)} images")
+        delta = uniform_delta(x0, cfg.eps, seeds)
+    else:
+        delta = torch.zeros_like(x0, dtype=torch.float32)
     result = PGDResult(delta, weights=dict(objective.weights))
     for it in range(cfg.steps):
         grads, values = objective.gradients((x0 + delta).clamp(0, 1), it)
@@ -292,7 +309,8 @@ class DanpObjective(DiffusionObjective):
             extras["att_inside"], extras["att_outside"] = inside.detach(), outside.detach()
         if self.cfg.use_nba:
             if self.cfg.nba_target == "clean":
-                with torch.no_grad():
+                # Same attn2 arithmetic as the protected branch, so that NBA is exactly 0 at δ = 0.
+                with torch.no_grad(), capture_cross_attention(self.bundle.unet, None):
                     z0_t = add_noise(self.bundle, self.clean_z[pairs].repeat(k, 1, 1, 1), noise, t)
                     cond0 = None if self.clean_cond is None else self.clean_cond[pairs].repeat(k, 1, 1, 1)
                     target = predict_noise(self.bundle, z0_t, t, self.pair_tensor(self.prompts.embeds, k), cond0)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from .config import AttackConfig, validate_prompts
-from .danp import DanpObjective, Objective, PGDResult, pgd
+from .danp import DanpObjective, Objective, PGDResult, pgd, uniform_delta
 from .imageio import DecodedImage, apply_delta, decode_image, linf_levels, psnr_db, to_tensor, working_size
 from .models import EditorBundle
 
@@ -91,11 +91,8 @@ class Immunizer:
         """Run PGD on a batch of working-resolution photos x0 [B,3,h,w] in [0,1]."""
         x0 = x0.to(self.editor.device, torch.float32)
         if self.config.method == "random":
-            gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-            noise = torch.stack([torch.rand(x0.shape[1:], generator=g) for g in gens]).to(x0.device)
-            delta = (2 * noise - 1) * self.config.eps
-            return PGDResult((x0 + delta).clamp(0, 1) - x0, {})
-        return pgd(x0, self.objective(x0, prompts, seeds), self.config)
+            return PGDResult(uniform_delta(x0, self.config.eps, seeds), {})
+        return pgd(x0, self.objective(x0, prompts, seeds), self.config, seeds)
 
     def protect(
         self,

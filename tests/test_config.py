@@ -12,6 +12,7 @@ def test_defaults_follow_the_spec():
     assert (c.eps, c.steps, c.num_timesteps, c.threshold_bins) == (0.03, 100, 10, 128)
     assert c.step_size == pytest.approx(1 / 255)
     assert (c.lambda_daa, c.lambda_nba, c.nba_target, c.balance) == (1.0, 1.0, "clean", "grad")
+    assert c.init == "zero"                                   # Algorithm 1: δ ← 0
     assert (c.timesteps, c.token_reduction, c.upsample, c.resolution) == ("centres", "content", "bilinear", 512)
     assert c.linf_levels_bound == 8                      # ceil(255 * 0.03) = ceil(7.65)
     assert AttackConfig(eps=4 / 255).linf_levels_bound == 4
@@ -28,6 +29,7 @@ def test_defaults_follow_the_spec():
     (dict(timesteps="uniform"), "timesteps must be one of \\['centres', 'random'\\], got 'uniform'"),
     (dict(nba_target="target"), "nba_target"),
     (dict(balance="auto"), "balance"),
+    (dict(init="gaussian"), "init"),
     (dict(threshold_bins=1), "threshold_bins"),
     (dict(strength=1.5), "strength"),
     (dict(resolution=32), "resolution must be an integer >= 64, got 32"),

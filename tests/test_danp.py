@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.danp import DanpObjective, combine, pgd
+from danp_pipeline.danp import DanpObjective, combine, pgd, uniform_delta
 from danp_pipeline.diffusion import attack_timesteps
 
 from conftest import as_batch, photo
@@ -33,12 +34,44 @@ def test_danp_loss_falls_and_attention_moves_out_of_the_mask(tiny_ip2p):
     result = pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [0], x0), cfg)
     total = result.total()[:, 0]
     assert total[-3:].mean() < total[:3].mean() - 1.0        # NBA opens a gap of several units
-    assert result.history["nba"][0].abs().item() < 1e-6        # NBA is exactly zero at δ = 0
+    assert result.history["nba"][0].item() == 0.0              # NBA is exactly zero at δ = 0
     before = evaluate(tiny_ip2p, cfg, x0, x0)
     after = evaluate(tiny_ip2p, cfg, x0, x0 + result.delta)
     assert after["daa"] + after["nba"] < before["daa"] + before["nba"]
     assert after["att_inside"] < before["att_inside"]
     assert after["att_outside"] > before["att_outside"]
+
+
+@pytest.mark.parametrize("path", ["reference", "fast"])
+def test_nba_is_exactly_flat_at_delta_zero_so_the_first_step_is_the_daa_step(tiny_sd, path):
+    # The clean branch runs the protected branch's attn2 arithmetic, so no rounding noise gets
+    # normalized to unit size by balance="grad" and steered into the first step.
+    x0 = as_batch(photo("coffee"))
+    grads, values = DanpObjective(tiny_sd, small(path=path), PROMPT, [2], x0).gradients(x0, 0)
+    assert values["nba"].item() == 0.0
+    assert grads["nba"].abs().max().item() == 0.0 and grads["daa"].abs().max().item() > 0
+    one_step = {}
+    for name, cfg in {"danp": small(steps=1, path=path), "daa": small(steps=1, path=path, use_nba=False)}.items():
+        one_step[name] = pgd(x0, DanpObjective(tiny_sd, cfg, PROMPT, [2], x0), cfg).delta
+    assert torch.equal(one_step["danp"], one_step["daa"])
+
+
+def test_nba_alone_needs_the_uniform_start(tiny_ip2p):
+    x0 = as_batch(photo("chelsea"))
+    stuck_cfg = small(steps=3, use_daa=False)
+    stuck = pgd(x0, DanpObjective(tiny_ip2p, stuck_cfg, PROMPT, [4], x0), stuck_cfg)
+    assert stuck.delta.abs().max().item() == 0.0          # sign(0) = 0: never leaves δ = 0
+
+    cfg = small(steps=6, use_daa=False, init="uniform")
+    start = uniform_delta(x0, cfg.eps, [4])
+    assert start.abs().max().item() <= cfg.eps and start.abs().mean().item() > cfg.eps / 3
+    result = pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [4], x0), cfg, seeds=[4])
+    nba = torch.stack(result.history["nba"])[:, 0]
+    assert nba[0].item() < 0                               # the start is already off the flat point
+    assert nba[-2:].mean().item() < nba[0].item()          # and NBA keeps falling from there
+    assert result.delta.abs().max().item() <= cfg.eps + 1e-7
+    with pytest.raises(ValueError, match="init='uniform' needs one seed per image"):
+        pgd(x0, DanpObjective(tiny_ip2p, cfg, PROMPT, [4], x0), cfg)
 
 
 def test_daa_alone_lowers_attention_inside_a_fixed_mask(tiny_ip2p):
