@@ -2,6 +2,7 @@
 
     python benchmarks/ideas.py --arch tiny-ip2p --resolution 256 --threads 1 --iterations 3 --out ideas.json
     python benchmarks/ideas.py --arch ip2p --device cuda --precision bf16 --iterations 10 --variants all
+    python benchmarks/ideas.py --resolution 64 --variants reference,fast --breakdown   # where the time goes
 
 Each variant is an AttackConfig change on top of the paper's settings (100 steps, 10 timesteps, 1 prompt).
 """
@@ -12,10 +13,15 @@ import argparse
 import json
 import logging
 
+import time
+
 import torch
 
+from danp_pipeline.attention import AttentionStore, capture_cross_attention
 from danp_pipeline.bench import benchmark, build_editor, format_report
 from danp_pipeline.config import AttackConfig
+from danp_pipeline.diffusion import encode_mean, encode_prompts, latents_and_condition, predict_noise
+from danp_pipeline.models import EditorBundle
 
 VARIANTS: dict[str, dict] = {
     "reference": {"path": "reference"},
@@ -26,6 +32,59 @@ VARIANTS: dict[str, dict] = {
     "fast+vae_recompute": {"vae_recompute": True},
     "fast+compile": {"compile": True},
 }
+
+
+def breakdown(bundle: EditorBundle, cfg: AttackConfig, batch_size: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds of the two parts of an iteration, timed alone: the VAE (encode + one backward per
+    loss term) and the UNet work of one timestep (forward with capture, clean forward, one backward per
+    term to the UNet input), for batch_size photos and for batch_size × |𝒯| in one call."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, cfg.resolution, cfg.resolution, generator=gen).to(bundle.device)
+    prompts = encode_prompts(bundle, [["make it snow"]] * batch_size)
+    sync = torch.cuda.synchronize if bundle.device.type == "cuda" else (lambda: None)
+
+    def median(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    def vae() -> None:
+        leaf = x.clone().requires_grad_(True)
+        mean = encode_mean(bundle, leaf)
+        for j in range(2):
+            torch.autograd.grad(mean, leaf, torch.ones_like(mean), retain_graph=j == 0)
+
+    def unet(k: int):
+        with torch.no_grad():
+            z, cond = latents_and_condition(bundle, encode_mean(bundle, x))
+        z, cond = z.repeat(k, 1, 1, 1), None if cond is None else cond.repeat(k, 1, 1, 1)
+        t = torch.full((len(z),), bundle.num_train_timesteps // 2, device=bundle.device)
+        embeds = prompts.embeds.repeat(k, 1, 1)
+
+        def run() -> None:
+            leaf = z.detach().requires_grad_(True)
+            store = AttentionStore()
+            store.begin(tuple(z.shape[-2:]), prompts.token_weights.repeat(k, 1))
+            with capture_cross_attention(bundle.unet, store):
+                eps = predict_noise(bundle, leaf, t, embeds, cond)
+            att = store.aggregate()
+            with torch.no_grad(), capture_cross_attention(bundle.unet, None):
+                clean = predict_noise(bundle, z, t, embeds, cond)
+            torch.autograd.grad(att.pow(2).sum(), leaf, retain_graph=True)
+            torch.autograd.grad((clean - eps).pow(2).sum(), leaf)
+        return run
+
+    n = cfg.num_timesteps
+    out = {"vae_s": median(vae), "unet_one_timestep_s": median(unet(1)), "unet_all_timesteps_s": median(unet(n))}
+    out["model_reference_s"] = n * (out["vae_s"] + out["unet_one_timestep_s"])
+    out["model_fast_s"] = out["vae_s"] + out["unet_all_timesteps_s"]
+    return out
 
 
 def main() -> None:
@@ -42,6 +101,8 @@ def main() -> None:
                         "fast+gradient_checkpointing,fast+vae_recompute",
                         help=f"comma-separated subset of {list(VARIANTS)}, or 'all'")
     parser.add_argument("--no-flops", dest="flops", action="store_false")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the VAE and the UNet work of an iteration alone (see breakdown())")
     parser.add_argument("--out", default=None, help="JSON report path")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,11 +119,18 @@ def main() -> None:
         for res in report["results"].values():
             res["speedup_over_reference"] = ref["sec_per_iteration"] / res["sec_per_iteration"]
             res["cpu_speedup_over_reference"] = ref["cpu_sec_per_iteration"] / res["cpu_sec_per_iteration"]
+    if args.breakdown:
+        parts = report["breakdown"] = breakdown(bundle, base, args.batch_size)
+        if ref:
+            parts["unet_share_of_reference"] = base.num_timesteps * parts["unet_one_timestep_s"] / ref["sec_per_iteration"]
+            parts["vae_share_of_reference"] = base.num_timesteps * parts["vae_s"] / ref["sec_per_iteration"]
     print(format_report(report))
     for name, res in report["results"].items():
         print(f"  {name:<30} median {res['sec_per_iteration']:.3f} s/it (cpu {res['cpu_sec_per_iteration']:.3f} s)"
               f"  x{res.get('speedup_over_reference', float('nan')):.2f} vs reference"
               f"  all: {', '.join(f'{t:.2f}' for t in res['iteration_s'])}")
+    if args.breakdown:
+        print("  breakdown: " + ", ".join(f"{k} {v:.3f}" for k, v in report["breakdown"].items()))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=2)
