@@ -2,8 +2,9 @@
 
 A part is the commit point of its photos: a photo whose row is in a part is done, a photo whose
 row is not will be (re)computed by the next run. Parts are named after what they contain,
-``part-<sha256(config_sha256, sorted source URIs)[:32]>.parquet``, so a batch that Ray retries
-after an actor died overwrites its own part instead of adding a second copy.
+``part-<sha256(config_sha256, sorted (source URI, source SHA-256)))[:32]>.parquet``, so a batch that
+Ray retries after an actor died overwrites its own part instead of adding a second copy, while the
+re-protection of changed bytes gets a new part and its old row is superseded (remove_superseded).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 def part_name(rows: Sequence[Mapping[str, Any]]) -> str:
     digest = hashlib.sha256()
-    for config_sha, source in sorted((str(r["config_sha256"]), str(r["source_uri"])) for r in rows):
-        digest.update(f"{config_sha}\0{source}\n".encode())
+    for key in sorted((str(r["config_sha256"]), str(r["source_uri"]), str(r.get("source_sha256") or ""))
+                      for r in rows):
+        digest.update(("\0".join(key) + "\n").encode())
     return f"part-{digest.hexdigest()[:32]}.parquet"
 
 
@@ -50,11 +52,14 @@ def write_part(fs: fsspec.AbstractFileSystem, manifest_dir: str, rows: Sequence[
 def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
     """Drop rows that lost to another row of the same (source_uri, config_sha256).
 
-    Happens after ``--retry-errors`` (the old error row loses to the new row) or after a crash that
-    let a straggling worker commit a photo twice. Each affected part is rewritten atomically
-    without the losing rows (deleted when nothing is left). Returns the number of rows removed.
+    Happens after ``--retry-errors`` (the old error row loses to the new row), after ingestion
+    re-processed changed bytes, or after a crash that let a straggling worker commit a photo twice.
+    Each affected part is rewritten atomically without the losing rows (deleted when nothing is
+    left). A losing row's protected image that no current row lists is deleted too: when the new
+    bytes of a changed photo fail, the old photo's protection must not stay behind as an unlisted
+    file. Returns the number of rows removed.
     """
-    index = read_manifest(fs, manifest_dir, INDEX_COLUMNS, with_part=True)
+    index = read_manifest(fs, manifest_dir, (*INDEX_COLUMNS, "output_uri"), with_part=True)
     if index.num_rows == 0:
         return 0
     index = index.append_column("_row", pa.array(_row_numbers(index["part"].to_pylist()), pa.int64()))
@@ -62,10 +67,14 @@ def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
     if kept.num_rows == index.num_rows:
         return 0
     keep_ids = set(zip(kept["part"].to_pylist(), kept["_row"].to_pylist()))
+    listed = set(kept["output_uri"].to_pylist())
     losers: dict[str, list[int]] = {}
-    for part, row in zip(index["part"].to_pylist(), index["_row"].to_pylist()):
+    orphans: set[str] = set()
+    for part, row, output in zip(index["part"].to_pylist(), index["_row"].to_pylist(), index["output_uri"].to_pylist()):
         if (part, row) not in keep_ids:
             losers.setdefault(part, []).append(row)
+            if output and output not in listed:
+                orphans.add(output)
     removed = 0
     for part, rows in losers.items():
         table = read_part(fs, part)
@@ -76,6 +85,12 @@ def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
         else:
             fs.rm(part)
         removed += table.num_rows - remaining.num_rows
+    for uri in sorted(orphans):
+        try:
+            fs.rm(uri)
+        except FileNotFoundError:
+            continue
+        logger.info("removed %s: its row was superseded and no current row lists it", uri)
     logger.info("manifest: removed %d superseded row(s) from %d part(s)", removed, len(losers))
     return removed
 

@@ -131,6 +131,18 @@ def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_loc
     assert b["reason"] == f"changed (sha256 {old_sha[:12]}→{new_sha[:12]})"
     assert verify.verify(cfg.output_uri, options).ok
 
+    # New bytes that fail: the error row replaces the ok row and the old photo's protection goes too.
+    old_output = rows["day1/a.jpg"]["output_uri"]
+    upload(s3_endpoint, "danp-ingest", "in", {"day1/a.jpg": b"\xff\xd8 not a jpeg any more"})
+    fourth = ingest.ingest(cfg)
+    assert (fourth.ok, fourth.errors, fourth.skipped) == (0, 1, 3)
+    rows = current(cfg.output_uri, options)
+    a = rows["day1/a.jpg"]
+    assert a["status"] == "error" and a["reason"].startswith("changed (sha256 ") and a["output_uri"] is None
+    assert not storage.filesystem(old_output, options)[0].exists(old_output)
+    report = verify.verify(cfg.output_uri, options)
+    assert report.ok and report.checked == 3, report
+
     assert ingest.ingest(cfg).ok == 0  # nothing new: nothing done
 
 

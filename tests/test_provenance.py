@@ -111,3 +111,20 @@ def test_remove_superseded_leaves_exactly_one_row_per_identity(manifest):
     assert dict(zip(table["source_uri"].to_pylist(), table["status"].to_pylist()))["s3://b/1.jpg"] == "ok"
     assert fs.exists(old) and not fs.exists(lone)  # rewritten without the loser / deleted when empty
     assert writer.remove_superseded(fs, mdir) == 0
+
+
+def test_a_superseded_rows_image_goes_unless_a_current_row_lists_it(manifest, tmp_path):
+    fs, mdir = manifest
+    images = {name: tmp_path / "images" / f"{name}.png" for name in ("changed-bad", "changed-ok")}
+    for path in images.values():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"png")
+    uri = {name: storage.to_uri(fs, str(path)) for name, path in images.items()}
+    writer.write_part(fs, mdir, [row("s3://b/bad.jpg", minutes=0, source_sha256="a", output_uri=uri["changed-bad"]),
+                                 row("s3://b/ok.jpg", minutes=0, source_sha256="a", output_uri=uri["changed-ok"])])
+    # New bytes of both photos: one fails (error row, no image), one is protected again to the same file.
+    writer.write_part(fs, mdir, [row("s3://b/bad.jpg", "error", minutes=5, source_sha256="b"),
+                                 row("s3://b/ok.jpg", minutes=5, source_sha256="b", output_uri=uri["changed-ok"])])
+    assert writer.remove_superseded(fs, mdir) == 2
+    assert not images["changed-bad"].exists()     # the old photo's protection is not left unlisted
+    assert images["changed-ok"].exists()          # overwritten by the new protection, still listed
