@@ -28,7 +28,7 @@ run() {  # name, timeout in seconds, ideas.py arguments...
 }
 
 # batch 1: the reference, the fast default, and each idea on its own
-run ip2p512_batch1 200 --batch-size 1 \
+run ip2p512_batch1 200 --batch-size 1 --breakdown \
     --variants reference,fast-1-timestep-per-call,fast,fast+channels_last,fast+gradient_checkpointing,fast+vae_recompute
 # a larger batch: 4 photos, 40 (photo, timestep) samples split into UNet calls of <= max_unet_batch (16)
 run ip2p512_batch4 150 --batch-size 4 --variants reference,fast,fast+vae_recompute
