@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Sequence
 
 from .config import AttackConfig, PipelineConfig
+from .storage import parse_options
 
 logger = logging.getLogger("danp_pipeline")
 
@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("danp_pipeline.ingest", "protect only what is new or changed under INPUT since the last run (scheduled)"),
     "demo": ("danp_pipeline.demo", "run the whole pipeline offline on bundled photos with a tiny editor"),
     "verify": ("danp_pipeline.verify", "re-hash protected outputs against the manifest"),
+    "compact": ("danp_pipeline.writer", "merge the manifest's small Parquet parts (runs do it past 256 of them)"),
     "eval": ("danp_pipeline.evaluate", "measure protection efficacy, fidelity, robustness and cost"),
     "bench": ("danp_pipeline.bench", "time the immunizer and report photos/hour and peak memory"),
 }
@@ -87,10 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    try:
-        storage = json.loads(args.storage_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--storage-options is not valid JSON: {exc}") from exc
+    storage = parse_options(args.storage_options)
     gpus = args.gpus_per_actor
     if gpus is None:
         import torch

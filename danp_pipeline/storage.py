@@ -10,6 +10,7 @@ error messages: :func:`scrub` removes them from any text that leaves this module
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import posixpath
@@ -52,6 +53,17 @@ class UnsafeKeyError(ValueError):
 
 
 _S3_ENV = (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"), ("token", "AWS_SESSION_TOKEN"))
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """The ``--storage-options`` JSON of the command line, as a dict; bad JSON is a ValueError."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not valid JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise ValueError(f"--storage-options must be a JSON object, got {text!r}")
+    return options
 
 
 def resolve_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

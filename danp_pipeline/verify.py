@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -94,11 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        options = json.loads(args.storage_options)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--storage-options is not valid JSON: {exc}") from exc
-    report = verify(args.output, options, threads=args.threads)
+    report = verify(args.output, storage.parse_options(args.storage_options), threads=args.threads)
     for kind in ("missing", "modified", "unlisted", "duplicates"):
         items = getattr(report, kind)
         for uri in items[:_SHOWN]:

@@ -5,10 +5,14 @@ row is not will be (re)computed by the next run. Parts are named after what they
 ``part-<sha256(config_sha256, sorted (source URI, source SHA-256)))[:32]>.parquet``, so a batch that
 Ray retries after an actor died overwrites its own part instead of adding a second copy, while the
 re-protection of changed bytes gets a new part and its old row is superseded (remove_superseded).
+
+One part per batch means a million small files for a million photos, and every run reads them all
+to plan; :func:`compact` merges small parts into parts of up to ``COMPACT_ROWS`` rows.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import logging
@@ -20,10 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .provenance import INDEX_COLUMNS, read_manifest, read_part, to_table, winners
-from .storage import atomic_write, join
+from .provenance import INDEX_COLUMNS, MANIFEST_DIR, read_manifest, read_part, to_table, winners
+from .storage import atomic_write, filesystem, join, parse_options
 
 logger = logging.getLogger(__name__)
+
+#: compact(): parts with fewer rows than this are small; merged parts hold at most this many rows.
+COMPACT_ROWS = 50_000
+#: compact(): merge only when at least this many small parts exist (a run's own parts, typically).
+COMPACT_MIN_PARTS = 256
 
 
 def part_name(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -103,3 +112,47 @@ def _row_numbers(parts: list[str]) -> list[int]:
         numbers.append(n)
         last = part
     return numbers
+
+
+def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: int = COMPACT_ROWS,
+            min_parts: int = COMPACT_MIN_PARTS) -> tuple[int, int]:
+    """Merge the manifest's small parts (< ``rows_per_part`` rows) into parts of ``rows_per_part`` rows
+    when there are at least ``min_parts`` of them; returns (small parts read, parts written).
+
+    Safe beside a running job: merged parts are committed before their sources are deleted, so a
+    reader sees every row at least once, and rows seen twice (a crash in between, or a batch that
+    Ray retries after compaction and commits its old part again) have the same identity and are
+    resolved by winners() / remove_superseded. Parts committed while compacting are left alone.
+    """
+    if rows_per_part < 1 or min_parts < 2:
+        raise ValueError(f"rows_per_part must be >= 1 and min_parts >= 2, got {rows_per_part}, {min_parts}")
+    counts = read_manifest(fs, manifest_dir, ["source_uri"], with_part=True)["part"].value_counts()
+    small = sorted(str(c["values"]) for c in counts.to_pylist() if c["counts"] < rows_per_part)
+    if len(small) < min_parts:
+        return 0, 0
+    table = pa.concat_tables([read_part(fs, path) for path in small])
+    table = table.sort_by([("source_uri", "ascending"), ("finished_at", "ascending")])
+    written = []
+    for start in range(0, table.num_rows, rows_per_part):
+        chunk = table.slice(start, rows_per_part)
+        path = join(manifest_dir, part_name(chunk.select(["config_sha256", "source_uri", "source_sha256"]).to_pylist()))
+        atomic_write(fs, path, table_bytes(chunk))
+        written.append(path)
+    for path in set(small) - set(written):
+        fs.rm(path)
+    logger.info("manifest: compacted %d small part(s), %d row(s), into %d part(s)", len(small), table.num_rows,
+                len(written))
+    return len(small), len(written)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
+    parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
+    parser.add_argument("--rows-per-part", type=int, default=COMPACT_ROWS)
+    parser.add_argument("--min-parts", type=int, default=2, help="merge only when this many small parts exist")
+
+
+def main(args: argparse.Namespace) -> int:
+    fs, root = filesystem(args.output, parse_options(args.storage_options))
+    compact(fs, join(root, MANIFEST_DIR), rows_per_part=args.rows_per_part, min_parts=args.min_parts)
+    return 0

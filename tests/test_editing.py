@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler,
                        StableDiffusionImg2ImgPipeline, StableDiffusionInstructPix2PixPipeline)
 

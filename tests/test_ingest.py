@@ -7,7 +7,6 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-import pyarrow as pa
 import pytest
 from pipeline_support import (encode, fast_config, ray_local, real_photo, s3_client, s3_endpoint,  # noqa: F401
                               s3_options, upload)

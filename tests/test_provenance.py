@@ -128,3 +128,37 @@ def test_a_superseded_rows_image_goes_unless_a_current_row_lists_it(manifest, tm
     assert writer.remove_superseded(fs, mdir) == 2
     assert not images["changed-bad"].exists()     # the old photo's protection is not left unlisted
     assert images["changed-ok"].exists()          # overwritten by the new protection, still listed
+
+
+def test_compact_merges_small_parts_without_changing_what_the_ledger_sees(manifest):
+    fs, mdir = manifest
+    for i in range(40):   # one part per photo, as batch_size=1 commits them; two configs
+        writer.write_part(fs, mdir, [row(f"s3://b/{i:02d}.jpg", "ok" if i % 5 else "error", config=f"c{i % 2}",
+                                         minutes=i, source_sha256=f"sha{i}")])
+    writer.write_part(fs, mdir, [row("s3://b/00.jpg", "ok", config="c0", minutes=99, source_sha256="new")])  # changed
+    before = provenance.read_manifest(fs, mdir)
+    assert len(provenance.list_parts(fs, mdir)) == 41
+
+    assert writer.compact(fs, mdir, rows_per_part=16, min_parts=50) == (0, 0)     # too few small parts
+    assert writer.compact(fs, mdir, rows_per_part=16, min_parts=8) == (41, 3)
+    parts = provenance.list_parts(fs, mdir)
+    assert sorted(provenance.read_part(fs, p).num_rows for p in parts) == [9, 16, 16]
+    after = provenance.read_manifest(fs, mdir)
+    key = ["source_uri", "config_sha256", "finished_at"]
+    assert after.sort_by([(k, "ascending") for k in key]).equals(before.sort_by([(k, "ascending") for k in key]))
+    assert provenance.winners(after).sort_by("source_uri").equals(provenance.winners(before).sort_by("source_uri"))
+    assert writer.compact(fs, mdir, rows_per_part=16, min_parts=2) == (0, 0)      # one small part left: nothing to do
+    with pytest.raises(ValueError, match="rows_per_part must be >= 1"):
+        writer.compact(fs, mdir, rows_per_part=0)
+
+
+def test_compact_command(manifest, tmp_path):
+    from danp_pipeline import cli
+
+    fs, mdir = manifest
+    for i in range(3):
+        writer.write_part(fs, mdir, [row(f"s3://b/{i}.jpg")])
+    assert cli.entrypoint(["compact", str(tmp_path), "--storage-options", "[1]"]) == 2   # refused, nothing touched
+    assert len(provenance.list_parts(fs, mdir)) == 3
+    assert cli.entrypoint(["compact", str(tmp_path)]) == 0
+    assert len(provenance.list_parts(fs, mdir)) == 1 and provenance.read_manifest(fs, mdir).num_rows == 3
