@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 #: Fault injection for the crash-resume test: after committing this many parts, the actor stops
 #: making progress (it sleeps), so a test can kill the job at a known point. Unset in production.
 HANG_AFTER_PARTS_ENV = "DANP_FAULT_HANG_AFTER_PARTS"
+#: Fault injection for the multi-node test: while the file this names does not exist, the actor
+#: holds each batch before protecting it, so a test decides when work may proceed (and can kill a
+#: node whose actor is certainly busy). ``{node_id}`` in the path becomes the Ray node's id, so a
+#: test can release one node at a time. Unset in production.
+HOLD_UNTIL_FILE_ENV = "DANP_FAULT_HOLD_UNTIL_FILE"
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Protector:
         self.parts_committed = 0
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
+        _maybe_hold()
         photos = [_Photo(record, utcnow(), time.perf_counter()) for record in _records(batch)]
         for photo in photos:
             self._decode(photo)
@@ -174,3 +180,15 @@ def _maybe_hang(parts_committed: int) -> None:
         logger.warning("%s=%s reached: this worker stops here (fault injection)", HANG_AFTER_PARTS_ENV, limit)
         while True:
             time.sleep(3600)
+
+
+def _maybe_hold() -> None:
+    path = os.environ.get(HOLD_UNTIL_FILE_ENV)
+    if path and "{node_id}" in path:
+        import ray
+
+        path = path.replace("{node_id}", ray.get_runtime_context().get_node_id())
+    if path and not os.path.exists(path):
+        logger.warning("%s: holding this batch until %s exists (fault injection)", HOLD_UNTIL_FILE_ENV, path)
+        while not os.path.exists(path):
+            time.sleep(0.2)

@@ -2,6 +2,10 @@
 worker nodes (each its own raylet, object store and resources), jobs submitted with
 `ray job submit`, and a worker node killed mid-job.
 
+Nothing here depends on timing: the jobs' Protectors hold their batches on gate files
+(worker.HOLD_UNTIL_FILE_ENV, set through the job's runtime env) until the state API shows what the
+test needs — a batch held on each node — and only then does the test open a gate or kill a node.
+
 Token authentication stays on: every process gets RAY_AUTH_MODE=token and a fresh RAY_AUTH_TOKEN,
 so ~/.ray is neither read nor written. Each node runs in its own process session, so a node is
 killed, and the cluster torn down, by signalling exactly those sessions: `ray stop` would stop every
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import pytest
 from pipeline_support import encode, free_port, real_photo
 
 from danp_pipeline import provenance, storage
+from danp_pipeline.worker import HOLD_UNTIL_FILE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -40,7 +46,7 @@ class Cluster:
         self.temp = tempfile.mkdtemp(prefix="danp-mn-", dir="/tmp")  # short: Ray's socket paths have a limit
         self.port, self.dashboard = free_port(), free_port()
         bindir = str(Path(sys.executable).parent)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_", "DANP_FAULT_"))}
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex, PYTHONUNBUFFERED="1",
                         PATH=f"{bindir}:{os.environ.get('PATH', '')}")
         self.nodes: dict[str, subprocess.Popen] = {}
@@ -69,8 +75,14 @@ class Cluster:
         return done
 
     def state(self, kind: str) -> list[dict]:
-        out = self.ray("list", kind, "--address", self.address, "--format", "json", "--detail", "--limit", "10000")
-        return _json_list(out.stdout)
+        """Ray's state API (``ray list KIND --detail``) over the dashboard's HTTP endpoint: same data,
+        without starting a Python process per poll on a 2-core machine."""
+        request = urllib.request.Request(f"{self.address}/api/v0/{kind}?limit=10000&detail=1",
+                                         headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+        assert body.get("result"), body
+        return body["data"]["result"]["result"]
 
     def alive_nodes(self) -> dict[str, dict]:
         return {n["node_id"]: n for n in self.state("nodes") if n["state"] == "ALIVE"}
@@ -80,16 +92,19 @@ class Cluster:
         while True:
             for name, proc in self.nodes.items():
                 assert proc.poll() is None, f"{name} node exited:\n{self.log(name)}"
-            done = self.ray("list", "nodes", "--address", self.address, "--format", "json", check=False, timeout=60)
-            if done.returncode == 0 and sum(n["state"] == "ALIVE" for n in _json_list(done.stdout)) >= count:
-                return
+            try:
+                if len(self.alive_nodes()) >= count:
+                    return
+            except (OSError, AssertionError, ValueError):  # the dashboard is not up yet
+                pass
             assert time.monotonic() < deadline, f"{count} nodes not up:\n{self.log('head')}"
             time.sleep(2)
 
-    def submit(self, *argv: str) -> str:
+    def submit(self, *argv: str, env_vars: dict[str, str] | None = None) -> str:
         job_id = f"danp-{uuid.uuid4().hex[:8]}"
+        runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
         self.ray("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", str(ROOT), "--", "python", "jobs/protect.py", *argv)
+                 "--working-dir", str(ROOT), *runtime_env, "--", "python", "jobs/protect.py", *argv)
         return job_id
 
     def wait_job(self, job_id: str) -> tuple[str, str]:
@@ -125,11 +140,6 @@ class Cluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def _json_list(text: str) -> list[dict]:
-    """`ray list … --format json` output; it prints "No resource in the cluster" when empty."""
-    return json.loads(text) if text.lstrip().startswith("[") else []
-
-
 def _session_pids(sid: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -153,67 +163,120 @@ def cluster():
         c.stop()
 
 
-def photos(directory: Path, count: int) -> None:
+def photos(directory: Path, count: int) -> list[str]:
     names = ["astronaut", "chelsea", "coffee", "camera"]
+    keys = []
     for i in range(count):
-        path = directory / f"batch{i % 3}" / f"img{i:02d}.jpg"
+        keys.append(f"batch{i % 3}/img{i:02d}.jpg")
+        path = directory / keys[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode(real_photo(names[i % 4], (64 + 8 * (i % 3), 48)), "JPEG", quality=85 + i % 10))
+    return sorted(keys)
 
 
-def current_keys(output: Path) -> list[str]:
+def manifest_keys(output: Path) -> list[str]:
+    """Source keys of the committed rows, after checking that every one is ok."""
     fs, root = storage.filesystem(str(output))
     rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     return sorted(r["source_key"] for r in rows)
 
 
-def protectors(cluster: Cluster) -> list[dict]:
-    """Every Protector actor (Ray Data's map workers) the cluster has seen: node id, state, restarts."""
-    return [{"node_id": a.get("node_id"), "state": a.get("state"), "restarts": int(a.get("num_restarts") or 0)}
-            for a in cluster.state("actors") if "MapWorker" in a["class_name"]]
+def protector_actors(cluster: Cluster, exclude: set[str] = frozenset()) -> dict[str, dict]:
+    """{actor id: actor} of every Protector (Ray Data's MapWorker) the cluster has seen, minus ``exclude``."""
+    return {a["actor_id"]: a for a in cluster.state("actors")
+            if "MapWorker" in a["class_name"] and a["actor_id"] not in exclude}
+
+
+def protector_tasks(cluster: Cluster, actors: dict[str, dict], states: tuple[str, ...]) -> dict[str, int]:
+    """{node id: number of tasks} of ``actors`` in one of ``states`` (a task records the node it ran on)."""
+    counts: dict[str, int] = {}
+    for task in cluster.state("tasks"):
+        if task.get("actor_id") in actors and task["state"] in states and task.get("node_id"):
+            counts[task["node_id"]] = counts.get(task["node_id"], 0) + 1
+    return counts
+
+
+def poll(what: str, condition, timeout: float = JOB_TIMEOUT_S, every: float = 1.0):
+    """Call ``condition()`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return result
 
 
 @pytest.mark.integration
 def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path):
+    """Placement is made certain, not likely: 0.6 CPU per actor on 1-CPU nodes puts one Protector on
+    each node, and the actors hold their batches (worker.HOLD_UNTIL_FILE_ENV) until the test has seen
+    each node's actor take work, so neither actor can finish the job alone, however fast it is."""
     started = time.monotonic()
     nodes = cluster.alive_nodes()
     assert len(nodes) == 2
     head_id = next(i for i, n in nodes.items() if n["is_head_node"])
     worker_id = next(i for i in nodes if i != head_id)
     assert nodes[worker_id]["resources_total"].get("worker") == 1
+    running, done = ("RUNNING",), ("RUNNING", "FINISHED")
 
-    # 1. a submitted job runs Protector actors on both nodes and completes
-    photos(tmp_path / "in", 8)
-    job = cluster.submit(str(tmp_path / "in"), str(tmp_path / "out"), *ACTORS, *FAST)
+    # 1. a submitted job runs Protector actors on both nodes and completes. Every actor holds its
+    # batches until the gate opens; a held actor takes at most max_tasks_in_flight_per_actor (2) of
+    # the 8 batches, so the other node's actor must take the rest.
+    expected = photos(tmp_path / "in", 8)
+    gate = tmp_path / "job1-gate"
+    job = cluster.submit(str(tmp_path / "in"), str(tmp_path / "out"), *ACTORS, *FAST,
+                         env_vars={HOLD_UNTIL_FILE_ENV: str(gate)})
+    poll("Protector tasks on both nodes", lambda: {head_id, worker_id} <= set(
+        protector_tasks(cluster, protector_actors(cluster), done)))
+    gate.touch()
     state, logs = cluster.wait_job(job)
     assert state == "SUCCEEDED", logs[-4000:]
     assert "8 ok, 0 error" in logs
-    assert current_keys(tmp_path / "out") == sorted(f"batch{i % 3}/img{i:02d}.jpg" for i in range(8))
+    assert manifest_keys(tmp_path / "out") == expected
+    first = protector_actors(cluster)
+    finished = protector_tasks(cluster, first, ("FINISHED",))
+    assert sorted(a["node_id"] for a in first.values()) == sorted([head_id, worker_id]), first
+    assert set(finished) == {head_id, worker_id}, finished  # each node's actor protected photos
     first_job_s = time.monotonic() - started
-    # Where the actors ran is reported, not asserted: without CPU contention the second actor of a
-    # short job can still be pending (node None) when the first one has done every photo (seen in CI).
 
-    # 2. the worker node dies mid-job; the cluster gets a replacement node, as an autoscaler would
-    photos(tmp_path / "in2", 16)
-    job = cluster.submit(str(tmp_path / "in2"), str(tmp_path / "out2"), *ACTORS, *FAST)
+    # 2. the worker node dies mid-job; the cluster gets a replacement node, as an autoscaler would.
+    # The actors hold on a gate file per node: once each node's actor holds a batch, the head's gate
+    # opens; the worker node is killed after the head committed a part, with its own batches still
+    # held, so the kill certainly lands mid-job on an actor with work in flight.
+    expected = photos(tmp_path / "in2", 16)
+    gate = str(tmp_path / "job2-gate-{node_id}")
+    job = cluster.submit(str(tmp_path / "in2"), str(tmp_path / "out2"), *ACTORS, *FAST,
+                         env_vars={HOLD_UNTIL_FILE_ENV: gate})
+    poll("held Protector tasks on both nodes", lambda: {head_id, worker_id} <= set(
+        protector_tasks(cluster, protector_actors(cluster, set(first)), running)))
+    second = protector_actors(cluster, set(first))
+    assert sorted(a["node_id"] for a in second.values()) == sorted([head_id, worker_id]), second
+    Path(gate.format(node_id=head_id)).touch()
     fs, root = storage.filesystem(str(tmp_path / "out2"))
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not provenance.list_parts(fs, storage.join(root, provenance.MANIFEST_DIR)):
-        assert time.monotonic() < deadline, "no manifest part appeared"
-        time.sleep(0.5)
-    committed_before_kill = len(current_keys(tmp_path / "out2"))
+    poll("a part committed by the head node", lambda: provenance.list_parts(fs, storage.join(root, provenance.MANIFEST_DIR)))
+    committed_before_kill = len(manifest_keys(tmp_path / "out2"))
+    assert committed_before_kill < len(expected)
     cluster.kill("worker")
     cluster.start_node("replacement", f"--address=127.0.0.1:{cluster.port}", '--resources={"worker": 1}')
+    replacement_id = poll("the replacement node", lambda: next(
+        (i for i in cluster.alive_nodes() if i not in (head_id, worker_id)), None), timeout=180)
+    Path(gate.format(node_id=replacement_id)).touch()
     state, logs = cluster.wait_job(job)
     reran = state != "SUCCEEDED"
     if reran:  # the job's own retries were not enough: one rerun redoes only what is missing
         state, logs = cluster.wait_job(cluster.submit(str(tmp_path / "in2"), str(tmp_path / "out2"), *ACTORS, *FAST))
     assert state == "SUCCEEDED", logs[-4000:]
-    assert current_keys(tmp_path / "out2") == sorted(f"batch{i % 3}/img{i:02d}.jpg" for i in range(16))
-    names = {head_id: "head", worker_id: "killed worker"}
-    names.update({i: "replacement" for i in cluster.alive_nodes() if i not in names})
-    actors = [(names.get(a["node_id"], a["node_id"]), a["state"], a["restarts"]) for a in protectors(cluster)]
-    print(f"\nmulti-node: first job done after {first_job_s:.0f} s; worker killed after {committed_before_kill}/16 "
-          f"photos committed; job {'needed one rerun' if reran else 'completed on its own retries'}; "
-          f"Protector actors (node, state, restarts): {actors}; total {time.monotonic() - started:.0f} s")
+    assert manifest_keys(tmp_path / "out2") == expected  # every photo exactly once, all ok
+
+    names = {head_id: "head", worker_id: "killed worker", replacement_id: "replacement"}
+    after = protector_actors(cluster, set(first))
+    placement = sorted((names.get(a["node_id"], a["node_id"]), a["state"], int(a.get("num_restarts") or 0))
+                       for a in after.values())
+    moved = [a for i, a in after.items() if second[i]["node_id"] == worker_id]
+    if not reran:  # the actor of the killed node was restarted on the replacement node and finished the job
+        assert [names.get(a["node_id"]) for a in moved] == ["replacement"], placement
+        assert int(moved[0].get("num_restarts") or 0) >= 1, placement
+    print(f"\nmulti-node: first job done after {first_job_s:.0f} s, finished Protector tasks by node "
+          f"{ {names[n]: c for n, c in finished.items()} }; worker killed after {committed_before_kill}/16 photos "
+          f"committed; job {'needed one rerun' if reran else 'completed on its own retries'}; Protector actors "
+          f"(node, state, restarts): {placement}; total {time.monotonic() - started:.0f} s")
