@@ -162,6 +162,11 @@ class PipelineConfig:
             raise ValueError(f"storage_options must be a JSON object, got {self.storage_options!r}")
         return self
 
+    @property
+    def run_prompts(self) -> tuple[str, ...]:
+        """What a photo without its own (sidecar) prompts is protected against."""
+        return self.prompts or DEFAULT_PROMPTS
+
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes).validate()
 

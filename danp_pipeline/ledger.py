@@ -11,6 +11,8 @@ never displacing an ok row for the same bytes) decides:
   row's → read it; the reader confirms with the SHA-256: the same bytes (a re-upload, a touched
   file) are dropped without a new row, new bytes are protected again with
   ``reason = "changed (sha256 <old>→<new>)"``;
+- an ``ok`` row protected against other prompts than the photo gets now (its sidecar entry, else the
+  run's prompts) → process, ``reason = "prompts changed"``: the row is a claim about those prompts;
 - otherwise → skip.
 
 A row without a fingerprint (written before ingestion existed, or by a store whose listing has
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +36,7 @@ from .provenance import INDEX_COLUMNS, winners
 logger = logging.getLogger(__name__)
 
 #: Columns read from the manifest to plan a run.
-LEDGER_COLUMNS: tuple[str, ...] = (*INDEX_COLUMNS, "source_bytes", "source_etag")
+LEDGER_COLUMNS: tuple[str, ...] = (*INDEX_COLUMNS, "source_bytes", "source_etag", "prompts")
 
 
 def current_rows(index: pa.Table, config_sha: str) -> dict[str, dict[str, Any]]:
@@ -46,9 +48,10 @@ def current_rows(index: pa.Table, config_sha: str) -> dict[str, dict[str, Any]]:
 
 
 def plan(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, retry_errors: bool = False,
-         detect_changes: bool = False) -> list[dict[str, Any]]:
+         detect_changes: bool = False, prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The listed items this run must process, each with ``reason`` (and ``previous_sha256`` when
-    its bytes may have changed)."""
+    its bytes may have changed). ``prompts``: what a photo without its own (``item["prompts"]``) is
+    protected against in this run; None skips the prompts check."""
     current = current_rows(index, config_sha)
     todo, reasons = [], Counter()
     for item in listed:
@@ -57,6 +60,9 @@ def plan(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, 
             todo.append({**item, "reason": "new"})
         elif detect_changes and _listing_changed(item, row):
             todo.append({**item, "reason": "changed", "previous_sha256": row.get("source_sha256")})
+        elif prompts is not None and row["status"] == "ok" and row.get("prompts") is not None \
+                and list(row["prompts"]) != list(item.get("prompts") or prompts):
+            todo.append({**item, "reason": "prompts changed"})
         elif row["status"] != "ok" and retry_errors:
             todo.append({**item, "reason": "retry"})
         else:

@@ -74,7 +74,8 @@ def run(cfg: PipelineConfig) -> RunSummary:
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
     listed = list(reader.list_inputs(cfg, prompts))
     index = read_manifest(out_fs, manifest_dir, ledger.LEDGER_COLUMNS)
-    todo = ledger.plan(listed, index, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes)
+    todo = ledger.plan(listed, index, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes,
+                       prompts=cfg.run_prompts)
     logger.info("%d objects under %s: %d to protect, %d already done", len(listed), cfg.input_uri, len(todo),
                 len(listed) - len(todo))
     _warn_unused_prompts(prompts, listed)
@@ -95,6 +96,7 @@ def run(cfg: PipelineConfig) -> RunSummary:
             counts = _consume(ds, len(todo), start)
         if any(item["reason"] != "new" for item in todo):  # drop the rows that retried/changed photos replace
             writer.remove_superseded(out_fs, manifest_dir)
+        writer.compact(out_fs, manifest_dir)               # only once COMPACT_MIN_PARTS small parts piled up
 
     seconds = time.perf_counter() - start
     summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=len(listed) - len(todo), total=len(listed),

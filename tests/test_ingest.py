@@ -54,6 +54,28 @@ def test_plan_processes_new_changed_and_retried_objects_and_skips_the_rest():
     assert len(ledger.plan(items, index, "other-config")) == len(items)
 
 
+def test_plan_redoes_a_photo_protected_against_other_prompts():
+    def listed(key, prompts=()):
+        return {"source_key": key, "source_uri": f"s3://b/{key}", "size": 1, "prompts": list(prompts)}
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    rows = [provenance.make_row(source_uri=f"s3://b/{k}", status=st, config_sha256="c1", prompts=p, finished_at=t0)
+            for k, st, p in [("run-prompts.jpg", "ok", ["add fire"]), ("own-prompts.jpg", "ok", ["make it snow"]),
+                             ("failed.jpg", "error", ["other"]), ("legacy.jpg", "ok", None)]]
+    index = provenance.to_table(rows).select(list(ledger.LEDGER_COLUMNS))
+    items = [listed("run-prompts.jpg"), listed("own-prompts.jpg", ["make it snow"]), listed("failed.jpg"),
+             listed("legacy.jpg")]
+
+    def todo(**kw):
+        return [(i["source_key"], i["reason"]) for i in ledger.plan(items, index, "c1", **kw)]
+
+    assert todo(prompts=["add fire"]) == []                     # same prompts: nothing to redo
+    assert todo(prompts=["add fire", "put her in a prison cell"]) == [("run-prompts.jpg", "prompts changed")]
+    assert todo() == []                                         # no prompts given: no prompts check
+    items[1]["prompts"] = ["make it rain"]                      # the sidecar entry changed
+    assert todo(prompts=["add fire"]) == [("own-prompts.jpg", "prompts changed")]
+
+
 # -- the lease (no Ray) -----------------------------------------------------------------------------
 
 def test_local_lock_excludes_a_second_run_until_released(tmp_path):

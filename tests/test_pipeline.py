@@ -146,6 +146,14 @@ def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_lo
     assert sorted((r["source_key"], r["status"]) for r in rows) == [("a.jpg", "ok"), ("b.jpg", "ok")]
     assert verify.verify(cfg.output_uri).ok
 
+    # The rows say what the photos are protected against: other prompts redo them, one row each.
+    reprompted = pipeline.run(cfg.replace(prompts=("make it snow",)))
+    assert (reprompted.ok, reprompted.errors, reprompted.skipped) == (2, 0, 0)
+    rows = manifest_rows(cfg.output_uri)
+    assert sorted((r["source_key"], r["reason"], tuple(r["prompts"])) for r in rows) == [
+        ("a.jpg", "prompts changed", ("make it snow",)), ("b.jpg", "prompts changed", ("make it snow",))]
+    assert verify.verify(cfg.output_uri).ok
+
 
 def _session_pids(sid: int) -> list[int]:
     pids = []
