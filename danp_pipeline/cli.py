@@ -84,6 +84,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
     parser.add_argument("--retry-errors", action="store_true",
                         help="redo photos whose manifest row is an error (default: a rerun skips them)")
+    attempts = PipelineConfig.__dataclass_fields__["max_photo_attempts"].default
+    parser.add_argument("--max-photo-attempts", type=int, default=attempts,
+                        help="a photo whose protection kills its worker process this many times becomes an "
+                             f"error row instead of being retried again (default {attempts})")
     add_attack_options(parser)
 
 
@@ -99,7 +103,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         prompts=tuple(args.prompt), prompts_file=args.prompts_file, attack=attack_config(args),
         actors=args.actors, gpus_per_actor=gpus, cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=storage,
-        retry_errors=args.retry_errors,
+        retry_errors=args.retry_errors, max_photo_attempts=args.max_photo_attempts,
     ).validate()
 
 

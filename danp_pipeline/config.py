@@ -144,6 +144,7 @@ class PipelineConfig:
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     retry_errors: bool = False          # rerun redoes photos whose row is "error" (default: skip them)
     detect_changes: bool = False        # also redo objects whose bytes changed since their row (ingest.py)
+    max_photo_attempts: int = 3         # a photo whose protection kills its actor this often becomes an error row
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):
@@ -158,6 +159,7 @@ class PipelineConfig:
         _positive("cpus_per_actor", self.cpus_per_actor)
         _integer("batch_size", self.batch_size, 1)
         _integer("max_pixels", self.max_pixels, 64)
+        _integer("max_photo_attempts", self.max_photo_attempts, 1)
         if not isinstance(self.storage_options, dict):
             raise ValueError(f"storage_options must be a JSON object, got {self.storage_options!r}")
         return self

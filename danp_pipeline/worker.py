@@ -5,12 +5,23 @@ each one atomically under ``OUTPUT/images/<key>.png``, commits the batch's manif
 Parquet part, and returns those rows. Every input row yields exactly one output row: a bad photo
 becomes an ``error`` row with a readable reason, never an exception. It works the same without
 Ray (unit tests call it directly) and as a Ray Data actor (pipeline.py).
+
+A photo can also kill the process that protects it (a native crash, the OOM killer); Ray then
+restarts the actor and retries the batch, without limit. To bound that, each photo's attempt is
+recorded before it is decoded and protected, as ``OUTPUT/_attempts/<hash>.json`` (the number of
+attempts that died), and the record is removed when the attempt ends, however it ends. A batch
+that finds a record from a dead attempt is protected photo by photo, so a good photo is not held
+back by the one that kills the actor; a photo whose attempts died ``max_photo_attempts`` times
+becomes an ``error`` row without another attempt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +47,11 @@ HANG_AFTER_PARTS_ENV = "DANP_FAULT_HANG_AFTER_PARTS"
 #: node whose actor is certainly busy). ``{node_id}`` in the path becomes the Ray node's id, so a
 #: test can release one node at a time. Unset in production.
 HOLD_UNTIL_FILE_ENV = "DANP_FAULT_HOLD_UNTIL_FILE"
+#: Fault injection for the poison-photo test: the actor process exits at once (``os._exit``, no
+#: cleanup, as a native crash would) when it is about to protect the photo with this source key.
+CRASH_ON_KEY_ENV = "DANP_FAULT_CRASH_ON_KEY"
+#: Where attempt records live, under OUTPUT (beside images/ and manifest/).
+ATTEMPTS_DIR = "_attempts"
 
 
 @dataclass
@@ -49,6 +65,7 @@ class _Photo:
     prompts: list[str] | None = None
     error: str | None = None
     row: dict[str, Any] | None = None
+    died: int = 0          # earlier attempts at this photo whose process died (its attempt record)
 
 
 class Protector:
@@ -66,23 +83,57 @@ class Protector:
         self.device_name = _device_name(self.editor.device)
         self.out_fs, self.out_root = storage.filesystem(self.config.output_uri, self.config.storage_options)
         self.manifest_dir = storage.join(self.out_root, MANIFEST_DIR)
+        self.attempts_dir = storage.join(self.out_root, ATTEMPTS_DIR)
         self.default_prompts = list(self.config.prompts or DEFAULT_PROMPTS)
         self.parts_committed = 0
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
         _maybe_hold()
         photos = [_Photo(record, utcnow(), time.perf_counter()) for record in _records(batch)]
+        given_up = self._screen(photos)
+        todo = [p for p in photos if p.error is None and not p.record.get("read_error")]
+        isolate = len(todo) > 1 and any(p.died for p in todo)
+        if isolate:
+            logger.warning("an earlier attempt at this batch of %d died; protecting photo by photo", len(todo))
+        for group in ([p] for p in todo) if isolate else [todo]:
+            self._attempt(group)
         for photo in photos:
-            self._decode(photo)
-        self._protect([p for p in photos if p.error is None])
+            if photo.record.get("read_error"):
+                self._decode(photo)
         rows = [photo.row or self._row(photo, status="error", error=photo.error or "not processed")
                 for photo in photos]
         writer.write_part(self.out_fs, self.manifest_dir, rows)
+        self._forget(given_up)  # only now that their error rows are committed
         self.parts_committed += 1
         _maybe_hang(self.parts_committed)
         return to_table(rows)
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _screen(self, photos: list[_Photo]) -> list[_Photo]:
+        """Read each photo's attempt record; those whose attempts died max_photo_attempts times
+        become error rows. Returns them (their records are removed once their rows are committed)."""
+        limit, given_up = self.config.max_photo_attempts, []
+        for photo in photos:
+            if photo.record.get("read_error"):
+                continue
+            photo.died = self._attempts_died(photo)
+            if photo.died >= limit:
+                photo.error = (f"the worker process died {photo.died} times while protecting this photo (a crash, "
+                               f"out of memory or a lost node); given up after max_photo_attempts={limit}; "
+                               "--retry-errors tries again")
+                logger.error("%s: %s", photo.record["source_key"], photo.error)
+                given_up.append(photo)
+        return given_up
+
+    def _attempt(self, photos: list[_Photo]) -> None:
+        """Decode and protect ``photos`` under attempt records: if this process dies meanwhile, the
+        records stay behind and count one more death for each photo."""
+        self._record_attempt(photos)
+        for photo in photos:
+            self._decode(photo)
+        self._protect([p for p in photos if p.error is None])
+        self._forget(photos)  # not in a finally: a dying process must leave the records behind
 
     def _decode(self, photo: _Photo) -> None:
         record = photo.record
@@ -99,6 +150,7 @@ class Protector:
     def _protect(self, photos: list[_Photo]) -> None:
         if not photos:
             return
+        _maybe_crash(photos)
         try:
             results = self.immunizer.protect([p.image for p in photos], [p.prompts for p in photos],
                                              seeds=[self.config.attack.seed] * len(photos))
@@ -144,6 +196,46 @@ class Protector:
             started_at=photo.started, finished_at=utcnow(), notes=notes, run_id=self.run_id,
             source_etag=record.get("source_etag"), reason=record.get("reason"), **fields)
 
+    # -- attempt records -------------------------------------------------------------------------
+
+    def _attempt_path(self, photo: _Photo) -> str:
+        key = hashlib.sha256(f"{self.config_sha256}\0{photo.record['source_uri']}".encode()).hexdigest()[:32]
+        return storage.join(self.attempts_dir, f"{key}.json")
+
+    def _attempts_died(self, photo: _Photo) -> int:
+        path = self._attempt_path(photo)
+        try:
+            data = storage.retrying(self.out_fs.cat_file, path, what=f"reading {path}")
+        except FileNotFoundError:
+            return 0
+        except Exception as exc:  # a record we cannot read bounds nothing, but must not cost the photo
+            logger.warning("cannot read attempt record %s: %s", path, self._reason(exc))
+            return 0
+        try:
+            return int(json.loads(data)["died"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed attempt record %s", path)
+            return 0
+
+    def _record_attempt(self, photos: list[_Photo]) -> None:
+        for photo in photos:
+            record = {"source_uri": photo.record["source_uri"], "died": photo.died + 1, "run_id": self.run_id,
+                      "started_at": photo.started.isoformat()}
+            try:
+                storage.atomic_write(self.out_fs, self._attempt_path(photo), json.dumps(record).encode())
+            except Exception as exc:
+                logger.warning("cannot write attempt record for %s: %s", photo.record["source_key"], self._reason(exc))
+
+    def _forget(self, photos: list[_Photo]) -> None:
+        for photo in photos:
+            path = self._attempt_path(photo)
+            try:
+                storage.retrying(self.out_fs.rm, path, what=f"removing {path}")
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                logger.warning("cannot remove attempt record %s: %s", path, self._reason(exc))
+
     def _reason(self, exc: BaseException) -> str:
         text = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"
         return storage.scrub(text, self.config.storage_options)
@@ -180,6 +272,15 @@ def _maybe_hang(parts_committed: int) -> None:
         logger.warning("%s=%s reached: this worker stops here (fault injection)", HANG_AFTER_PARTS_ENV, limit)
         while True:
             time.sleep(3600)
+
+
+def _maybe_crash(photos: list[_Photo]) -> None:
+    key = os.environ.get(CRASH_ON_KEY_ENV)
+    if key and any(p.record.get("source_key") == key for p in photos):
+        logger.error("%s=%s: this process exits now (fault injection)", CRASH_ON_KEY_ENV, key)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(70)
 
 
 def _maybe_hold() -> None:

@@ -64,6 +64,8 @@ def test_pipeline_config_validation_and_hash():
     ok = PipelineConfig("in", "out").validate()
     with pytest.raises(ValueError, match="actors must be an integer >= 1, got 0"):
         dataclasses.replace(ok, actors=0).validate()
+    with pytest.raises(ValueError, match="max_photo_attempts must be an integer >= 1, got 0"):
+        dataclasses.replace(ok, max_photo_attempts=0).validate()
     with pytest.raises(ValueError, match="input_uri"):
         dataclasses.replace(ok, input_uri=" ").validate()
     with pytest.raises(ValueError, match="prompts"):

@@ -19,7 +19,7 @@ from pipeline_support import (FAST_ARGS, FAST_ATTACK, SECRET_KEY, bad_inputs, ch
                               good_photos, odd_photos, ray_local, real_photo, s3_endpoint, s3_env, s3_options, upload)
 
 from danp_pipeline import pipeline, provenance, reader, storage, verify
-from danp_pipeline.worker import HANG_AFTER_PARTS_ENV
+from danp_pipeline.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
 
 RUN_TIMEOUT_S = 420
 
@@ -229,3 +229,28 @@ def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpo
     assert len({r["run_id"] for r in rows}) == 2
     assert verify.verify("s3://danp-out/crash", options).ok
     assert SECRET_KEY not in done.stderr + (tmp_path / "crash.log").read_text()
+
+
+@pytest.mark.integration
+def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path):
+    """The actor process exits (os._exit, as in a native crash) whenever it protects one photo. Ray
+    restarts it and retries the batch; after max_photo_attempts deaths the photo is an error row and
+    the job completes. The run starts its own local Ray so that the fault hook reaches its actors."""
+    names = ["astronaut", "chelsea", "coffee", "camera", "astronaut", "coffee"]
+    keys = [f"p{i}.jpg" for i in range(len(names))]
+    (tmp_path / "in").mkdir()
+    for key, name in zip(keys, names):
+        (tmp_path / "in" / key).write_bytes(encode(real_photo(name, (64, 48)), "JPEG"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    done = subprocess.run(_cli("run", str(tmp_path / "in"), str(tmp_path / "out"), "--batch-size", "2",
+                               "--max-photo-attempts", "2", *FAST_ARGS),
+                          env={**env, CRASH_ON_KEY_ENV: "p3.jpg"}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "6 objects: 5 ok, 1 error" in done.stderr, done.stderr[-3000:]
+    rows = {r["source_key"]: r for r in manifest_rows(str(tmp_path / "out"))}
+    assert sorted(rows) == keys and len(manifest_rows(str(tmp_path / "out"))) == len(keys)  # each exactly once
+    assert rows["p3.jpg"]["status"] == "error" and rows["p3.jpg"]["output_uri"] is None
+    assert rows["p3.jpg"]["error"].startswith("the worker process died 2 times while protecting this photo"), rows["p3.jpg"]["error"]
+    assert all(rows[k]["status"] == "ok" for k in keys if k != "p3.jpg"), [r["error"] for r in rows.values()]
+    assert not list((tmp_path / "out" / "_attempts").iterdir())
+    assert verify.verify(str(tmp_path / "out")).ok

@@ -6,10 +6,10 @@ import pyarrow as pa
 import pytest
 from pipeline_support import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, real_photo
 
-from danp_pipeline import provenance, reader, storage
+from danp_pipeline import provenance, reader, storage, worker
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
 from danp_pipeline.immunizer import Immunizer
-from danp_pipeline.worker import Protector
+from danp_pipeline.worker import ATTEMPTS_DIR, CRASH_ON_KEY_ENV, Protector
 
 
 def read_batch(cfg, files: dict[str, bytes], tmp_path, prompts=None) -> pa.Table:
@@ -119,6 +119,53 @@ def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
     assert out["a.jpg"]["status"] == "ok"
     assert out["poison.jpg"]["status"] == "error"
     assert out["poison.jpg"]["error"] == "protection failed: RuntimeError: CUDA error: simulated"
+
+
+class Died(BaseException):
+    """Stands in for the process exit of a native crash: nothing after it runs, no except catches it."""
+
+
+def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, monkeypatch):
+    """Ray restarts a dead actor and retries its batch without limit; the attempt records bound that.
+    Each call below is what Ray's retry does after the actor process died."""
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), batch_size=2, max_photo_attempts=2)
+    files = {"good.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
+             "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    batch = read_batch(cfg, files, tmp_path)
+    monkeypatch.setenv(CRASH_ON_KEY_ENV, "poison.jpg")
+    monkeypatch.setattr(worker.os, "_exit", lambda code: (_ for _ in ()).throw(Died(code)))
+    protected = []
+    real = Immunizer.protect
+
+    def protect(self, photos, prompts, seeds=None):
+        protected.append(len(photos))
+        return real(self, photos, prompts, seeds)
+
+    monkeypatch.setattr(Immunizer, "protect", protect)
+    protector = Protector(cfg, run_id="r1")
+    attempts = tmp_path / "out" / ATTEMPTS_DIR
+    with pytest.raises(Died):  # 1st try: the whole batch, dies before protecting anything
+        protector(batch)
+    assert len(list(attempts.iterdir())) == 2 and protected == []
+    with pytest.raises(Died):  # 2nd: photo by photo; the good photo is protected, the poison dies again
+        protector(batch)
+    assert protected == [1] and len(list(attempts.iterdir())) == 1
+    out = {r["source_key"]: r for r in protector(batch).to_pylist()}  # 3rd: the poison is given up
+    assert out["good.jpg"]["status"] == "ok", out["good.jpg"]["error"]
+    assert out["poison.jpg"]["status"] == "error" and out["poison.jpg"]["output_uri"] is None
+    assert out["poison.jpg"]["error"].startswith("the worker process died 2 times while protecting this photo")
+    assert "max_photo_attempts=2" in out["poison.jpg"]["error"]
+    assert protected == [1, 1] and not list(attempts.iterdir())  # committed: no attempt record is left
+    fs, _ = storage.filesystem(cfg.output_uri)
+    committed = provenance.read_manifest(fs, f"{tmp_path}/out/manifest").to_pylist()
+    assert sorted((r["source_key"], r["status"]) for r in committed) == [("good.jpg", "ok"), ("poison.jpg", "error")]
+
+
+def test_an_attempt_that_ends_leaves_no_attempt_record(cfg, tmp_path):
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"), "bad.jpg": b"not an image"}
+    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    assert [r["status"] for r in out] == ["ok", "error"]
+    assert not list((tmp_path / "out" / ATTEMPTS_DIR).iterdir())
 
 
 def test_write_failure_is_an_error_row(cfg, tmp_path):
