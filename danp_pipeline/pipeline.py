@@ -36,8 +36,11 @@ READ_TASKS_PER_ACTOR = 2
 OBJECTS_PER_BLOCK = 4
 PROGRESS_EVERY_S = 30.0
 #: A Protector whose process or node dies is restarted and its batch resubmitted, without limit:
-#: a lost node costs retries, not photos (a retried batch overwrites its own manifest part).
-#: These are Ray Data's defaults, set here so that they stay the job's behaviour.
+#: a lost node costs retries, not photos (a retried batch overwrites its own manifest part), and a
+#: photo that kills its actor every time is given up after ``max_photo_attempts`` (worker.py).
+#: These are Ray Data's defaults for actor pools. They are not passed to ``map_batches``: actor
+#: options other than its named parameters go through ``**ray_remote_args``, deprecated since Ray
+#: 2.60 (removed in 2.64); tests/test_pipeline.py checks that Ray Data still applies them.
 ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
 
 
@@ -83,17 +86,7 @@ def run(cfg: PipelineConfig) -> RunSummary:
     counts: Counter[str] = Counter()
     if todo:
         with _ray_session():
-            blocks = math.ceil(len(todo) / OBJECTS_PER_BLOCK)
-            ds = ray.data.from_items(todo, override_num_blocks=blocks)
-            ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
-                                compute=ray.data.TaskPoolStrategy(size=min(blocks, READ_TASKS_PER_ACTOR * cfg.actors)),
-                                fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
-                                           "max_pixels": cfg.max_pixels})
-            ds = ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
-                                compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
-                                batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
-                                **ACTOR_FAULT_TOLERANCE)
-            counts = _consume(ds, len(todo), start)
+            counts = _consume(dataset(todo, cfg, run_id), len(todo), start)
         if any(item["reason"] != "new" for item in todo):  # drop the rows that retried/changed photos replace
             writer.remove_superseded(out_fs, manifest_dir)
         writer.compact(out_fs, manifest_dir)               # only once COMPACT_MIN_PARTS small parts piled up
@@ -105,6 +98,19 @@ def run(cfg: PipelineConfig) -> RunSummary:
                          manifest_uri=storage.to_uri(out_fs, manifest_dir), run_id=run_id)
     logger.info("done: %s", summary)
     return summary
+
+
+def dataset(todo: list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Dataset:
+    """The job graph (lazy): planned items → read and hash (CPU tasks) → protect and commit (actors)."""
+    blocks = math.ceil(len(todo) / OBJECTS_PER_BLOCK)
+    ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
+                        compute=ray.data.TaskPoolStrategy(size=min(blocks, READ_TASKS_PER_ACTOR * cfg.actors)),
+                        fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
+                                   "max_pixels": cfg.max_pixels})
+    return ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
+                          compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
+                          batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
 
 
 def _consume(ds: ray.data.Dataset, expected: int, start: float) -> Counter[str]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -128,6 +129,27 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     caplog.clear()
     assert verify.main(args) == 1
     assert tampered in caplog.text and deleted in caplog.text
+
+
+@pytest.mark.integration
+def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tolerance(tmp_path, ray_local):
+    """Ray 2.60 deprecates map_batches(**ray_remote_args); the actor restarts the job relies on are
+    Ray Data's own defaults for actor pools, checked here so that a Ray upgrade cannot drop them silently."""
+    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+    from ray.data.context import DataContext
+    from ray.util.annotations import RayDeprecationWarning
+
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    item = {"source_key": "a.jpg", "source_uri": f"file://{tmp_path}/in/a.jpg", "path": str(tmp_path / "in/a.jpg"),
+            "size": 1, "prompts": [], "reason": "new"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pipeline.dataset([item], cfg, "r1")
+    assert not [w for w in caught if issubclass(w.category, RayDeprecationWarning)], [str(w.message) for w in caught]
+    protect = ds._logical_plan.dag
+    assert not set(pipeline.ACTOR_FAULT_TOLERANCE) & set(protect.ray_remote_args)  # nothing to override the defaults
+    applied = ActorPoolMapOperator._apply_default_remote_args(protect.ray_remote_args, DataContext.get_current())
+    assert {k: applied[k] for k in pipeline.ACTOR_FAULT_TOLERANCE} == pipeline.ACTOR_FAULT_TOLERANCE
 
 
 @pytest.mark.integration
