@@ -6,9 +6,13 @@ from __future__ import annotations
 import atexit
 import io
 import os
+import signal
 import socket
 import struct
+import subprocess
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +35,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (zombies are dead already and only wait to be reaped)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL every process in the session of ``proc`` (started with ``start_new_session=True``) until
+    none is left, then reap ``proc``: a job with its own Ray instance, or a Ray node, gone at once as
+    on a machine that vanished. Only that session is signalled, never other runs' processes."""
+    deadline = time.monotonic() + timeout
+    while pids := session_pids(proc.pid):
+        assert time.monotonic() < deadline, f"session {proc.pid} still has processes {pids} after {timeout} s"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    proc.wait(timeout=30)
 
 
 def moto_endpoint() -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_support import encode, free_port, real_photo
+from pipeline_support import encode, free_port, kill_session, real_photo
 
 from danp_pipeline import provenance, storage
 from danp_pipeline.worker import HOLD_UNTIL_FILE_ENV
@@ -119,16 +118,7 @@ class Cluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL a node's whole session (raylet, object store, its workers), like a VM that vanished."""
-        proc = self.nodes.pop(name)
-        deadline = time.monotonic() + 60
-        while (pids := _session_pids(proc.pid)) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-        proc.wait(timeout=30)
+        kill_session(self.nodes.pop(name))
 
     def log(self, name: str) -> str:
         path = os.path.join(self.temp, f"{name}.log")
@@ -138,19 +128,6 @@ class Cluster:
         for name in list(self.nodes)[::-1]:
             self.kill(name)
         shutil.rmtree(self.temp, ignore_errors=True)
-
-
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture
@@ -253,7 +230,8 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     assert sorted(a["node_id"] for a in second.values()) == sorted([head_id, worker_id]), second
     Path(gate.format(node_id=head_id)).touch()
     fs, root = storage.filesystem(str(tmp_path / "out2"))
-    poll("a part committed by the head node", lambda: provenance.list_parts(fs, storage.join(root, provenance.MANIFEST_DIR)))
+    poll("a part committed by the head node",
+         lambda: provenance.list_parts(fs, storage.join(root, provenance.MANIFEST_DIR)))
     committed_before_kill = len(manifest_keys(tmp_path / "out2"))
     assert committed_before_kill < len(expected)
     cluster.kill("worker")

@@ -6,18 +6,17 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import warnings
 from argparse import Namespace
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from pipeline_support import (FAST_ARGS, FAST_ATTACK, SECRET_KEY, bad_inputs, check_linf, encode, fast_config,  # noqa: F401
-                              good_photos, odd_photos, ray_local, real_photo, s3_endpoint, s3_env, s3_options, upload)
+                              good_photos, kill_session, odd_photos, ray_local, real_photo, s3_endpoint, s3_env,
+                              s3_options, upload)
 
 from danp_pipeline import pipeline, provenance, reader, storage, verify
 from danp_pipeline.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
@@ -177,33 +176,6 @@ def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_lo
     assert verify.verify(cfg.output_uri).ok
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the job's whole session (driver, its Ray instance, its workers), then wait until it is gone."""
-    deadline = time.monotonic() + 60
-    while (pids := _session_pids(proc.pid)) and time.monotonic() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    proc.wait(timeout=30)
-    assert not _session_pids(proc.pid)
-
-
 def _cli(*args: str) -> list[str]:
     exe = shutil.which("danp-protect", path=os.path.dirname(sys.executable))
     return [exe, *args] if exe else [sys.executable, "-c", "from danp_pipeline.cli import cli_main; cli_main()", *args]
@@ -233,7 +205,7 @@ def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpo
             assert time.monotonic() < deadline, "no manifest part appeared"
             time.sleep(1)
     finally:
-        _kill_session(proc)
+        kill_session(proc)  # the driver, its Ray instance and its workers
     committed = manifest_rows("s3://danp-out/crash", options)
     assert len(committed) == 2  # the worker stopped after its second part: nothing else was committed
 
@@ -266,13 +238,15 @@ def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     done = subprocess.run(_cli("run", str(tmp_path / "in"), str(tmp_path / "out"), "--batch-size", "2",
                                "--max-photo-attempts", "2", *FAST_ARGS),
-                          env={**env, CRASH_ON_KEY_ENV: "p3.jpg"}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+                          env={**env, CRASH_ON_KEY_ENV: "p3.jpg"}, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "6 objects: 5 ok, 1 error" in done.stderr, done.stderr[-3000:]
     rows = {r["source_key"]: r for r in manifest_rows(str(tmp_path / "out"))}
     assert sorted(rows) == keys and len(manifest_rows(str(tmp_path / "out"))) == len(keys)  # each exactly once
     assert rows["p3.jpg"]["status"] == "error" and rows["p3.jpg"]["output_uri"] is None
-    assert rows["p3.jpg"]["error"].startswith("the worker process died 2 times while protecting this photo"), rows["p3.jpg"]["error"]
+    error = rows["p3.jpg"]["error"]
+    assert error.startswith("the worker process died 2 times while protecting this photo"), error
     assert all(rows[k]["status"] == "ok" for k in keys if k != "p3.jpg"), [r["error"] for r in rows.values()]
     assert not list((tmp_path / "out" / "_attempts").iterdir())
     assert verify.verify(str(tmp_path / "out")).ok
