@@ -166,10 +166,12 @@ def protector_actors(cluster: Cluster, exclude: set[str] = frozenset()) -> dict[
 
 
 def protector_tasks(cluster: Cluster, actors: dict[str, dict], states: tuple[str, ...]) -> dict[str, int]:
-    """{node id: number of tasks} of ``actors`` in one of ``states`` (a task records the node it ran on)."""
+    """{node id: number of batch tasks} of ``actors`` in one of ``states`` (a task records the node it ran
+    on). Only ``MapWorker.submit``, Ray Data's call on a bundle of rows; not ``__init__`` or ``get_location``."""
     counts: dict[str, int] = {}
     for task in cluster.state("tasks"):
-        if task.get("actor_id") in actors and task["state"] in states and task.get("node_id"):
+        if (task.get("actor_id") in actors and task["name"].endswith(".submit") and task["state"] in states
+                and task.get("node_id")):
             counts[task["node_id"]] = counts.get(task["node_id"], 0) + 1
     return counts
 
@@ -197,9 +199,10 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     running, done = ("RUNNING",), ("RUNNING", "FINISHED")
 
     # 1. a submitted job runs Protector actors on both nodes and completes. Every actor holds its
-    # batches until the gate opens; a held actor takes at most max_tasks_in_flight_per_actor (2) of
-    # the 8 batches, so the other node's actor must take the rest.
-    expected = photos(tmp_path / "in", 8)
+    # batches until the gate opens. The actors get bundles of OBJECTS_PER_BLOCK (4) photos, and a
+    # held actor takes at most max_tasks_in_flight_per_actor (2) of them: of 16 photos' 4 bundles,
+    # the other node's actor must take at least 2.
+    expected = photos(tmp_path / "in", 16)
     gate = tmp_path / "job1-gate"
     job = cluster.submit(str(tmp_path / "in"), str(tmp_path / "out"), *ACTORS, *FAST,
                          env_vars={HOLD_UNTIL_FILE_ENV: str(gate)})
@@ -208,7 +211,7 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     gate.touch()
     state, logs = cluster.wait_job(job)
     assert state == "SUCCEEDED", logs[-4000:]
-    assert "8 ok, 0 error" in logs
+    assert "16 ok, 0 error" in logs
     assert manifest_keys(tmp_path / "out") == expected
     first = protector_actors(cluster)
     finished = protector_tasks(cluster, first, ("FINISHED",))
