@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -74,12 +73,7 @@ def load_prompts_file(uri: str, storage_options: Mapping[str, Any] | None = None
 
 
 def _prompts_from_json(uri: str, text: str) -> dict[str, list[str]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"prompts file {uri!r} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"prompts file {uri!r} must hold a JSON object {{key: prompt or [prompts]}}")
+    data = storage.json_object(text, f"prompts file {uri!r}", " {key: prompt or [prompts]}")
     return {str(k): [v] if isinstance(v, str) else list(v) if isinstance(v, list) else [v] for k, v in data.items()}
 
 

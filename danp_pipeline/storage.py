@@ -55,15 +55,20 @@ class UnsafeKeyError(ValueError):
 _S3_ENV = (("key", "AWS_ACCESS_KEY_ID"), ("secret", "AWS_SECRET_ACCESS_KEY"), ("token", "AWS_SESSION_TOKEN"))
 
 
+def json_object(text: str, what: str, shape: str = "") -> dict[str, Any]:
+    """Parse ``text`` as a JSON object; a ValueError names ``what`` (and the expected ``shape``) otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object{shape}, got {text[:80]!r}")
+    return data
+
+
 def parse_options(text: str) -> dict[str, Any]:
     """The ``--storage-options`` JSON of the command line, as a dict; bad JSON is a ValueError."""
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--storage-options is not valid JSON: {exc}") from exc
-    if not isinstance(options, dict):
-        raise ValueError(f"--storage-options must be a JSON object, got {text!r}")
-    return options
+    return json_object(text, "--storage-options")
 
 
 def resolve_options(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

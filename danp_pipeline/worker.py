@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from . import storage, writer
-from .config import DEFAULT_PROMPTS, PipelineConfig, config_json, config_sha256
+from .config import PipelineConfig, config_json, config_sha256
 from .imageio import DecodedImage, decode_image, encode_png, eps_levels
 from .immunizer import Immunizer, ProtectedImage
 from .models import load_editor
@@ -84,7 +84,7 @@ class Protector:
         self.out_fs, self.out_root = storage.filesystem(self.config.output_uri, self.config.storage_options)
         self.manifest_dir = storage.join(self.out_root, MANIFEST_DIR)
         self.attempts_dir = storage.join(self.out_root, ATTEMPTS_DIR)
-        self.default_prompts = list(self.config.prompts or DEFAULT_PROMPTS)
+        self.default_prompts = list(self.config.run_prompts)
         self.parts_committed = 0
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
