@@ -254,8 +254,9 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     placement = sorted((names.get(a["node_id"], a["node_id"]), a["state"], int(a.get("num_restarts") or 0))
                        for a in after.values())
     moved = [a for i, a in after.items() if second[i]["node_id"] == worker_id]
-    if not reran:  # the actor of the killed node was restarted on the replacement node and finished the job
-        assert [names.get(a["node_id"]) for a in moved] == ["replacement"], placement
+    if not reran:  # the actor of the killed node was restarted on a live node and finished the job: on the
+        # replacement node, or on the head when Ray Data had already released the head's idle actor
+        assert [names.get(a["node_id"]) for a in moved] in (["replacement"], ["head"]), placement
         assert int(moved[0].get("num_restarts") or 0) >= 1, placement
     print(f"\nmulti-node: first job done after {first_job_s:.0f} s, finished Protector tasks by node "
           f"{ {names[n]: c for n, c in finished.items()} }; worker killed after {committed_before_kill}/16 photos "
