@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .provenance import INDEX_COLUMNS, MANIFEST_DIR, read_manifest, read_part, to_table, winners
+from .provenance import INDEX_COLUMNS, MANIFEST_DIR, list_parts, read_manifest, read_part, to_table, winners
 from .storage import atomic_write, filesystem, join, parse_options
 
 logger = logging.getLogger(__name__)
@@ -114,18 +114,23 @@ def _row_numbers(parts: list[str]) -> list[int]:
     return numbers
 
 
-def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: int = COMPACT_ROWS,
-            min_parts: int = COMPACT_MIN_PARTS) -> tuple[int, int]:
+def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: int | None = None,
+            min_parts: int | None = None) -> tuple[int, int]:
     """Merge the manifest's small parts (< ``rows_per_part`` rows) into parts of ``rows_per_part`` rows
     when there are at least ``min_parts`` of them; returns (small parts read, parts written).
+    Defaults: COMPACT_ROWS and COMPACT_MIN_PARTS. Below ``min_parts`` parts in all it only lists.
 
     Safe beside a running job: merged parts are committed before their sources are deleted, so a
     reader sees every row at least once, and rows seen twice (a crash in between, or a batch that
     Ray retries after compaction and commits its old part again) have the same identity and are
     resolved by winners() / remove_superseded. Parts committed while compacting are left alone.
     """
+    rows_per_part = COMPACT_ROWS if rows_per_part is None else rows_per_part
+    min_parts = COMPACT_MIN_PARTS if min_parts is None else min_parts
     if rows_per_part < 1 or min_parts < 2:
         raise ValueError(f"rows_per_part must be >= 1 and min_parts >= 2, got {rows_per_part}, {min_parts}")
+    if len(list_parts(fs, manifest_dir)) < min_parts:   # the usual case after a run: nothing to read
+        return 0, 0
     counts = read_manifest(fs, manifest_dir, ["source_uri"], with_part=True)["part"].value_counts()
     small = sorted(str(c["values"]) for c in counts.to_pylist() if c["counts"] < rows_per_part)
     if len(small) < min_parts:

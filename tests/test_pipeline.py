@@ -18,7 +18,7 @@ from pipeline_support import (FAST_ARGS, FAST_ATTACK, SECRET_KEY, bad_inputs, ch
                               good_photos, kill_session, odd_photos, ray_local, real_photo, s3_endpoint, s3_env,
                               s3_options, upload)
 
-from danp_pipeline import pipeline, provenance, reader, storage, verify
+from danp_pipeline import pipeline, provenance, reader, storage, verify, writer
 from danp_pipeline.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
 
 RUN_TIMEOUT_S = 420
@@ -152,7 +152,7 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
 
 
 @pytest.mark.integration
-def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_local):
+def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_local, monkeypatch):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 64)), "JPEG"))
     (tmp_path / "in" / "b.jpg").write_bytes(b"")  # not yet uploaded completely
@@ -168,8 +168,14 @@ def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_lo
     assert verify.verify(cfg.output_uri).ok
 
     # The rows say what the photos are protected against: other prompts redo them, one row each.
+    # With the compaction threshold at 2 parts, the run also merges its per-photo parts into one.
+    fs, root = storage.filesystem(cfg.output_uri)
+    manifest_dir = storage.join(root, provenance.MANIFEST_DIR)
+    assert len(provenance.list_parts(fs, manifest_dir)) == 2
+    monkeypatch.setattr(writer, "COMPACT_MIN_PARTS", 2)
     reprompted = pipeline.run(cfg.replace(prompts=("make it snow",)))
     assert (reprompted.ok, reprompted.errors, reprompted.skipped) == (2, 0, 0)
+    assert len(provenance.list_parts(fs, manifest_dir)) == 1
     rows = manifest_rows(cfg.output_uri)
     assert sorted((r["source_key"], r["reason"], tuple(r["prompts"])) for r in rows) == [
         ("a.jpg", "prompts changed", ("make it snow",)), ("b.jpg", "prompts changed", ("make it snow",))]
