@@ -12,16 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-
 import time
 
 import torch
 
-from danp_pipeline.attention import AttentionStore, capture_cross_attention
-from danp_pipeline.bench import benchmark, build_editor, format_report
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.diffusion import encode_mean, encode_prompts, latents_and_condition, predict_noise
-from danp_pipeline.models import EditorBundle
+from danp_pipeline.evaluation.bench import benchmark, build_editor, format_report
+from danp_pipeline.protect.attention import AttentionStore, capture_cross_attention
+from danp_pipeline.protect.diffusion import (
+    encode_mean,
+    encode_prompts,
+    latents_and_condition,
+    predict_noise,
+)
+from danp_pipeline.protect.models import EditorBundle
 
 VARIANTS: dict[str, dict] = {
     "reference": {"path": "reference"},

@@ -86,8 +86,9 @@ def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from danp_pipeline import pipeline, provenance, storage
     from danp_pipeline.config import AttackConfig, PipelineConfig
+    from danp_pipeline.job import pipeline
+    from danp_pipeline.manifest.output import Output
 
     work = Path(tempfile.mkdtemp(prefix="danp-bench-"))
     make_photos(work / "in", n)
@@ -98,8 +99,7 @@ def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
                          attack=AttackConfig(resolution=resolution, steps=steps, num_timesteps=timesteps))
     summary = pipeline.run(cfg)
     sampler.stop.set()
-    fs, root = storage.filesystem(cfg.output_uri)
-    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    rows = Output.open(cfg.output_uri).read().to_pylist()
     finished = sorted(r["finished_at"] for r in rows if r["status"] == "ok")
     span = (finished[-1] - finished[0]).total_seconds() if len(finished) > 1 else 0.0
     return {

@@ -17,8 +17,8 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 _EXPORTS = {
     "AttackConfig": "config", "PipelineConfig": "config",
-    "Immunizer": "immunizer", "ProtectedImage": "immunizer",
-    "EditorBundle": "models", "load_editor": "models",
+    "Immunizer": "protect.immunizer", "ProtectedImage": "protect.immunizer",
+    "EditorBundle": "protect.models", "load_editor": "protect.models",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

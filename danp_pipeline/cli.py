@@ -1,34 +1,44 @@
-"""The ``danp-protect`` command. It only parses arguments into configs and calls the library.
+"""The ``danp-protect`` command: all argument parsing of the project, and nothing else.
 
-Subcommands: ``run`` (protect an archive), ``demo`` (the whole pipeline offline on bundled photos),
-``verify`` (re-hash outputs against the manifest), ``eval`` (protection efficacy and fidelity) and
-``bench`` (speed). Each lives in its own module exposing ``configure(parser)`` and ``main(args)``.
+One parser per subcommand (``run``, ``ingest``, ``demo``, ``verify``, ``compact``, ``eval``,
+``bench``), each paired with a handler that turns the parsed arguments into the library's typed
+configs and calls the library. ``jobs/*.py`` ask :func:`command_parser` for a parser by name.
+Defaults come from ``config.py``; the library is imported only inside handlers, so ``--help``
+and ``verify`` do not pay for torch and diffusers.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from .config import AttackConfig, PipelineConfig
-from .storage import parse_options
+from . import config as C
+from .config import AttackConfig, EditConfig, EvalConfig, PipelineConfig
 
 logger = logging.getLogger("danp_pipeline")
 
-#: subcommand -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("danp_pipeline.cli", "protect every photo under INPUT, writing to OUTPUT"),
-    "ingest": ("danp_pipeline.ingest", "protect only what is new or changed under INPUT since the last run (scheduled)"),
-    "demo": ("danp_pipeline.demo", "run the whole pipeline offline on bundled photos with a tiny editor"),
-    "verify": ("danp_pipeline.verify", "re-hash protected outputs against the manifest"),
-    "compact": ("danp_pipeline.writer", "merge the manifest's small Parquet parts (runs do it past 256 of them)"),
-    "eval": ("danp_pipeline.evaluate", "measure protection efficacy, fidelity, robustness and cost"),
-    "bench": ("danp_pipeline.bench", "time the immunizer and report photos/hour and peak memory"),
-}
 
+def _default(cls: type, name: str) -> Any:
+    """A config field's default, so that no default is spelled twice."""
+    fld = cls.__dataclass_fields__[name]
+    return fld.default_factory() if callable(fld.default_factory) else fld.default
+
+
+def _storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
+
+
+def _csv_list(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+    return parse
+
+
+# -- attack options (run, ingest, eval, bench) ------------------------------------------------------
 
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the immunizer; defaults come from AttackConfig."""
@@ -69,49 +79,256 @@ def _parse_value(raw: str, kind: type) -> object:
     return kind(raw)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+# -- run / ingest --------------------------------------------------------------------------------
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    p = lambda name: _default(PipelineConfig, name)  # noqa: E731
     parser.add_argument("input", metavar="INPUT", help="fsspec URI or path of the photos (s3://bucket/prefix, ./dir)")
     parser.add_argument("output", metavar="OUTPUT", help="fsspec URI or path for images/ and manifest/")
-    parser.add_argument("--model", default="tiny-ip2p", help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
-    parser.add_argument("--revision", default=None, help="model revision (branch, tag or commit)")
+    parser.add_argument("--model", default=p("model"), help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
+    parser.add_argument("--revision", default=p("revision"), help="model revision (branch, tag or commit)")
     parser.add_argument("--prompt", action="append", default=[], help="edit instruction to protect against (repeatable)")
-    parser.add_argument("--prompts-file", default=None, help="JSON or CSV sidecar mapping object keys to prompts")
-    parser.add_argument("--actors", type=int, default=1, help="size of the GPU actor pool")
-    parser.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when a GPU is present, else 0")
-    parser.add_argument("--cpus-per-actor", type=float, default=0.5)
-    parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger photos")
-    parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
+    parser.add_argument("--prompts-file", default=p("prompts_file"), help="JSON or CSV sidecar mapping object keys to prompts")
+    parser.add_argument("--actors", type=int, default=p("actors"), help="size of the GPU actor pool")
+    parser.add_argument("--gpus-per-actor", type=float, default=p("gpus_per_actor"),
+                        help="default: 1 when the cluster has a GPU, else 0")
+    parser.add_argument("--cpus-per-actor", type=float, default=p("cpus_per_actor"))
+    parser.add_argument("--batch-size", type=int, default=p("batch_size"), help="photos per immunizer call")
+    parser.add_argument("--max-pixels", type=int, default=p("max_pixels"), help="refuse larger photos")
+    _storage_options(parser)
     parser.add_argument("--retry-errors", action="store_true",
                         help="redo photos whose manifest row is an error (default: a rerun skips them)")
-    attempts = PipelineConfig.__dataclass_fields__["max_photo_attempts"].default
-    parser.add_argument("--max-photo-attempts", type=int, default=attempts,
+    parser.add_argument("--max-photo-attempts", type=int, default=p("max_photo_attempts"),
                         help="a photo whose protection kills its worker process this many times becomes an "
-                             f"error row instead of being retried again (default {attempts})")
+                             f"error row instead of being retried again (default {p('max_photo_attempts')})")
     add_attack_options(parser)
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    storage = parse_options(args.storage_options)
-    gpus = args.gpus_per_actor
-    if gpus is None:
-        import torch
+    from .storage import parse_options
 
-        gpus = 1.0 if torch.cuda.is_available() else 0.0
     return PipelineConfig(
         input_uri=args.input, output_uri=args.output, model=args.model, revision=args.revision,
         prompts=tuple(args.prompt), prompts_file=args.prompts_file, attack=attack_config(args),
-        actors=args.actors, gpus_per_actor=gpus, cpus_per_actor=args.cpus_per_actor,
-        batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=storage,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=parse_options(args.storage_options),
         retry_errors=args.retry_errors, max_photo_attempts=args.max_photo_attempts,
     ).validate()
 
 
-def main(args: argparse.Namespace) -> int:
-    from .pipeline import run
+def run_run(args: argparse.Namespace) -> int:
+    from .job.pipeline import run
 
     run(pipeline_config(args))
     return 0
+
+
+def configure_ingest(parser: argparse.ArgumentParser) -> None:
+    configure_run(parser)
+    g = parser.add_argument_group("ingestion")
+    g.add_argument("--lock-ttl", type=float, default=C.INGEST_LOCK_TTL_S,
+                   help=f"seconds a lease lasts without renewal (object stores; default {C.INGEST_LOCK_TTL_S:g})")
+    g.add_argument("--wait", type=float, default=0.0,
+                   help="seconds to wait for a lock held by another run before giving up (default 0)")
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from .job.ingest import ingest
+
+    ingest(pipeline_config(args), lock_ttl_s=args.lock_ttl, wait_s=args.wait)
+    return 0
+
+
+# -- demo, verify, compact -------------------------------------------------------------------------
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    from . import demo
+
+    parser.add_argument("--dir", default=demo.DEMO_DIR, help="where originals/ and protected/ go")
+    parser.add_argument("--model", default="tiny-ip2p", help="editor (default: the tiny random InstructPix2Pix)")
+    parser.add_argument("--steps", type=int, default=demo.DEMO_STEPS, help="PGD iterations (the paper uses 100)")
+    parser.add_argument("--timesteps", type=int, default=demo.DEMO_TIMESTEPS,
+                        help="timesteps per iteration (the paper uses 10)")
+    parser.add_argument("--resolution", type=int, default=demo.DEMO_RESOLUTION,
+                        help="working resolution (the paper uses 512)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    return demo(args.dir, model=args.model, steps=args.steps, timesteps=args.timesteps, resolution=args.resolution)
+
+
+def configure_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
+    _storage_options(parser)
+    parser.add_argument("--threads", type=int, default=8, help="parallel hashing threads")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from .manifest.verify import log_report, verify
+    from .storage import parse_options
+
+    report = verify(args.output, parse_options(args.storage_options), threads=args.threads)
+    log_report(args.output, report)
+    return 0 if report.ok else 1
+
+
+def configure_compact(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
+    _storage_options(parser)
+    parser.add_argument("--rows-per-part", type=int, default=C.COMPACT_ROWS,
+                        help=f"rows per merged part (default {C.COMPACT_ROWS})")
+    parser.add_argument("--min-parts", type=int, default=C.COMPACT_MIN_PARTS_ON_DEMAND,
+                        help=f"merge once this many small parts exist (default {C.COMPACT_MIN_PARTS_ON_DEMAND}: "
+                             f"now; runs merge on their own past {C.COMPACT_MIN_PARTS})")
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    from .manifest.output import Output
+    from .storage import parse_options
+
+    Output.open(args.output, parse_options(args.storage_options)).compact(
+        rows_per_part=args.rows_per_part, min_parts=args.min_parts)
+    return 0
+
+
+# -- eval, bench -------------------------------------------------------------------------------------
+
+def configure_eval(parser: argparse.ArgumentParser) -> None:
+    e, methods = EditConfig(), tuple(C.EVAL_METHODS)
+    parser.add_argument("input", metavar="INPUT", help="folder of photos (with --prompt) or a JSON/JSONL/CSV "
+                        "file of {photo, instruction} pairs, photo paths relative to the file")
+    parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
+    parser.add_argument("--model", default=_default(EvalConfig, "model"),
+                        help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--prompt", action="append", default=[], help="instruction for a folder INPUT (repeatable)")
+    parser.add_argument("--protect-prompt", action="append", default=[],
+                        help="protect against these instead of each pair's own instruction (unseen-prompt setting)")
+    parser.add_argument("--methods", type=_csv_list(str), default=methods,
+                        help=f"comma-separated (default: all of {','.join(methods)})")
+    parser.add_argument("--seeds", type=_csv_list(int), default=_default(EvalConfig, "seeds"),
+                        help="edit seeds (default 0,1,2)")
+    parser.add_argument("--transforms", type=_csv_list(str), default=C.ROBUSTNESS_TRANSFORMS,
+                        help=f"robustness transforms (default: all of {','.join(C.ROBUSTNESS_TRANSFORMS)})")
+    g = parser.add_argument_group("the attacker's edit")
+    g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
+    g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
+    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix")
+    g.add_argument("--strength", type=float, default=e.strength, help="SD img2img strength")
+    g.add_argument("--scheduler", choices=C.EDIT_SCHEDULERS, default=e.scheduler)
+    parser.add_argument("--lpips-weights", default=None, help="local safetensors file of LPIPS weights "
+                        "(default: $DANP_LPIPS_WEIGHTS); without it LPIPS is reported as unavailable")
+    add_attack_options(parser)
+
+
+def eval_config(args: argparse.Namespace) -> EvalConfig:
+    if args.method != "danp":
+        logger.warning("--method is ignored by eval; use --methods (got --method %s)", args.method)
+        args.method = "danp"
+    edit = EditConfig(steps=args.editor_steps, guidance_scale=args.guidance_scale,
+                      image_guidance_scale=args.image_guidance_scale, strength=args.strength,
+                      scheduler=args.scheduler).validate()
+    return EvalConfig(model=args.model, revision=args.revision, methods=tuple(args.methods), attack=attack_config(args),
+                      edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
+                      protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
+                      device=args.device).validate()
+
+
+def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
+    """The evaluation's config and its (photo, instruction) pairs, for ``eval`` and jobs/evaluate.py."""
+    import json
+
+    from .evaluation.evaluate import load_pairs
+
+    config = eval_config(args)
+    pairs = load_pairs(args.input, tuple(args.prompt), config.attack.resolution, config.attack.resolution_multiple)
+    logger.info("evaluating %d pair(s) × %d method(s) × %d seed(s): %s", len(pairs), len(config.methods),
+                len(config.seeds), json.dumps(config.settings(), sort_keys=True, default=str))
+    return config, pairs
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation.evaluate import run
+
+    config, pairs = eval_inputs(args)
+    paths = run(config, pairs, args.output)
+    logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
+    return 0
+
+
+def configure_eval_job(parser: argparse.ArgumentParser) -> None:
+    """``eval`` plus the actor pool of jobs/evaluate.py."""
+    configure_eval(parser)
+    pool = parser.add_argument_group("Ray")
+    pool.add_argument("--address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
+    pool.add_argument("--workers", type=int, default=1, help="number of evaluator actors")
+    pool.add_argument("--cpus-per-worker", type=float, default=0.5)
+    pool.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+
+
+def configure_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=list(C.BENCH_ARCHS), default="tiny-ip2p",
+                        help="editor architecture; ip2p and sd15 are full size with random weights (no download)")
+    parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
+    parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="editor weights: auto = bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
+                        help="which implementation to time; both alternate iteration by iteration")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument("--no-flops", dest="flops", action="store_false",
+                        help="skip the extra iteration that counts FLOPs")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    add_attack_options(parser)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import bench
+    from .storage import write_local
+
+    cfg = attack_config(args).replace(precision=args.precision)
+    paths = ["reference", "fast"] if args.path == "both" else [args.path]
+    report = bench.run(args.arch, {p: cfg.replace(path=p) for p in paths}, device=args.device,
+                       precision=args.precision, threads=args.threads, batch_size=args.batch_size,
+                       prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
+    sys.stdout.write(bench.format_report(report) + "\n")
+    if args.json == "-":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    elif args.json:
+        write_local(args.json, json.dumps(report, indent=2).encode())
+    return 0
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(configure_run, run_run, "protect every photo under INPUT, writing to OUTPUT"),
+    "ingest": Command(configure_ingest, run_ingest,
+                      "protect only what is new or changed under INPUT since the last run (scheduled)"),
+    "demo": Command(configure_demo, run_demo, "run the whole pipeline offline on bundled photos with a tiny editor"),
+    "verify": Command(configure_verify, run_verify, "re-hash protected outputs against the manifest"),
+    "compact": Command(configure_compact, run_compact,
+                       f"merge the manifest's small Parquet parts (runs do it past {C.COMPACT_MIN_PARTS} of them)"),
+    "eval": Command(configure_eval, run_eval, "measure protection efficacy, fidelity, robustness and cost"),
+    "bench": Command(configure_bench, run_bench, "time the immunizer and report photos/hour and peak memory"),
+}
+#: Parsers that only the ``jobs/`` entrypoints use (they run the work themselves).
+JOB_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"eval-job": configure_eval_job}
 
 
 def _verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -120,27 +337,37 @@ def _verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _verbosity(argparse.ArgumentParser(prog="danp-protect", description=__doc__.split("\n")[0]))
+    parser = _verbosity(argparse.ArgumentParser(
+        prog="danp-protect", description="Protect photo archives against malicious AI editing (DANP, arXiv 2512.14333)."))
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).configure(p)
+    for name, command in COMMANDS.items():
+        command.configure(sub.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
-def command_parser(module: str, prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser of one subcommand on its own, for the ``jobs/`` entrypoints of ``ray job submit``."""
-    parser = _verbosity(argparse.ArgumentParser(prog=prog, description=description))
-    importlib.import_module(module).configure(parser)
+def command_parser(name: str, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one subcommand (or job parser) on its own, for the ``jobs/`` entrypoints."""
+    if name in COMMANDS:
+        configure, text = COMMANDS[name].configure, COMMANDS[name].help
+    elif name in JOB_PARSERS:
+        configure, text = JOB_PARSERS[name], None
+    else:
+        raise ValueError(f"unknown command {name!r}; expected one of {[*COMMANDS, *JOB_PARSERS]}")
+    parser = _verbosity(argparse.ArgumentParser(prog=prog or f"danp-protect {name}", description=description or text))
+    configure(parser)
     return parser
 
 
-def run_command(module: str, args: argparse.Namespace) -> int:
-    """Set up logging once and run a subcommand module; invalid settings exit 2 with the reason."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+def setup_logging(verbose: int = 0) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_command(name: str, args: argparse.Namespace) -> int:
+    """Set up logging once and run a subcommand; invalid settings exit 2 with the reason."""
+    setup_logging(getattr(args, "verbose", 0))
     try:
-        return importlib.import_module(module).main(args)
+        return COMMANDS[name].run(args)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
@@ -148,7 +375,7 @@ def run_command(module: str, args: argparse.Namespace) -> int:
 
 def entrypoint(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(SUBCOMMANDS[args.command][0], args)
+    return run_command(args.command, args)
 
 
 def cli_main() -> None:

@@ -23,8 +23,39 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "add fire and smoke",
 )
 
-#: Objectives the PGD loop knows (see danp.py and baselines.py).
+#: Objectives the PGD loop knows (protect/danp.py and protect/baselines.py; "random" runs no loop).
 METHODS: tuple[str, ...] = ("danp", "pge", "pgd-e2e", "sa", "advdm", "mist", "sds", "random")
+
+#: Evaluation names -> AttackConfig changes: every objective, plus DANP's ablations, which are
+#: configurations rather than objectives. The first entry is the method itself.
+EVAL_METHODS: dict[str, dict[str, Any]] = {
+    "danp": {"method": "danp"},
+    "danp-no-daa": {"method": "danp", "use_daa": False, "init": "uniform"},   # NBA is flat at δ = 0
+    "danp-no-nba": {"method": "danp", "use_nba": False},
+    "danp-fixed-mask": {"method": "danp", "mask": "fixed"},
+    **{name: {"method": name} for name in METHODS if name != "danp"},
+}
+
+#: Robustness transforms the evaluation applies to a protected photo before the edit ("none": efficacy).
+ROBUSTNESS_TRANSFORMS: tuple[str, ...] = ("none", "jpeg95", "jpeg75", "jpeg50", "resize", "blur")
+
+#: Schedulers the attacker's edit can use ("auto": euler-ancestral for ip2p, pndm for sd).
+EDIT_SCHEDULERS: tuple[str, ...] = ("auto", "euler-ancestral", "pndm", "ddim")
+
+#: ``danp-protect bench --arch``: name -> (editor kind, "tiny" random editor or "full" size architecture).
+BENCH_ARCHS: dict[str, tuple[str, str]] = {
+    "tiny-ip2p": ("ip2p", "tiny"), "tiny-sd": ("sd", "tiny"), "ip2p": ("ip2p", "full"), "sd15": ("sd", "full"),
+}
+
+#: Manifest compaction (manifest/writer.py): parts with fewer rows than COMPACT_ROWS are small, and
+#: merged parts hold at most that many. A run compacts at its end once COMPACT_MIN_PARTS small parts
+#: exist; ``danp-protect compact`` (on demand) merges as soon as COMPACT_MIN_PARTS_ON_DEMAND exist.
+COMPACT_ROWS = 50_000
+COMPACT_MIN_PARTS = 256
+COMPACT_MIN_PARTS_ON_DEMAND = 2
+
+#: Seconds an ingest lease lasts without renewal on object stores (job/ingest.py).
+INGEST_LOCK_TTL_S = 3600.0
 
 EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
 TINY_MODELS: dict[str, str] = {"tiny-ip2p": "ip2p", "tiny-sd": "sd"}
@@ -137,7 +168,7 @@ class PipelineConfig:
     prompts_file: str | None = None     # JSON/CSV sidecar mapping object keys to prompts
     attack: AttackConfig = field(default_factory=AttackConfig)
     actors: int = 1
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None  # None: 1 where a GPU is present, else 0 (resolved by the job)
     cpus_per_actor: float = 0.5
     batch_size: int = 1
     max_pixels: int = 40_000_000
@@ -155,7 +186,8 @@ class PipelineConfig:
             raise ValueError(f"prompts must be a tuple of non-empty strings, got {self.prompts!r}")
         self.attack.validate()
         _integer("actors", self.actors, 1)
-        _positive("gpus_per_actor", self.gpus_per_actor, allow_zero=True)
+        if self.gpus_per_actor is not None:
+            _positive("gpus_per_actor", self.gpus_per_actor, allow_zero=True)
         _positive("cpus_per_actor", self.cpus_per_actor)
         _integer("batch_size", self.batch_size, 1)
         _integer("max_pixels", self.max_pixels, 64)
@@ -171,6 +203,73 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes).validate()
+
+
+def method_config(name: str, base: AttackConfig) -> AttackConfig:
+    """The AttackConfig an evaluation method name stands for: ``base`` with that method's changes."""
+    if name not in EVAL_METHODS:
+        raise ValueError(f"unknown method {name!r}; expected one of {list(EVAL_METHODS)}")
+    return base.replace(**EVAL_METHODS[name])
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """How the attacker edits (evaluation/editing.py). ``steps=None`` means the pipeline's own default."""
+
+    steps: int | None = None
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = 1.5   # InstructPix2Pix only
+    strength: float = 0.8               # SD img2img only
+    scheduler: str = "auto"             # auto: euler-ancestral for ip2p, pndm for sd
+
+    def validate(self) -> "EditConfig":
+        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
+            raise ValueError(f"steps must be None or an integer >= 1, got {self.steps!r}")
+        _positive("guidance_scale", self.guidance_scale, allow_zero=True)
+        _positive("image_guidance_scale", self.image_guidance_scale, allow_zero=True)
+        if not isinstance(self.strength, (int, float)) or isinstance(self.strength, bool) or not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        _choice("scheduler", self.scheduler, EDIT_SCHEDULERS)
+        return self
+
+    def replace(self, **changes: Any) -> "EditConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation (evaluation/evaluate.py): the editor, the methods, the shared attack budget and
+    the attacker's edit."""
+
+    model: str = "tiny-ip2p"
+    revision: str | None = None
+    methods: tuple[str, ...] = tuple(EVAL_METHODS)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    transforms: tuple[str, ...] = ROBUSTNESS_TRANSFORMS
+    protect_prompts: tuple[str, ...] = ()   # protect against these instead of each pair's own instruction
+    lpips_weights: str | None = None
+    device: str | None = None
+
+    def validate(self) -> "EvalConfig":
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
+        for m in self.methods:
+            method_config(m, self.attack)
+        self.edit.validate()
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
+        unknown = [t for t in self.transforms if t not in ROBUSTNESS_TRANSFORMS]
+        if unknown or "none" not in self.transforms:
+            raise ValueError(f"transforms must include 'none' and come from {list(ROBUSTNESS_TRANSFORMS)}, "
+                             f"got {list(self.transforms)}")
+        if self.protect_prompts:
+            validate_prompts(self.protect_prompts)
+        return self
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def validate_prompts(prompts: list[str] | tuple[str, ...]) -> tuple[str, ...]:

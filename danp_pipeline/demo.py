@@ -6,7 +6,6 @@ Copies the samples to ``DIR/originals``, runs the same Ray job as ``danp-protect
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from pathlib import Path
@@ -16,36 +15,34 @@ from .config import AttackConfig, PipelineConfig
 logger = logging.getLogger(__name__)
 
 SAMPLES = Path(__file__).parent / "assets" / "samples"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", default="danp-demo-output", help="where originals/ and protected/ go")
-    parser.add_argument("--model", default="tiny-ip2p", help="editor (default: the tiny random InstructPix2Pix)")
-    parser.add_argument("--steps", type=int, default=20, help="PGD iterations (the paper uses 100)")
-    parser.add_argument("--timesteps", type=int, default=4, help="timesteps per iteration (the paper uses 10)")
-    parser.add_argument("--resolution", type=int, default=128, help="working resolution (the paper uses 512)")
+DEMO_DIR = "danp-demo-output"
+DEMO_STEPS = 20          # PGD iterations (the paper uses 100)
+DEMO_TIMESTEPS = 4       # timesteps per iteration (the paper uses 10)
+DEMO_RESOLUTION = 128    # working resolution (the paper uses 512)
+DEMO_PROMPTS = ("put her in a prison cell", "make it look like a painting")
 
 
 def sample_photos() -> list[Path]:
     return sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
 
 
-def main(args: argparse.Namespace) -> int:
-    from . import storage
-    from .pipeline import run
-    from .provenance import MANIFEST_DIR, read_manifest, winners
+def run_demo(directory: str | Path = DEMO_DIR, *, model: str = "tiny-ip2p", steps: int = DEMO_STEPS,
+             timesteps: int = DEMO_TIMESTEPS, resolution: int = DEMO_RESOLUTION) -> int:
+    """Protect the bundled samples under ``directory``; 0 when every photo was protected."""
+    from .job.pipeline import run
+    from .manifest.output import Output
 
-    root = Path(args.dir).resolve()
+    root = Path(directory).resolve()
     originals = root / "originals"
     originals.mkdir(parents=True, exist_ok=True)
     for path in sample_photos():
         shutil.copyfile(path, originals / path.name)
-    attack = AttackConfig(steps=args.steps, num_timesteps=args.timesteps, resolution=args.resolution).validate()
-    cfg = PipelineConfig(input_uri=str(originals), output_uri=str(root / "protected"), model=args.model,
-                         attack=attack, prompts=("put her in a prison cell", "make it look like a painting"))
+    attack = AttackConfig(steps=steps, num_timesteps=timesteps, resolution=resolution).validate()
+    cfg = PipelineConfig(input_uri=str(originals), output_uri=str(root / "protected"), model=model,
+                         attack=attack, prompts=DEMO_PROMPTS)
     summary = run(cfg.validate())
-    fs, out_root = storage.filesystem(cfg.output_uri)
-    rows = winners(read_manifest(fs, storage.join(out_root, MANIFEST_DIR))).to_pylist()
+    output = Output.open(cfg.output_uri)
+    rows = output.current_rows()
     for row in sorted(rows, key=lambda r: r["source_uri"]):
         if row["status"] == "ok":
             logger.info("%-40s L∞ %d levels (bound %d)  PSNR %.2f dB  loss %.4g -> %.4g",
@@ -54,5 +51,5 @@ def main(args: argparse.Namespace) -> int:
         else:
             logger.warning("%s: %s", row["source_uri"], row["error"])
     logger.info("demo done: %d protected, %d errors. Originals: %s  Protected photos: %s  Manifest: %s",
-                summary.ok, summary.errors, originals, root / "protected" / "images", root / "protected" / "manifest")
+                summary.ok, summary.errors, originals, output.images_dir, output.manifest_dir)
     return 0 if summary.errors == 0 else 1

@@ -3,7 +3,7 @@
     ray job submit --working-dir . -- python jobs/evaluate.py pairs.json out/ \\
         --model timbrooks/instruct-pix2pix --workers 4 --gpus-per-worker 1
 
-Same options and report as ``danp-protect eval`` (see danp_pipeline/evaluate.py), plus the pool:
+Same options and report as ``danp-protect eval`` (see danp_pipeline/evaluation/evaluate.py), plus the pool:
 ``--workers`` Ray actors each load the editor once and evaluate whole pairs; the driver reads the
 photos, ships them to the actors and writes results.parquet, summary.md and grids/. On a
 CPU-only machine give actors a fraction of a CPU so that they never claim them all.
@@ -19,29 +19,25 @@ from collections.abc import Sequence
 import ray
 from ray.util import ActorPool
 
-from danp_pipeline import evaluate
+from danp_pipeline import cli
+from danp_pipeline.config import EvalConfig
+from danp_pipeline.evaluation import evaluate
+from danp_pipeline.job.pipeline import default_gpus_per_actor
 
 logger = logging.getLogger("danp_pipeline.jobs.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobs/evaluate.py", description=__doc__.split("\n")[0])
-    evaluate.configure(parser)
-    pool = parser.add_argument_group("Ray")
-    pool.add_argument("--address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
-    pool.add_argument("--workers", type=int, default=1, help="number of evaluator actors")
-    pool.add_argument("--cpus-per-worker", type=float, default=0.5)
-    pool.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
-    return parser
+    return cli.command_parser("eval-job", "jobs/evaluate.py", __doc__.split("\n")[0])
 
 
-def run(config: evaluate.EvalConfig, pairs: list[evaluate.Pair], output: str, *, workers: int = 1,
+def run(config: EvalConfig, pairs: list[evaluate.Pair], output: str, *, workers: int = 1,
         cpus_per_worker: float = 0.5, gpus_per_worker: float | None = None):
     """Evaluate the pairs on a pool of Ray actors (Ray must be initialized) and write the report."""
     if workers < 1 or cpus_per_worker <= 0:
         raise ValueError(f"workers must be >= 1 and cpus_per_worker > 0, got {workers} and {cpus_per_worker}")
     if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus_per_worker = default_gpus_per_actor()
     actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(evaluate.Evaluator)
     pool = ActorPool([actor.remote(config) for _ in range(min(workers, len(pairs)))])
     results = []
@@ -54,9 +50,9 @@ def run(config: evaluate.EvalConfig, pairs: list[evaluate.Pair], output: str, *,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(args.verbose)
     try:
-        config, pairs = evaluate.from_args(args)
+        config, pairs = cli.eval_inputs(args)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2

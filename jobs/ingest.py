@@ -18,15 +18,15 @@ from collections.abc import Sequence
 
 from danp_pipeline import cli
 
-MODULE = "danp_pipeline.ingest"
+COMMAND = "ingest"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return cli.command_parser(MODULE, "jobs/ingest.py", __doc__.split("\n")[0])
+    return cli.command_parser(COMMAND, "jobs/ingest.py", __doc__.split("\n")[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.run_command(MODULE, build_parser().parse_args(argv))
+    return cli.run_command(COMMAND, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from danp_pipeline.models import load_editor
+from danp_pipeline.protect.models import load_editor
 
 
 @pytest.fixture(scope="session", autouse=True)

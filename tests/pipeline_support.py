@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from danp_pipeline.config import AttackConfig, PipelineConfig
-from danp_pipeline.imageio import decode_image, eps_levels
+from danp_pipeline.imaging.codec import decode_image, eps_levels
 
 ACCESS_KEY = "AKIADANPTESTDUMMY"
 SECRET_KEY = "s3cr3t-DANP-dummy-9f8e7d"  # never a real credential; tests assert it never leaks
@@ -119,7 +119,7 @@ def ray_local():
     """One local Ray instance for the whole session (2 CPUs, no dashboard), shared by every module."""
     import ray
 
-    from danp_pipeline.pipeline import SLOW_START_ENV
+    from danp_pipeline.job.pipeline import SLOW_START_ENV
 
     for name, value in SLOW_START_ENV.items():
         os.environ.setdefault(name, value)

@@ -1,9 +1,13 @@
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from danp_pipeline.attention import (AttentionStore, CrossAttentionCaptureProcessor, capture_cross_attention,
-                                     token_weights)
-from danp_pipeline.diffusion import encode_prompts
+from danp_pipeline.protect.attention import (
+    AttentionStore,
+    CrossAttentionCaptureProcessor,
+    capture_cross_attention,
+    token_weights,
+)
+from danp_pipeline.protect.diffusion import encode_prompts
 
 
 def unet_inputs(bundle, batch=2, hw=(8, 12)):

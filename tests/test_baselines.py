@@ -9,16 +9,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from danp_pipeline.baselines import EVAL_METHODS, build_objective, few_step_edit, method_config
-from danp_pipeline.config import AttackConfig
-from danp_pipeline.danp import DanpObjective
-from danp_pipeline.diffusion import encode_mean, encode_prompts, latents_and_condition
-from danp_pipeline.editing import EditConfig, Editor
-from danp_pipeline.immunizer import Immunizer
-from danp_pipeline.metrics import psnr, ssim
-
 from conftest import as_batch, photo
+
+from danp_pipeline.config import (
+    EVAL_METHODS,
+    METHODS,
+    AttackConfig,
+    EditConfig,
+    method_config,
+)
+from danp_pipeline.evaluation.editing import Editor
+from danp_pipeline.evaluation.metrics import psnr, ssim
+from danp_pipeline.protect.baselines import OBJECTIVES, build_objective, few_step_edit
+from danp_pipeline.protect.danp import DanpObjective
+from danp_pipeline.protect.diffusion import (
+    encode_mean,
+    encode_prompts,
+    latents_and_condition,
+)
+from danp_pipeline.protect.immunizer import Immunizer
 
 PROMPT = "put her in a prison cell"
 SEEDS = (0, 1)
@@ -49,7 +58,7 @@ def editor(tiny_ip2p):
 def _values(bundle, cfg, x0, x):
     """Loss terms at photos x with one fixed draw of timesteps and noise (not the attack's draws)."""
     objective = build_objective(cfg.method, bundle, cfg, [[PROMPT]] * len(x0), [123] * len(x0), x0)
-    _, values = objective.gradients(x, 0)
+    _, values = objective.gradients(x)
     return {k: v.mean().item() for k, v in values.items()}
 
 
@@ -93,6 +102,11 @@ def test_danp_and_every_baseline_beat_random_noise_on_efficacy(photos, protected
         assert s < random_ssim, (name, s, random_ssim)
 
 
+def test_every_method_has_one_objective_and_every_objective_a_method():
+    assert set(OBJECTIVES) | {"random"} == set(METHODS)
+    assert {cfg["method"] for cfg in EVAL_METHODS.values()} == set(METHODS)
+
+
 def test_method_config_maps_ablations_to_config_fields():
     assert method_config("danp-no-daa", BASE).use_daa is False
     assert method_config("danp-no-nba", BASE).use_nba is False
@@ -100,7 +114,7 @@ def test_method_config_maps_ablations_to_config_fields():
     assert method_config("pge", BASE).method == "pge" and method_config("pge", BASE).eps == BASE.eps
     with pytest.raises(ValueError, match="unknown method 'photoguard'"):
         method_config("photoguard", BASE)
-    with pytest.raises(ValueError, match="has no baseline objective"):
+    with pytest.raises(ValueError, match="has no objective"):
         build_objective("random", None, BASE, [[PROMPT]], [0], torch.zeros(1, 3, 64, 64))
 
 

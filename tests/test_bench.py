@@ -8,7 +8,7 @@ import json
 import pytest
 
 from danp_pipeline.cli import entrypoint
-from danp_pipeline.models import full_size_editor
+from danp_pipeline.protect.models import full_size_editor
 
 
 def test_bench_reports_both_paths_as_json(tmp_path):

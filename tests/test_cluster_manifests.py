@@ -7,12 +7,12 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import ray
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version

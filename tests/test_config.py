@@ -2,9 +2,16 @@ import dataclasses
 
 import pytest
 
-from danp_pipeline.config import AttackConfig, PipelineConfig, config_json, config_sha256, validate_prompts
-from danp_pipeline.immunizer import Immunizer
-from danp_pipeline.models import load_editor, resolve_dtype, tiny_editor
+from danp_pipeline.config import (
+    AttackConfig,
+    PipelineConfig,
+    config_json,
+    config_sha256,
+    validate_prompts,
+)
+from danp_pipeline.protect.devices import resolve_dtype
+from danp_pipeline.protect.immunizer import Immunizer
+from danp_pipeline.protect.models import load_editor, tiny_editor
 
 
 def test_defaults_follow_the_spec():

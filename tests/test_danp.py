@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.danp import DanpObjective, combine, pgd, uniform_delta
-from danp_pipeline.diffusion import attack_timesteps
-
-from conftest import as_batch, photo
+from danp_pipeline.protect.danp import DanpObjective, combine, pgd, uniform_delta
+from danp_pipeline.protect.diffusion import attack_timesteps
 
 PROMPT = [["put her in a prison cell"]]
 
@@ -16,7 +15,7 @@ def small(**changes) -> AttackConfig:
 
 def evaluate(bundle, cfg, x0, x, seed=123):
     """Loss terms at x with one fixed draw of timesteps and noise (independent of the attack's draws)."""
-    _, values = DanpObjective(bundle, cfg, PROMPT, [seed], x0).gradients(x, 0)
+    _, values = DanpObjective(bundle, cfg, PROMPT, [seed], x0).gradients(x)
     return {k: float(v[0]) for k, v in values.items()}
 
 
@@ -47,7 +46,7 @@ def test_nba_is_exactly_flat_at_delta_zero_so_the_first_step_is_the_daa_step(tin
     # The clean branch runs the protected branch's attn2 arithmetic, so no rounding noise gets
     # normalized to unit size by balance="grad" and steered into the first step.
     x0 = as_batch(photo("coffee"))
-    grads, values = DanpObjective(tiny_sd, small(path=path), PROMPT, [2], x0).gradients(x0, 0)
+    grads, values = DanpObjective(tiny_sd, small(path=path), PROMPT, [2], x0).gradients(x0)
     assert values["nba"].item() == 0.0
     assert grads["nba"].abs().max().item() == 0.0 and grads["daa"].abs().max().item() > 0
     one_step = {}

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionImg2ImgPipeline, StableDiffusionInstructPix2PixPipeline)
-
-from danp_pipeline.editing import EditConfig, Editor, build_pipeline
-from danp_pipeline.metrics import psnr
-
 from conftest import photo
+from diffusers import (
+    DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+)
+
+from danp_pipeline.config import EditConfig
+from danp_pipeline.evaluation.editing import Editor, build_pipeline
+from danp_pipeline.evaluation.metrics import psnr
 
 PROMPT = "make it look like a painting"
 

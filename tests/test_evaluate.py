@@ -12,16 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import photo
 from PIL import Image
 from safetensors.torch import save_file
 
-from danp_pipeline import evaluate
-from danp_pipeline.baselines import EVAL_METHODS
-from danp_pipeline.evaluate import TRANSFORMS, EvalConfig, load_pairs, peak_memory
-from danp_pipeline.metrics import LPIPS, LPIPS_ENV_VAR, psnr
-from danp_pipeline.report import COLUMNS, PANELS, amplify, summary_markdown
-
-from conftest import photo
+from danp_pipeline import cli
+from danp_pipeline.config import EVAL_METHODS, EvalConfig
+from danp_pipeline.evaluation.evaluate import TRANSFORMS, load_pairs
+from danp_pipeline.evaluation.memory import peak_memory
+from danp_pipeline.evaluation.metrics import LPIPS, LPIPS_ENV_VAR, psnr
+from danp_pipeline.evaluation.report import COLUMNS, PANELS, amplify, summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,7 @@ def photo_dir(tmp_path):
 
 
 def eval_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    evaluate.configure(parser)
-    return parser.parse_args(argv)
+    return cli.command_parser("eval").parse_args(argv)
 
 
 FAST = ["--steps", "2", "--timesteps", "1", "--resolution", "64", "--editor-steps", "2", "--eps", "0.06",
@@ -111,8 +109,8 @@ def test_peak_memory_is_per_block_not_per_process():
     del block
     with peak_memory(torch.device("cpu")) as small:
         pass
-    assert big["mb"] > small["mb"] + 40
-    assert big["kind"] == "rss_peak"
+    assert big.mib > small.mib + 40
+    assert big.kind == "rss_peak"
 
 
 def test_amplified_delta_maps_the_budget_to_the_full_grey_range():
@@ -147,7 +145,7 @@ def test_eval_writes_a_complete_readable_report(photo_dir, tmp_path, monkeypatch
     methods = ["danp", "danp-no-nba", "pge", "random"]
     args = eval_args([str(photo_dir), str(out), "--prompt", "put her in a prison cell", "--methods", ",".join(methods),
                       "--seeds", "0,1", "--transforms", "none,jpeg75,blur", *FAST])
-    assert evaluate.main(args) == 0
+    assert cli.run_command("eval", args) == 0
     df = pd.read_parquet(out / "results.parquet")
     assert list(df.columns) == list(COLUMNS)
     assert len(df) == 2 * len(methods) * 2 * 3                 # photos × methods × seeds × transforms
@@ -174,7 +172,7 @@ def test_lpips_is_reported_when_weights_are_given(photo_dir, tmp_path):
     out = tmp_path / "report"
     args = eval_args([str(photo_dir), str(out), "--prompt", "add fire", "--methods", "random", "--seeds", "0",
                       "--transforms", "none", "--lpips-weights", str(weights), *FAST])
-    assert evaluate.main(args) == 0
+    assert cli.run_command("eval", args) == 0
     df = pd.read_parquet(out / "results.parquet")
     assert df["lpips"].notna().all() and (df["lpips"] > 0).all()
     assert "LPIPS was not computed" not in (out / "summary.md").read_text()
@@ -193,7 +191,7 @@ def test_ray_job_writes_the_same_report(photo_dir, tmp_path, monkeypatch):
     common = [str(photo_dir), "--prompt", "add fire", "--methods", "pge,random", "--seeds", "0",
               "--transforms", "none,jpeg50", *FAST]
     assert job.main([common[0], str(tmp_path / "ray"), *common[1:], "--workers", "2", "--cpus-per-worker", "0.5"]) == 0
-    assert evaluate.main(eval_args([common[0], str(tmp_path / "local"), *common[1:]])) == 0
+    assert cli.run_command("eval", eval_args([common[0], str(tmp_path / "local"), *common[1:]])) == 0
     keys = ["photo", "method", "seed", "transform"]
     remote, local = (pd.read_parquet(tmp_path / d / "results.parquet") for d in ("ray", "local"))
     assert remote[keys].equals(local[keys]) and len(remote) == 2 * 2 * 2
@@ -204,7 +202,7 @@ def test_ray_job_writes_the_same_report(photo_dir, tmp_path, monkeypatch):
 
 
 def test_every_eval_method_has_a_documented_source():
-    from danp_pipeline import baselines
+    from danp_pipeline.protect import baselines
 
     for name in EVAL_METHODS:
         assert f"``{name}``" in baselines.__doc__ or name.startswith("danp")

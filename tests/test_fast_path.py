@@ -10,12 +10,11 @@ entries (≥ 99.9%); on these seeds it is identical.
 
 import pytest
 import torch
+from conftest import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.danp import DanpObjective, DiffusionObjective, pgd
-from danp_pipeline.diffusion import add_noise, predict_noise
-
-from conftest import as_batch, photo
+from danp_pipeline.protect.danp import DanpObjective, DiffusionObjective, pgd
+from danp_pipeline.protect.diffusion import add_noise, predict_noise
 
 PROMPTS = [["put her in a prison cell"]]
 GRAD_RTOL = 1e-4   # of the largest |entry| of each term's gradient
@@ -27,7 +26,7 @@ def config(**changes) -> AttackConfig:
 
 
 def one_iteration(bundle, cfg, x0, x, prompts=PROMPTS, seeds=(5,)):
-    return DanpObjective(bundle, cfg, prompts, list(seeds), x0).gradients(x, 0)
+    return DanpObjective(bundle, cfg, prompts, list(seeds), x0).gradients(x)
 
 
 def assert_same_gradients(got, want):
@@ -99,7 +98,7 @@ class NoiseLoss(DiffusionObjective):
         super().__init__(bundle, cfg, prompts, seeds)
         self.weights = {"noise": 1.0, "latent": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k, iteration):
+    def chunk_losses(self, z, cond, t, noise, k):
         eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t,
                             self.pair_tensor(self.prompts.embeds, k), cond)
         return {"noise": -(eps - noise).pow(2).flatten(1).sum(1), "latent": z.pow(2).flatten(1).sum(1)}, {}
@@ -107,7 +106,7 @@ class NoiseLoss(DiffusionObjective):
 
 def test_an_objective_with_only_chunk_losses_gets_the_same_gradients_on_both_paths(tiny_ip2p, photos):
     x0, x = photos
-    results = [NoiseLoss(tiny_ip2p, config(path=path), PROMPTS, [3]).gradients(x, 0) for path in ("reference", "fast")]
+    results = [NoiseLoss(tiny_ip2p, config(path=path), PROMPTS, [3]).gradients(x) for path in ("reference", "fast")]
     assert_same_gradients(results[1][0], results[0][0])
     assert_same_values(results[1][1], results[0][1])
 

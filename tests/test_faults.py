@@ -16,10 +16,22 @@ from urllib.parse import urlsplit
 
 import pytest
 from botocore.exceptions import ClientError
-from pipeline_support import (SECRET_KEY, encode, fast_config, ray_local, real_photo, s3_endpoint,  # noqa: F401
-                              s3_options, upload)
+from pipeline_support import (  # noqa: F401
+    SECRET_KEY,
+    encode,
+    fast_config,
+    ray_local,
+    real_photo,
+    s3_endpoint,
+    s3_options,
+    upload,
+)
 
-from danp_pipeline import pipeline, provenance, storage, verify
+from danp_pipeline import storage
+from danp_pipeline.job import pipeline
+from danp_pipeline.manifest import provenance, verify
+from danp_pipeline.manifest.output import Output
+from danp_pipeline.storage import objects
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 
@@ -118,7 +130,7 @@ def client_error(code: str, status: int) -> ClientError:
 
 def test_retrying_retries_only_transient_errors_and_gives_up_after_the_budget(monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
+    monkeypatch.setattr(objects.time, "sleep", sleeps.append)
 
     def flaky(failures: list[BaseException]):
         calls = []
@@ -134,7 +146,7 @@ def test_retrying_retries_only_transient_errors_and_gives_up_after_the_budget(mo
     wrapped.__cause__ = client_error("SlowDown", 503)
     fn, calls = flaky([client_error("ServiceUnavailable", 503), ConnectionResetError(), wrapped])
     assert storage.retrying(fn, what="t") == "done" and len(calls) == 4
-    assert len(sleeps) == 3 and sleeps[0] <= sleeps[1] <= sleeps[2] <= storage.RETRY_MAX_S  # backoff grows
+    assert len(sleeps) == 3 and sleeps[0] <= sleeps[1] <= sleeps[2] <= objects.RETRY_MAX_S  # backoff grows
 
     for permanent in (client_error("AccessDenied", 403), FileNotFoundError("gone"), PermissionError("no")):
         fn, calls = flaky([permanent])
@@ -167,7 +179,7 @@ def test_job_survives_a_flaky_s3_endpoint_and_records_permanent_failures(s3_endp
 
     direct = s3_options(s3_endpoint)
     fs, root = storage.filesystem(cfg.output_uri, {**direct, "skip_instance_cache": True})
-    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    rows = provenance.read_manifest(fs, Output(fs, root).manifest_dir).to_pylist()
     assert sorted(r["source_key"] for r in rows) == sorted(k.removeprefix("src/") for k in photos)  # once each
     denied = next(r for r in rows if r["source_key"] == "in/denied.jpg")
     assert denied["status"] == "error" and denied["error"] == "read failed: PermissionError: Forbidden"

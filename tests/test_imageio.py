@@ -1,4 +1,4 @@
-"""Tests for danp_pipeline.imageio: decoding real and hostile files, sizing, δ application, PNG output."""
+"""Tests for danp_pipeline.imaging.codec: decoding real and hostile files, sizing, δ application, PNG output."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import skimage.data
 import torch
 from PIL import Image, ImageFile
 
-from danp_pipeline.imageio import (
+from danp_pipeline.imaging.codec import (
     DecodedImage,
     ImageDecodeError,
     apply_delta,

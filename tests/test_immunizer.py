@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import encode, photo
 from PIL import Image
 
 from danp_pipeline import AttackConfig, Immunizer, load_editor
-from danp_pipeline.imageio import decode_image
-
-from conftest import encode, photo
+from danp_pipeline.imaging.codec import decode_image
 
 FAST = AttackConfig(steps=2, num_timesteps=2, resolution=64)
 

@@ -8,11 +8,22 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from pipeline_support import (encode, fast_config, ray_local, real_photo, s3_client, s3_endpoint,  # noqa: F401
-                              s3_options, upload)
+from pipeline_support import (  # noqa: F401
+    encode,
+    fast_config,
+    ray_local,
+    real_photo,
+    s3_client,
+    s3_endpoint,
+    s3_options,
+    upload,
+)
 
-from danp_pipeline import ingest, ledger, provenance, storage, verify
-from danp_pipeline.ingest import IngestLock, LockHeld
+from danp_pipeline import storage
+from danp_pipeline.job import ingest
+from danp_pipeline.job.ingest import IngestLock, LockHeld
+from danp_pipeline.manifest import ledger, provenance, verify
+from danp_pipeline.manifest.output import LOCK_NAME, Output
 
 
 def photo(name: str, size=(64, 48), quality=90) -> bytes:
@@ -21,7 +32,7 @@ def photo(name: str, size=(64, 48), quality=90) -> bytes:
 
 def current(output_uri: str, options: dict | None = None) -> dict[str, dict]:
     fs, root = storage.filesystem(output_uri, {**(options or {}), "skip_instance_cache": True})
-    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    rows = provenance.read_manifest(fs, Output(fs, root).manifest_dir).to_pylist()
     keys = [r["source_key"] for r in rows]
     assert len(keys) == len(set(keys)), f"more than one row for a photo: {sorted(keys)}"
     return {r["source_key"]: r for r in rows}
@@ -80,7 +91,7 @@ def test_plan_redoes_a_photo_protected_against_other_prompts():
 
 def test_local_lock_excludes_a_second_run_until_released(tmp_path):
     fs, root = storage.filesystem(str(tmp_path / "out"))
-    path = storage.join(root, ingest.LOCK_NAME)
+    path = Output(fs, root).lock_path
     with IngestLock(fs, path) as first:
         with pytest.raises(LockHeld, match="another ingest run holds the lock since 20") as held:
             IngestLock(fs, path).acquire()
@@ -173,7 +184,7 @@ def test_overlapping_ingest_runs_never_protect_a_photo_twice(tmp_path, ray_local
     for i, name in enumerate(["astronaut", "chelsea", "coffee"]):
         (tmp_path / "in" / f"{i}.jpg").write_bytes(photo(name))
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
-    lock_path = tmp_path / "out" / ingest.LOCK_NAME
+    lock_path = tmp_path / "out" / LOCK_NAME
     results: dict[str, object] = {}
     first = threading.Thread(target=lambda: results.update(first=ingest.ingest(cfg)))
     first.start()

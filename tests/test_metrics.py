@@ -1,4 +1,4 @@
-"""Tests for danp_pipeline.metrics: known values, reference agreement with skimage, and metric properties."""
+"""Tests for danp_pipeline.evaluation.metrics: known values, reference agreement with skimage, and metric properties."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from scipy import ndimage
 from skimage.metrics import structural_similarity
 
-from danp_pipeline import metrics as M
+from danp_pipeline.evaluation import metrics as M
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from danp_pipeline.models import load_editor, tiny_editor
+from danp_pipeline.protect.models import load_editor, tiny_editor
 
 
 @pytest.mark.parametrize("kind, channels", [("ip2p", 8), ("sd", 4)])

@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 from pipeline_support import encode, free_port, kill_session, real_photo
 
-from danp_pipeline import provenance, storage
-from danp_pipeline.worker import HOLD_UNTIL_FILE_ENV
+from danp_pipeline import storage
+from danp_pipeline.job.worker import HOLD_UNTIL_FILE_ENV
+from danp_pipeline.manifest import provenance
+from danp_pipeline.manifest.output import Output
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -154,7 +156,7 @@ def photos(directory: Path, count: int) -> list[str]:
 def manifest_keys(output: Path) -> list[str]:
     """Source keys of the committed rows, after checking that every one is ok."""
     fs, root = storage.filesystem(str(output))
-    rows = provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    rows = provenance.read_manifest(fs, Output(fs, root).manifest_dir).to_pylist()
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
     return sorted(r["source_key"] for r in rows)
 
@@ -234,7 +236,7 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     Path(gate.format(node_id=head_id)).touch()
     fs, root = storage.filesystem(str(tmp_path / "out2"))
     poll("a part committed by the head node",
-         lambda: provenance.list_parts(fs, storage.join(root, provenance.MANIFEST_DIR)))
+         lambda: provenance.list_parts(fs, Output(fs, root).manifest_dir))
     committed_before_kill = len(manifest_keys(tmp_path / "out2"))
     assert committed_before_kill < len(expected)
     cluster.kill("worker")

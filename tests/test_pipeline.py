@@ -14,12 +14,30 @@ from argparse import Namespace
 
 import pyarrow as pa
 import pytest
-from pipeline_support import (FAST_ARGS, FAST_ATTACK, SECRET_KEY, bad_inputs, check_linf, encode, fast_config,  # noqa: F401
-                              good_photos, kill_session, odd_photos, ray_local, real_photo, s3_endpoint, s3_env,
-                              s3_options, upload)
+from pipeline_support import (  # noqa: F401
+    FAST_ARGS,
+    FAST_ATTACK,
+    SECRET_KEY,
+    bad_inputs,
+    check_linf,
+    encode,
+    fast_config,
+    good_photos,
+    kill_session,
+    odd_photos,
+    ray_local,
+    real_photo,
+    s3_endpoint,
+    s3_env,
+    s3_options,
+    upload,
+)
 
-from danp_pipeline import pipeline, provenance, reader, storage, verify, writer
-from danp_pipeline.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
+from danp_pipeline import cli, storage
+from danp_pipeline.job import pipeline, reader
+from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
+from danp_pipeline.manifest import provenance, verify, writer
+from danp_pipeline.manifest.output import Output
 
 RUN_TIMEOUT_S = 420
 
@@ -71,7 +89,7 @@ def test_read_objects_hashes_and_turns_failures_into_rows(tmp_path):
 
 def manifest_rows(output_uri: str, options: dict | None = None) -> list[dict]:
     fs, root = storage.filesystem(output_uri, options)
-    return provenance.read_manifest(fs, storage.join(root, provenance.MANIFEST_DIR)).to_pylist()
+    return provenance.read_manifest(fs, Output(fs, root).manifest_dir).to_pylist()
 
 
 @pytest.mark.integration
@@ -112,7 +130,7 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     assert SECRET_KEY not in manifest_text and SECRET_KEY not in caplog.text
 
     args = Namespace(output=cfg.output_uri, storage_options=json.dumps(options), threads=4)
-    assert verify.main(args) == 0
+    assert cli.run_command("verify", args) == 0
 
     again = pipeline.run(cfg)  # rerun: nothing new, nothing duplicated
     assert (again.ok, again.errors, again.skipped) == (0, 0, len(files) - 1)
@@ -126,7 +144,7 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     assert (report.modified, report.missing) == ([tampered], [deleted])
     assert report.unlisted == ["s3://danp-protected/run/images/stray.png"]
     caplog.clear()
-    assert verify.main(args) == 1
+    assert cli.run_command("verify", args) == 1
     assert tampered in caplog.text and deleted in caplog.text
 
 
@@ -134,7 +152,9 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
 def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tolerance(tmp_path, ray_local):
     """Ray 2.60 deprecates map_batches(**ray_remote_args); the actor restarts the job relies on are
     Ray Data's own defaults for actor pools, checked here so that a Ray upgrade cannot drop them silently."""
-    from ray.data._internal.execution.operators.actor_pool_map_operator import ActorPoolMapOperator
+    from ray.data._internal.execution.operators.actor_pool_map_operator import (
+        ActorPoolMapOperator,
+    )
     from ray.data.context import DataContext
     from ray.util.annotations import RayDeprecationWarning
 
@@ -170,7 +190,7 @@ def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_lo
     # The rows say what the photos are protected against: other prompts redo them, one row each.
     # With the compaction threshold at 2 parts, the run also merges its per-photo parts into one.
     fs, root = storage.filesystem(cfg.output_uri)
-    manifest_dir = storage.join(root, provenance.MANIFEST_DIR)
+    manifest_dir = Output(fs, root).manifest_dir
     assert len(provenance.list_parts(fs, manifest_dir)) == 2
     monkeypatch.setattr(writer, "COMPACT_MIN_PARTS", 2)
     reprompted = pipeline.run(cfg.replace(prompts=("make it snow",)))

@@ -7,7 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from danp_pipeline import provenance, storage, writer
+from danp_pipeline import storage
+from danp_pipeline.manifest import provenance, writer
+from danp_pipeline.manifest.output import Output
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -21,7 +23,7 @@ def row(source: str, status: str = "ok", config: str = "c1", minutes: int = 0, *
 @pytest.fixture
 def manifest(tmp_path):
     fs, root = storage.filesystem(str(tmp_path))
-    return fs, storage.join(root, provenance.MANIFEST_DIR)
+    return fs, Output(fs, root).manifest_dir
 
 
 def test_schema_has_every_column_the_design_lists():
@@ -70,7 +72,7 @@ def test_temp_files_are_not_parts(manifest):
     fs.pipe_file(f"{mdir}/.tmp-half-written", b"garbage")
     fs.pipe_file(f"{mdir}/_SUCCESS", b"")
     assert len(provenance.list_parts(fs, mdir)) == 1
-    assert provenance.read_manifest(fs, provenance.MANIFEST_DIR + "-missing").num_rows == 0
+    assert provenance.read_manifest(fs, "manifest-missing").num_rows == 0
 
 
 def test_winners_prefer_ok_then_newest():
@@ -86,7 +88,7 @@ def test_winners_prefer_ok_then_newest():
 
 
 def test_a_rerun_skips_ok_and_error_rows_unless_retrying_and_ignores_other_configs():
-    from danp_pipeline import ledger
+    from danp_pipeline.manifest import ledger
 
     index = provenance.to_table([row("s3://b/ok.jpg"), row("s3://b/err.jpg", "error"),
                                  row("s3://b/other.jpg", config="c2")])

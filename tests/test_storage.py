@@ -9,6 +9,8 @@ import pytest
 from pipeline_support import ACCESS_KEY, SECRET_KEY, s3_endpoint, s3_options, upload  # noqa: F401
 
 from danp_pipeline import storage
+from danp_pipeline.manifest.output import Output
+from danp_pipeline.storage import uris
 
 
 @pytest.mark.parametrize("key", ["a.jpg", "a/b.jpg", "a b/ünïcødé 写真.jpg", "x/.hidden.png", "a/b.jpg.png", "..a/b"])
@@ -24,10 +26,11 @@ def test_safe_key_refuses_keys_that_could_escape_or_collide(key):
 
 
 def test_output_keys_keep_the_extension_so_siblings_never_collide():
-    assert storage.output_key("a/b.jpg") == "images/a/b.jpg.png"
-    assert storage.output_key("a/b.tiff") == "images/a/b.tiff.png"
+    output = Output(None, "out")
+    assert output.image_path("a/b.jpg") == "out/images/a/b.jpg.png"
+    assert output.image_path("a/b.tiff") == "out/images/a/b.tiff.png"
     keys = ["a/b.jpg", "a/b.tiff", "a/b.jpg.png", "a/b", "A/b.jpg"]
-    assert len({storage.output_key(k) for k in keys}) == len(keys)
+    assert len({output.image_path(k) for k in keys}) == len(keys)
 
 
 def test_list_files_is_recursive_sorted_and_sized(tmp_path):
@@ -46,7 +49,7 @@ def test_to_uri_is_canonical_and_has_no_user_info(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fs, root = storage.filesystem("./photos")
     assert storage.to_uri(fs, root) == f"file://{tmp_path}/photos"
-    assert storage._USERINFO.sub("", "https://user:pw@host/x") == "https://host/x"
+    assert uris._USERINFO.sub("", "https://user:pw@host/x") == "https://host/x"
 
 
 def test_atomic_write_local_replaces_whole_files_and_leaves_no_temp(tmp_path):

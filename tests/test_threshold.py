@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from danp_pipeline.threshold import kapur_mask, kapur_split, kapur_threshold, normalize
+from danp_pipeline.protect.threshold import (
+    kapur_mask,
+    kapur_split,
+    kapur_threshold,
+    normalize,
+)
 
 
 def brute_force_split(values: list[float], bins: int) -> int:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from pipeline_support import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, real_photo
+from pipeline_support import (
+    FAST_ATTACK,
+    bad_inputs,
+    check_linf,
+    encode,
+    fast_config,
+    odd_photos,
+    real_photo,
+)
 
-from danp_pipeline import provenance, reader, storage, worker
+from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
-from danp_pipeline.immunizer import Immunizer
-from danp_pipeline.worker import ATTEMPTS_DIR, CRASH_ON_KEY_ENV, Protector
+from danp_pipeline.job import reader, worker
+from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, Protector
+from danp_pipeline.manifest import provenance
+from danp_pipeline.manifest.output import ATTEMPTS_DIR
+from danp_pipeline.protect.immunizer import Immunizer
 
 
 def read_batch(cfg, files: dict[str, bytes], tmp_path, prompts=None) -> pa.Table:
@@ -111,7 +122,7 @@ def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
             raise RuntimeError("CUDA error: simulated")
         return real(self, photos, prompts, seeds)
 
-    from danp_pipeline.imageio import decode_image
+    from danp_pipeline.imaging.codec import decode_image
 
     poison_mean = decode_image(files["poison.jpg"]).rgb.mean()
     monkeypatch.setattr(Immunizer, "protect", flaky)

@@ -9,50 +9,24 @@ protected photo are edited with the same noise.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionImg2ImgPipeline, StableDiffusionInstructPix2PixPipeline)
+from diffusers import (
+    DDIMScheduler,
+    EulerAncestralDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInstructPix2PixPipeline,
+)
 from PIL import Image
 
-from .models import EditorBundle
+from ..config import EDIT_SCHEDULERS, EditConfig
+from ..protect.models import EditorBundle
 
 logger = logging.getLogger(__name__)
-
-SCHEDULERS = ("auto", "euler-ancestral", "pndm", "ddim")
-
-
-@dataclass(frozen=True)
-class EditConfig:
-    """How the attacker edits. ``steps=None`` means the pipeline's own default."""
-
-    steps: int | None = None
-    guidance_scale: float = 7.5
-    image_guidance_scale: float = 1.5   # InstructPix2Pix only
-    strength: float = 0.8               # SD img2img only
-    scheduler: str = "auto"             # auto: euler-ancestral for ip2p, pndm for sd
-
-    def validate(self) -> "EditConfig":
-        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
-            raise ValueError(f"steps must be None or an integer >= 1, got {self.steps!r}")
-        for name in ("guidance_scale", "image_guidance_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-        if not isinstance(self.strength, (int, float)) or not 0 < self.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
-        return self
-
-    def replace(self, **changes: Any) -> "EditConfig":
-        return dataclasses.replace(self, **changes).validate()
-
 
 def build_scheduler(bundle: EditorBundle, name: str = "auto"):
     """The pipeline's usual scheduler, built from the bundle's scheduler config."""
@@ -65,7 +39,7 @@ def build_scheduler(bundle: EditorBundle, name: str = "auto"):
         return PNDMScheduler.from_config(config, skip_prk_steps=True)
     if name == "ddim":
         return DDIMScheduler.from_config(config, clip_sample=False)
-    raise ValueError(f"scheduler must be one of {list(SCHEDULERS)}, got {name!r}")
+    raise ValueError(f"scheduler must be one of {list(EDIT_SCHEDULERS)}, got {name!r}")
 
 
 def build_pipeline(bundle: EditorBundle, scheduler: str = "auto"):

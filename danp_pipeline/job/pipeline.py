@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import ray
 
-from . import ledger, reader, storage, writer
-from .config import PipelineConfig, config_json, config_sha256
-from .provenance import MANIFEST_DIR, read_manifest
+from .. import storage
+from ..config import PipelineConfig, config_json, config_sha256
+from ..manifest.output import Output
+from . import reader
 from .worker import Protector
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class RunSummary:
     def __str__(self) -> str:
         return (f"{self.total} objects: {self.ok} ok, {self.errors} error, {self.skipped} skipped (already done) "
                 f"in {self.seconds:.1f} s ({self.photos_per_hour:.0f} photos/hour); "
-                f"images under {self.output_uri}/images, manifest under {self.manifest_uri}")
+                f"outputs under {self.output_uri}, manifest under {self.manifest_uri}")
 
 
 def run(cfg: PipelineConfig) -> RunSummary:
@@ -67,17 +68,15 @@ def run(cfg: PipelineConfig) -> RunSummary:
     cfg = cfg.replace(storage_options=storage.resolve_options(
         cfg.output_uri, storage.resolve_options(cfg.input_uri, cfg.storage_options)))
     start, run_id = time.perf_counter(), uuid.uuid4().hex[:12]
-    out_fs, out_root = storage.filesystem(cfg.output_uri, cfg.storage_options)
-    manifest_dir = storage.join(out_root, MANIFEST_DIR)
+    output = Output.open(cfg.output_uri, cfg.storage_options)
     config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision))
-    logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU / %.2g GPU, batch %d",
-                run_id, config_sha[:12], cfg.model, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, cfg.batch_size)
+    logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run_id, config_sha[:12], cfg.model,
+                cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
 
-    writer.remove_superseded(out_fs, manifest_dir)
+    output.prepare()
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
     listed = list(reader.list_inputs(cfg, prompts))
-    index = read_manifest(out_fs, manifest_dir, ledger.LEDGER_COLUMNS)
-    todo = ledger.plan(listed, index, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes,
+    todo = output.plan(listed, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes,
                        prompts=cfg.run_prompts)
     logger.info("%d objects under %s: %d to protect, %d already done", len(listed), cfg.input_uri, len(todo),
                 len(listed) - len(todo))
@@ -86,18 +85,28 @@ def run(cfg: PipelineConfig) -> RunSummary:
     counts: Counter[str] = Counter()
     if todo:
         with _ray_session():
-            counts = _consume(dataset(todo, cfg, run_id), len(todo), start)
-        if any(item["reason"] != "new" for item in todo):  # drop the rows that retried/changed photos replace
-            writer.remove_superseded(out_fs, manifest_dir)
-        writer.compact(out_fs, manifest_dir)               # only once COMPACT_MIN_PARTS small parts piled up
+            counts = _consume(dataset(todo, _with_gpus(cfg), run_id), len(todo), start)
+        output.finish(todo)
 
     seconds = time.perf_counter() - start
     summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=len(listed) - len(todo), total=len(listed),
                          seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
-                         output_uri=storage.to_uri(out_fs, out_root),
-                         manifest_uri=storage.to_uri(out_fs, manifest_dir), run_id=run_id)
+                         output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run_id)
     logger.info("done: %s", summary)
     return summary
+
+
+def default_gpus_per_actor() -> float:
+    """One GPU per actor when the Ray cluster (initialized) has GPUs, else none."""
+    available = ray.cluster_resources().get("GPU", 0)
+    gpus = 1.0 if available >= 1 else 0.0
+    logger.info("%g GPU per actor (the cluster has %g)", gpus, available)
+    return gpus
+
+
+def _with_gpus(cfg: PipelineConfig) -> PipelineConfig:
+    """``gpus_per_actor=None`` (the default) becomes :func:`default_gpus_per_actor`."""
+    return cfg if cfg.gpus_per_actor is not None else cfg.replace(gpus_per_actor=default_gpus_per_actor())
 
 
 def dataset(todo: list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Dataset:

@@ -21,9 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import storage
-from .config import PipelineConfig
-from .provenance import utcnow
+from .. import storage
+from ..config import PipelineConfig
+from ..manifest.provenance import utcnow
 
 logger = logging.getLogger(__name__)
 

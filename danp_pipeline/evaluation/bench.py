@@ -11,34 +11,25 @@ iteration, so that both see the same machine load; medians are reported. Per-pho
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from .config import DEFAULT_PROMPTS, AttackConfig
-from .danp import Objective
-from .diffusion import set_memory_format
-from .immunizer import Immunizer
-from .models import EditorBundle, full_size_editor, load_editor, resolve_dtype
+from ..config import BENCH_ARCHS, DEFAULT_PROMPTS, AttackConfig
+from ..protect.danp import Objective
+from ..protect.devices import pick_device, resolve_dtype
+from ..protect.diffusion import set_memory_format
+from ..protect.immunizer import Immunizer
+from ..protect.models import EditorBundle, full_size_editor, load_editor
+from .memory import peak_memory
 
 logger = logging.getLogger(__name__)
-
-ARCHS: dict[str, tuple[str, str]] = {   # name -> (editor kind, "tiny" | "full")
-    "tiny-ip2p": ("ip2p", "tiny"),
-    "tiny-sd": ("sd", "tiny"),
-    "ip2p": ("ip2p", "full"),
-    "sd15": ("sd", "full"),
-}
 
 #: Dense bf16/fp16 tensor-core peaks in TFLOP/s, by substring of the CUDA device name (first match wins).
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -47,53 +38,23 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_attack_options
-
-    parser.add_argument("--arch", choices=list(ARCHS), default="tiny-ip2p",
-                        help="editor architecture; ip2p and sd15 are full size with random weights (no download)")
-    parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
-    parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="editor weights: auto = bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
-                        help="which implementation to time; both alternate iteration by iteration")
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
-    parser.add_argument("--no-flops", dest="flops", action="store_false",
-                        help="skip the extra iteration that counts FLOPs")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    add_attack_options(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import attack_config
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = attack_config(args).replace(precision=args.precision)
-    paths = ["reference", "fast"] if args.path == "both" else [args.path]
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bundle = build_editor(args.arch, device, args.precision, cfg.seed)
-    report = benchmark(bundle, {p: cfg.replace(path=p) for p in paths}, batch_size=args.batch_size,
-                       prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
-    report["arch"] = args.arch
-    print(format_report(report))
-    if args.json == "-":
-        print(json.dumps(report, indent=2))
-    elif args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-    return 0
+def run(arch: str, configs: dict[str, AttackConfig], *, device: str | None = None, precision: str = "auto",
+        threads: int | None = None, **options: Any) -> dict[str, Any]:
+    """Build the editor of ``arch`` and :func:`benchmark` the named configs on it (``danp-protect bench``)."""
+    if threads:
+        torch.set_num_threads(threads)
+    first = next(iter(configs.values()))
+    bundle = build_editor(arch, pick_device(device), precision, first.seed)
+    report = benchmark(bundle, configs, **options)
+    report["arch"] = arch
+    return report
 
 
 def build_editor(arch: str, device: torch.device, precision: str, seed: int = 0) -> EditorBundle:
     """The editor to time: a tiny one, or a full-size architecture with random weights built on ``device``."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
-    kind, size = ARCHS[arch]
+    if arch not in BENCH_ARCHS:
+        raise ValueError(f"arch must be one of {list(BENCH_ARCHS)}, got {arch!r}")
+    kind, size = BENCH_ARCHS[arch]
     if size == "tiny":
         return load_editor(arch, device=device, precision=precision, seed=seed)
     start = time.perf_counter()
@@ -130,28 +91,28 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
         _layout(bundle, cfg)
         with peak_memory(bundle.device) as peak:
             for it in range(warmup):
-                objectives[name].gradients(x, it)
+                objectives[name].gradients(x)
             sync()
         results[name] = {"config": {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile",
                                                                    "gradient_checkpointing", "vae_recompute")},
-                         "setup_s": setup, "peak_memory_bytes": peak(), "iteration_s": [], "iteration_cpu_s": []}
+                         "setup_s": setup, "peak_memory_bytes": peak.bytes(), "iteration_s": [], "iteration_cpu_s": []}
     for rnd in range(iterations):          # alternate configs iteration by iteration: same machine load for all
         for name, objective in objectives.items():
             _layout(bundle, configs[name])
             with peak_memory(bundle.device, reset=warmup == 0 and rnd == 0) as peak:
                 sync()
                 wall, cpu = time.perf_counter(), time.process_time()
-                objective.gradients(x, warmup + rnd)
+                objective.gradients(x)
                 sync()
                 results[name]["iteration_s"].append(time.perf_counter() - wall)
                 results[name]["iteration_cpu_s"].append(time.process_time() - cpu)
             if warmup == 0 and rnd == 0:
-                results[name]["peak_memory_bytes"] = peak()
+                results[name]["peak_memory_bytes"] = peak.bytes()
     device = describe_device(bundle.device)
     for name, res in results.items():
         res.update(summarize(res, configs[name].steps, batch_size))
         if count_flops:
-            res["flop_per_iteration"] = count_iteration_flops(objectives[name], x, warmup + iterations)
+            res["flop_per_iteration"] = count_iteration_flops(objectives[name], x)
             res["achieved_tflops"] = res["flop_per_iteration"] / res["sec_per_iteration"] / 1e12
             if device["peak_tflops"] and bundle.dtype in (torch.bfloat16, torch.float16):
                 res["fraction_of_peak"] = res["achieved_tflops"] / device["peak_tflops"]
@@ -179,37 +140,13 @@ def summarize(res: dict[str, Any], steps: int, batch_size: int) -> dict[str, flo
             "sec_per_photo": per_photo, "photos_per_hour": 3600.0 / per_photo}
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device, reset: bool = True) -> Iterator[Callable[[], int]]:
-    """Peak memory of the block: ``max_memory_allocated`` on CUDA, the process's peak RSS (VmHWM) on CPU.
-
-    On CPU the peak can only be reset to the current RSS, so it includes what the process already holds
-    (weights, allocator caches).
-    """
-    if device.type == "cuda":
-        if reset:
-            torch.cuda.reset_peak_memory_stats(device)
-        yield lambda: int(torch.cuda.max_memory_allocated(device))
-        return
-    if reset:
-        with contextlib.suppress(OSError):
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")          # resets VmHWM to the current RSS (Linux)
-    yield _peak_rss_bytes
-
-
-def _peak_rss_bytes() -> int:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
-
-
-def count_iteration_flops(objective: Objective, x: torch.Tensor, iteration: int) -> int:
+def count_iteration_flops(objective: Objective, x: torch.Tensor) -> int:
     """FLOPs of one gradients() call (matmuls, convolutions, attention; forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+    from torch.utils.flop_counter import (
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
 
     aten = torch.ops.aten
     custom = {  # CPU's fused attention kernels are not in torch's table
@@ -218,7 +155,7 @@ def count_iteration_flops(objective: Objective, x: torch.Tensor, iteration: int)
             lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
     }
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        objective.gradients(x, iteration)
+        objective.gradients(x)
     return int(counter.get_total_flops())
 
 

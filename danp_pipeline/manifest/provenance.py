@@ -22,12 +22,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import retrying
+from ..storage import retrying
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_DIR = "manifest"
-IMAGES_DIR = "images"
 
 SCHEMA = pa.schema([
     ("source_uri", pa.string()),

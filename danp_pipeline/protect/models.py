@@ -20,11 +20,12 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .config import EDITOR_KINDS, TINY_MODELS
+from ..config import EDITOR_KINDS, TINY_MODELS
+from .devices import pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_clip_tokenizer"
 CROSS_ATTENTION_SHARPNESS = 4.0
 
@@ -78,20 +79,6 @@ class EditorBundle:
         (path / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on GPU and fp32 on CPU; half precision is refused on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ValueError("precision 'fp16' is not supported on CPU; use 'fp32' or 'bf16'")
-    return dtype
-
-
 def load_editor(
     model_id: str,
     revision: str | None = None,
@@ -101,7 +88,7 @@ def load_editor(
     seed: int = 0,
 ) -> EditorBundle:
     """Load an editor by diffusers repo id, local directory, or tiny test name; returns it frozen."""
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     dtype = resolve_dtype(precision, device)
     if model_id in TINY_MODELS:
         bundle = tiny_editor(TINY_MODELS[model_id], seed=seed)

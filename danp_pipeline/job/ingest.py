@@ -19,7 +19,6 @@ The lease, by storage:
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -34,13 +33,12 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from . import cli, pipeline, storage
-from .config import PipelineConfig
+from ..config import INGEST_LOCK_TTL_S, PipelineConfig
+from ..manifest.output import Output
+from . import pipeline
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = "_ingest.lock"
-DEFAULT_TTL_S = 3600.0
 
 
 class LockHeld(RuntimeError):
@@ -50,7 +48,7 @@ class LockHeld(RuntimeError):
 class IngestLock:
     """An exclusive, expiring lease on one OUTPUT; a context manager."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, *, ttl_s: float = DEFAULT_TTL_S,
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, *, ttl_s: float = INGEST_LOCK_TTL_S,
                  wait_s: float = 0.0, poll_s: float = 5.0) -> None:
         if ttl_s <= 0 or wait_s < 0:
             raise ValueError(f"lock ttl must be > 0 and wait >= 0 seconds, got {ttl_s!r} and {wait_s!r}")
@@ -208,27 +206,13 @@ def _held_message(path: str, holder: bytes) -> str:
             f"({path}; owner {info.get('owner', '?')}, lease expires {info.get('expires', '?')})")
 
 
-def ingest(cfg: PipelineConfig, *, lock_ttl_s: float = DEFAULT_TTL_S, wait_s: float = 0.0) -> pipeline.RunSummary | None:
+def ingest(cfg: PipelineConfig, *, lock_ttl_s: float = INGEST_LOCK_TTL_S, wait_s: float = 0.0) -> pipeline.RunSummary | None:
     """Protect what is new or changed under INPUT; None when another run holds the lock."""
     cfg = cfg.replace(detect_changes=True)
-    fs, root = storage.filesystem(cfg.output_uri, cfg.storage_options)
+    output = Output.open(cfg.output_uri, cfg.storage_options)
     try:
-        with IngestLock(fs, storage.join(root, LOCK_NAME), ttl_s=lock_ttl_s, wait_s=wait_s):
+        with IngestLock(output.fs, output.lock_path, ttl_s=lock_ttl_s, wait_s=wait_s):
             return pipeline.run(cfg)
     except LockHeld as exc:
         logger.warning("%s; this run does nothing", exc)
         return None
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    cli.configure(parser)
-    g = parser.add_argument_group("ingestion")
-    g.add_argument("--lock-ttl", type=float, default=DEFAULT_TTL_S,
-                   help="seconds a lease lasts without renewal (object stores; default 3600)")
-    g.add_argument("--wait", type=float, default=0.0,
-                   help="seconds to wait for a lock held by another run before giving up (default 0)")
-
-
-def main(args: argparse.Namespace) -> int:
-    ingest(cli.pipeline_config(args), lock_ttl_s=args.lock_ttl, wait_s=args.wait)
-    return 0

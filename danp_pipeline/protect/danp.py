@@ -18,10 +18,19 @@ from typing import Protocol
 
 import torch
 
+from ..config import AttackConfig
 from .attention import AttentionStore, capture_cross_attention
-from .config import AttackConfig
-from .diffusion import (PromptBatch, add_noise, attack_timesteps, encode_mean, encode_prompts, fast_path_setup,
-                        latents_and_condition, predict_noise, set_memory_format)
+from .diffusion import (
+    PromptBatch,
+    add_noise,
+    attack_timesteps,
+    encode_mean,
+    encode_prompts,
+    fast_path_setup,
+    latents_and_condition,
+    predict_noise,
+    set_memory_format,
+)
 from .models import EditorBundle
 from .threshold import kapur_mask
 
@@ -33,7 +42,7 @@ class Objective(Protocol):
 
     weights: dict[str, float]
 
-    def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def gradients(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Return ({term: ∂term/∂x [B,3,h,w]}, {term: loss value [B]}) for photos x, to be minimized."""
         ...
 
@@ -84,7 +93,7 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
         delta = torch.zeros_like(x0, dtype=torch.float32)
     result = PGDResult(delta, weights=dict(objective.weights))
     for it in range(cfg.steps):
-        grads, values = objective.gradients((x0 + delta).clamp(0, 1), it)
+        grads, values = objective.gradients((x0 + delta).clamp(0, 1))
         for name, value in values.items():
             result.history.setdefault(name, []).append(value.detach().cpu())
         g = combine(grads, objective.weights, cfg.balance)
@@ -146,7 +155,7 @@ class DiffusionObjective:
             yield list(range(start, min(n, start + size)))
 
     # -- gradients -------------------------------------------------------------------------
-    def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def gradients(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-term ∂term/∂x and per-image loss values; ``cfg.path`` picks the implementation.
 
         Both paths draw the same timesteps and noise and compute the same sums; they differ in
@@ -154,11 +163,11 @@ class DiffusionObjective:
         """
         set_memory_format(self.bundle, self.cfg.path == "fast" and self.cfg.channels_last)
         if self.cfg.path == "reference":
-            return self._reference_gradients(x, iteration)
+            return self._reference_gradients(x)
         with fast_path_setup(self.bundle, self.cfg):
-            return self._fast_gradients(x, iteration)
+            return self._fast_gradients(x)
 
-    def _reference_gradients(self, x: torch.Tensor, iteration: int):
+    def _reference_gradients(self, x: torch.Tensor):
         """Algorithm 1 literally: for each timestep encode x, run the UNet, backpropagate each term to x."""
         x = x.detach().requires_grad_(True)
         factor = self.bundle.vae_scale_factor
@@ -167,12 +176,12 @@ class DiffusionObjective:
         grads: dict[str, torch.Tensor] = {}
         values: dict[str, torch.Tensor] = {}
         for chunk in self.chunks():
-            losses, extras, weight = self._chunk(encode_mean(self.bundle, x), timesteps, noise, chunk, iteration)
+            losses, extras, weight = self._chunk(encode_mean(self.bundle, x), timesteps, noise, chunk)
             self._accumulate(grads, losses, weight, x)
             self._record(values, {**losses, **extras}, weight, len(chunk))
         return self._complete(grads, x), values
 
-    def _fast_gradients(self, x: torch.Tensor, iteration: int):
+    def _fast_gradients(self, x: torch.Tensor):
         """One VAE encode per iteration, ``timestep_batch`` timesteps per UNet call, per-term gradients
         accumulated at the VAE latent, then one VAE backward per term. With ``vae_recompute`` the encoder
         runs without a graph first and again for the backward (Mist v2's two passes): its activations
@@ -185,7 +194,7 @@ class DiffusionObjective:
         latent_grads: dict[str, torch.Tensor] = {}
         values: dict[str, torch.Tensor] = {}
         for chunk in self.chunks():
-            losses, extras, weight = self._chunk(mean_leaf, timesteps, noise, chunk, iteration)
+            losses, extras, weight = self._chunk(mean_leaf, timesteps, noise, chunk)
             with self.backward_context():
                 self._accumulate(latent_grads, losses, weight, mean_leaf)
             self._record(values, {**losses, **extras}, weight, len(chunk))
@@ -197,8 +206,8 @@ class DiffusionObjective:
             (grads[name],) = torch.autograd.grad(mean, x, latent_grads[name], retain_graph=j < len(names) - 1)
         return self._complete(grads, x), values
 
-    def _chunk(self, mean: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor, chunk: list[int],
-               iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    def _chunk(self, mean: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+               chunk: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """Losses of one UNet call over the timesteps in ``chunk`` × every (image, prompt) pair, chunk-major."""
         k, pairs = len(chunk), self.prompts.image_index
         z, cond = latents_and_condition(self.bundle, mean)
@@ -206,7 +215,7 @@ class DiffusionObjective:
         eps = noise[chunk].reshape(k * len(pairs), *z.shape[1:])
         z_rep = z[pairs].repeat(k, 1, 1, 1)
         cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
-        losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k, iteration)
+        losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k)
         weight = (self.prompts.pair_weight / self.cfg.num_timesteps).repeat(k)
         return losses, extras, weight
 
@@ -241,7 +250,7 @@ class DiffusionObjective:
         return contextlib.nullcontext()
 
     def chunk_losses(self, z: torch.Tensor, cond: torch.Tensor | None, t: torch.Tensor, noise: torch.Tensor,
-                     k: int, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                     k: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Per-pair losses [k·P] keyed by the names in ``weights``, and detached diagnostics to log."""
         raise NotImplementedError
 
@@ -294,7 +303,7 @@ class DanpObjective(DiffusionObjective):
             maps = maps + att
         return kapur_mask(maps, self.cfg.threshold_bins)
 
-    def chunk_losses(self, z, cond, t, noise, k, iteration):
+    def chunk_losses(self, z, cond, t, noise, k):
         pairs = self.prompts.image_index
         z_t = add_noise(self.bundle, z, noise, t)
         att, eps_adv = self._attention(z_t, cond, t, k)

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..storage import write_local
+
 logger = logging.getLogger(__name__)
 
 #: (column, header) of the efficacy metrics, with the direction that means "protection works".
@@ -108,12 +110,6 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
     return "\n".join(parts)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str | os.PathLike,
                  methods: Sequence[str], notes: Sequence[str] = (), settings: dict | None = None) -> dict[str, Path]:
     """Write results.parquet, summary.md and grids/*.png under ``output_dir``; return their paths."""
@@ -125,11 +121,11 @@ def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}
-    _atomic_write(paths["parquet"], buf.getvalue())
-    _atomic_write(paths["summary"], summary_markdown(df, methods, notes, settings, transforms).encode())
+    write_local(paths["parquet"], buf.getvalue())
+    write_local(paths["summary"], summary_markdown(df, methods, notes, settings, transforms).encode())
     for name, pixels in grids.items():
         png = io.BytesIO()
         Image.fromarray(pixels).save(png, format="PNG")
-        _atomic_write(out / "grids" / f"{name}.png", png.getvalue())
+        write_local(out / "grids" / f"{name}.png", png.getvalue())
     logger.info("wrote %d rows, summary and %d grids to %s", len(df), len(grids), out)
     return paths

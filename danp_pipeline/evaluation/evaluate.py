@@ -11,37 +11,31 @@ with the real editing pipeline, same prompt and seed, for several seeds — and 
 - cost: seconds and peak memory (CUDA max allocated on GPU, peak RSS on CPU) per photo and method.
 
 Photos are first resized to the working resolution (``--resolution``), so the protection, the
-edit and every metric see the same pixels. The report is written by :mod:`danp_pipeline.report`;
+edit and every metric see the same pixels. The report is written by :mod:`danp_pipeline.evaluation.report`;
 ``jobs/evaluate.py`` runs the same :class:`Evaluator` as Ray actors.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import csv
-import dataclasses
 import io
 import json
 import logging
-import resource
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
-from .baselines import EVAL_METHODS, method_config
-from .config import AttackConfig, validate_prompts
-from .editing import SCHEDULERS, EditConfig, Editor
-from .immunizer import Immunizer
-from .imageio import decode_image, working_size
+from ..config import ROBUSTNESS_TRANSFORMS, EvalConfig, method_config, validate_prompts
+from ..imaging.codec import decode_image, working_size
+from ..protect.immunizer import Immunizer
+from ..protect.models import load_editor
+from .editing import Editor
+from .memory import MEANING, peak_memory
 from .metrics import LPIPS, MetricUnavailable, compare, psnr, ssim
-from .models import load_editor
 from .report import amplify, grid, write_report
 
 logger = logging.getLogger(__name__)
@@ -72,40 +66,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "none": lambda pixels: pixels, "jpeg95": _jpeg(95), "jpeg75": _jpeg(75), "jpeg50": _jpeg(50),
     "resize": _resize_down_up, "blur": _blur,
 }
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation: the editor, the methods, the shared attack budget and the attacker's edit."""
-
-    model: str = "tiny-ip2p"
-    revision: str | None = None
-    methods: tuple[str, ...] = tuple(EVAL_METHODS)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    edit: EditConfig = field(default_factory=EditConfig)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    transforms: tuple[str, ...] = tuple(TRANSFORMS)
-    protect_prompts: tuple[str, ...] = ()   # protect against these instead of each pair's own instruction
-    lpips_weights: str | None = None
-    device: str | None = None
-
-    def validate(self) -> "EvalConfig":
-        if not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
-        for m in self.methods:
-            method_config(m, self.attack)
-        self.edit.validate()
-        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
-        unknown = [t for t in self.transforms if t not in TRANSFORMS]
-        if unknown or "none" not in self.transforms:
-            raise ValueError(f"transforms must include 'none' and come from {list(TRANSFORMS)}, got {list(self.transforms)}")
-        if self.protect_prompts:
-            validate_prompts(self.protect_prompts)
-        return self
-
-    def settings(self) -> dict:
-        return dataclasses.asdict(self)
+assert tuple(TRANSFORMS) == ROBUSTNESS_TRANSFORMS, "config.ROBUSTNESS_TRANSFORMS names these transforms"
 
 
 @dataclass
@@ -172,32 +133,6 @@ def _read_pairs_file(path: Path) -> list[tuple[Path, str]]:
     return entries
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device) -> Iterator[dict]:
-    """Measure the peak memory of a block: CUDA max allocated, or the process's peak RSS on CPU."""
-    info: dict = {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        yield info
-        info.update(mb=torch.cuda.max_memory_allocated(device) / 2**20, kind="cuda_max_allocated")
-        return
-    try:  # Linux: writing 5 to clear_refs resets VmHWM, the peak RSS, to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        kind = "rss_peak"
-    except OSError:
-        kind = "rss_peak_since_start"
-    yield info
-    info.update(mb=_rss_peak_mb(), kind=kind)
-
-
-def _rss_peak_mb() -> float:
-    with contextlib.suppress(OSError, StopIteration):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 def lpips_problem(weights_path: str | None) -> str | None:
     """Why LPIPS cannot be computed, or None when its weights load."""
     try:
@@ -212,8 +147,7 @@ class Evaluator:
 
     def __init__(self, config: EvalConfig) -> None:
         self.config = config.validate()
-        device = torch.device(config.device) if config.device else None
-        self.bundle = load_editor(config.model, config.revision, device=device, precision=config.attack.precision)
+        self.bundle = load_editor(config.model, config.revision, device=config.device, precision=config.attack.precision)
         self.editor = Editor(self.bundle, config.edit)
         self.immunizers = {m: Immunizer(self.bundle, method_config(m, config.attack)) for m in config.methods}
 
@@ -229,8 +163,8 @@ class Evaluator:
                 seconds = time.perf_counter() - start
             base = {"photo": pair.name, "prompt": pair.prompt, "method": method,
                     "fidelity_psnr": psnr(pair.rgb, protected.pixels), "fidelity_ssim": ssim(pair.rgb, protected.pixels),
-                    "linf_levels": protected.linf_levels, "seconds": seconds, "peak_mem_mb": mem["mb"],
-                    "memory_kind": mem["kind"], "loss_first": protected.loss_first, "loss_last": protected.loss_last,
+                    "linf_levels": protected.linf_levels, "seconds": seconds, "peak_mem_mb": mem.mib,
+                    "memory_kind": mem.kind, "loss_first": protected.loss_first, "loss_last": protected.loss_last,
                     "model": self.bundle.model_id, "editor_kind": self.bundle.kind}
             first_edit = None
             for seed in seeds:
@@ -254,11 +188,8 @@ def write_results(config: EvalConfig, results: list[tuple[str, list[dict], np.nd
     problem = lpips_problem(config.lpips_weights)
     if problem:
         notes.append(f"LPIPS was not computed (column empty, n/a above): {problem}")
-    meaning = {"cuda_max_allocated": "CUDA memory allocated by torch at its peak during the protection",
-               "rss_peak": "peak resident memory of the whole process during the protection (editor included)",
-               "rss_peak_since_start": "peak resident memory of the process since it started (no per-photo reset)"}
     for kind in sorted({row["memory_kind"] for row in rows}):
-        notes.append(f"peak MiB = {meaning.get(kind, kind)}")
+        notes.append(f"peak MiB = {MEANING.get(kind, kind)} during the protection")
     notes.append("s/photo = wall time of the protection alone; the first method of each worker includes warm-up")
     return write_report(rows, {name: g for name, _, g in results}, output_dir, config.methods, notes,
                         config.settings())
@@ -268,65 +199,3 @@ def run(config: EvalConfig, pairs: list[Pair], output_dir: str | Path) -> dict[s
     """Evaluate every pair in this process and write the report."""
     evaluator = Evaluator(config)
     return write_results(config, [evaluator(p) for p in pairs], output_dir)
-
-
-def _csv_list(kind: type) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
-    return parse
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_attack_options
-
-    parser.add_argument("input", metavar="INPUT", help="folder of photos (with --prompt) or a JSON/JSONL/CSV "
-                        "file of {photo, instruction} pairs, photo paths relative to the file")
-    parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
-    parser.add_argument("--model", default="tiny-ip2p", help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
-    parser.add_argument("--prompt", action="append", default=[], help="instruction for a folder INPUT (repeatable)")
-    parser.add_argument("--protect-prompt", action="append", default=[],
-                        help="protect against these instead of each pair's own instruction (unseen-prompt setting)")
-    parser.add_argument("--methods", type=_csv_list(str), default=tuple(EVAL_METHODS),
-                        help=f"comma-separated (default: all of {','.join(EVAL_METHODS)})")
-    parser.add_argument("--seeds", type=_csv_list(int), default=(0, 1, 2), help="edit seeds (default 0,1,2)")
-    parser.add_argument("--transforms", type=_csv_list(str), default=tuple(TRANSFORMS),
-                        help=f"robustness transforms (default: all of {','.join(TRANSFORMS)})")
-    e = EditConfig()
-    g = parser.add_argument_group("the attacker's edit")
-    g.add_argument("--editor-steps", type=int, default=None, help="inference steps (default: the pipeline's)")
-    g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
-    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix")
-    g.add_argument("--strength", type=float, default=e.strength, help="SD img2img strength")
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=e.scheduler)
-    parser.add_argument("--lpips-weights", default=None, help="local safetensors file of LPIPS weights "
-                        "(default: $DANP_LPIPS_WEIGHTS); without it LPIPS is reported as unavailable")
-    add_attack_options(parser)
-
-
-def from_args(args: argparse.Namespace) -> tuple[EvalConfig, list[Pair]]:
-    from .cli import attack_config
-
-    if args.method != "danp":
-        logger.warning("--method is ignored by eval; use --methods (got --method %s)", args.method)
-        args.method = "danp"
-    attack = attack_config(args)
-    edit = EditConfig(steps=args.editor_steps, guidance_scale=args.guidance_scale,
-                      image_guidance_scale=args.image_guidance_scale, strength=args.strength,
-                      scheduler=args.scheduler).validate()
-    config = EvalConfig(model=args.model, revision=args.revision, methods=tuple(args.methods), attack=attack,
-                        edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
-                        protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
-                        device=args.device).validate()
-    pairs = load_pairs(args.input, tuple(args.prompt), attack.resolution, attack.resolution_multiple)
-    logger.info("evaluating %d pair(s) × %d method(s) × %d seed(s): %s", len(pairs), len(config.methods),
-                len(config.seeds), json.dumps(config.settings(), sort_keys=True, default=str))
-    return config, pairs
-
-
-def main(args: argparse.Namespace) -> int:
-    config, pairs = from_args(args)
-    paths = run(config, pairs, args.output)
-    logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
-    return 0

@@ -21,6 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from torch import nn
 
+from ..protect.devices import pick_device
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LPIPS", "LPIPS_ENV_VAR", "MetricUnavailable", "compare", "fsim", "lpips_or_none",
@@ -300,7 +302,7 @@ class LPIPS:
     def __init__(self, weights_path: str | os.PathLike[str] | None = None,
                  device: str | torch.device | None = None) -> None:
         self.weights_path = _resolve_lpips_path(weights_path)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = pick_device(device)
         state = _load_lpips_state(self.weights_path)
         self._net = _AlexLPIPSNet()
         self._net.load_state_dict(state, strict=True)

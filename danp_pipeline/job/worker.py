@@ -17,7 +17,6 @@ becomes an ``error`` row without another attempt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,12 +29,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import storage, writer
-from .config import PipelineConfig, config_json, config_sha256
-from .imageio import DecodedImage, decode_image, encode_png, eps_levels
-from .immunizer import Immunizer, ProtectedImage
-from .models import load_editor
-from .provenance import MANIFEST_DIR, make_row, sha256_hex, to_table, utcnow
+from .. import storage
+from ..config import PipelineConfig, config_json, config_sha256
+from ..imaging.codec import DecodedImage, decode_image, encode_png, eps_levels
+from ..manifest.output import Output
+from ..manifest.provenance import make_row, sha256_hex, to_table, utcnow
+from ..protect.devices import device_name, pick_device
+from ..protect.immunizer import Immunizer, ProtectedImage
+from ..protect.models import load_editor
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ HOLD_UNTIL_FILE_ENV = "DANP_FAULT_HOLD_UNTIL_FILE"
 #: Fault injection for the poison-photo test: the actor process exits at once (``os._exit``, no
 #: cleanup, as a native crash would) when it is about to protect the photo with this source key.
 CRASH_ON_KEY_ENV = "DANP_FAULT_CRASH_ON_KEY"
-#: Where attempt records live, under OUTPUT (beside images/ and manifest/).
-ATTEMPTS_DIR = "_attempts"
 
 
 @dataclass
@@ -74,16 +73,14 @@ class Protector:
     def __init__(self, config: PipelineConfig, run_id: str | None = None) -> None:
         self.config = config.validate()
         self.run_id = run_id
-        device = _device(self.config.gpus_per_actor)
+        device = pick_device("cpu" if self.config.gpus_per_actor == 0 else None)
         self.editor = load_editor(self.config.model, self.config.revision, device=device,
                                   precision=self.config.attack.precision)
         self.immunizer = Immunizer(self.editor, self.config.attack)
         self.config_json = config_json(self.config.attack, self.config.model, self.config.revision)
         self.config_sha256 = config_sha256(self.config_json)
-        self.device_name = _device_name(self.editor.device)
-        self.out_fs, self.out_root = storage.filesystem(self.config.output_uri, self.config.storage_options)
-        self.manifest_dir = storage.join(self.out_root, MANIFEST_DIR)
-        self.attempts_dir = storage.join(self.out_root, ATTEMPTS_DIR)
+        self.device_name = device_name(self.editor.device)
+        self.output = Output.open(self.config.output_uri, self.config.storage_options)
         self.default_prompts = list(self.config.run_prompts)
         self.parts_committed = 0
 
@@ -102,7 +99,7 @@ class Protector:
                 self._decode(photo)
         rows = [photo.row or self._row(photo, status="error", error=photo.error or "not processed")
                 for photo in photos]
-        writer.write_part(self.out_fs, self.manifest_dir, rows)
+        self.output.commit(rows)
         self._forget(given_up)  # only now that their error rows are committed
         self.parts_committed += 1
         _maybe_hang(self.parts_committed)
@@ -141,7 +138,7 @@ class Protector:
             photo.error = record["read_error"]
             return
         try:
-            storage.output_key(record["source_key"])
+            self.output.image_path(record["source_key"])   # refuses a key that could escape OUTPUT
             photo.prompts = list(record.get("prompts") or []) or self.default_prompts
             photo.image = decode_image(record["data"], max_pixels=self.config.max_pixels)
         except Exception as exc:  # every failure becomes this photo's error row
@@ -172,13 +169,13 @@ class Protector:
             return
         try:
             data = encode_png(result.pixels, result.alpha)
-            path = storage.join(self.out_root, storage.output_key(photo.record["source_key"]))
-            storage.atomic_write(self.out_fs, path, data)
+            path = self.output.image_path(photo.record["source_key"])
+            storage.atomic_write(self.output.fs, path, data)
         except Exception as exc:
             photo.error = f"cannot write output: {self._reason(exc)}"
             return
         photo.row = self._row(
-            photo, status="ok", output_uri=storage.to_uri(self.out_fs, path), output_sha256=sha256_hex(data),
+            photo, status="ok", output_uri=self.output.to_uri(path), output_sha256=sha256_hex(data),
             linf_levels=result.linf_levels, psnr_db=result.psnr_db, loss_first=result.loss_first,
             loss_last=result.loss_last)
 
@@ -199,13 +196,12 @@ class Protector:
     # -- attempt records -------------------------------------------------------------------------
 
     def _attempt_path(self, photo: _Photo) -> str:
-        key = hashlib.sha256(f"{self.config_sha256}\0{photo.record['source_uri']}".encode()).hexdigest()[:32]
-        return storage.join(self.attempts_dir, f"{key}.json")
+        return self.output.attempt_path(self.config_sha256, photo.record["source_uri"])
 
     def _attempts_died(self, photo: _Photo) -> int:
         path = self._attempt_path(photo)
         try:
-            data = storage.retrying(self.out_fs.cat_file, path, what=f"reading {path}")
+            data = storage.retrying(self.output.fs.cat_file, path, what=f"reading {path}")
         except FileNotFoundError:
             return 0
         except Exception as exc:  # a record we cannot read bounds nothing, but must not cost the photo
@@ -222,7 +218,7 @@ class Protector:
             record = {"source_uri": photo.record["source_uri"], "died": photo.died + 1, "run_id": self.run_id,
                       "started_at": photo.started.isoformat()}
             try:
-                storage.atomic_write(self.out_fs, self._attempt_path(photo), json.dumps(record).encode())
+                storage.atomic_write(self.output.fs, self._attempt_path(photo), json.dumps(record).encode())
             except Exception as exc:
                 logger.warning("cannot write attempt record for %s: %s", photo.record["source_key"], self._reason(exc))
 
@@ -230,7 +226,7 @@ class Protector:
         for photo in photos:
             path = self._attempt_path(photo)
             try:
-                storage.retrying(self.out_fs.rm, path, what=f"removing {path}")
+                storage.retrying(self.output.fs.rm, path, what=f"removing {path}")
             except FileNotFoundError:
                 pass
             except Exception as exc:
@@ -249,21 +245,6 @@ def _records(batch: Any) -> list[dict[str, Any]]:
         n = len(next(iter(columns.values()), []))
         return [{k: v[i] for k, v in columns.items()} for i in range(n)]
     return [dict(r) for r in batch]
-
-
-def _device(gpus_per_actor: float) -> str:
-    import torch
-
-    return "cuda" if gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
-
-
-def _device_name(device: Any) -> str:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return "cpu"
 
 
 def _maybe_hang(parts_committed: int) -> None:

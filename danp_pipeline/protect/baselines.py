@@ -1,4 +1,4 @@
-"""The paper's baselines as objectives for the one PGD loop (:func:`danp_pipeline.danp.pgd`).
+"""The paper's baselines as objectives for the one PGD loop (:func:`danp_pipeline.protect.danp.pgd`).
 
 Every method shares the loop, the budget γ (``eps``), the step α (``step_size``), the iteration
 count N (``steps``), the timesteps 𝒯 and the per-image seeds; only the objective differs. Each
@@ -35,20 +35,25 @@ name           source                                               objective he
 ``random``     —                                                    uniform noise in ±γ, no PGD (Immunizer.perturb).
 =============  ===================================================  =================================================
 
-DANP ablations are not objectives but configurations (:data:`EVAL_METHODS`): ``danp-no-daa``
+DANP ablations are not objectives but configurations (:data:`danp_pipeline.config.EVAL_METHODS`): ``danp-no-daa``
 (use_daa=False; starts from the ``random`` baseline's δ, because NBA alone is flat at δ = 0), ``danp-no-nba`` (use_nba=False), ``danp-fixed-mask`` (mask="fixed").
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
-from .config import AttackConfig
+from ..config import AttackConfig
 from .danp import DanpObjective, DiffusionObjective, Objective
-from .diffusion import add_noise, encode_mean, encode_prompts, latents_and_condition, predict_noise
+from .diffusion import (
+    add_noise,
+    encode_mean,
+    encode_prompts,
+    latents_and_condition,
+    predict_noise,
+)
 from .models import EditorBundle
 
 logger = logging.getLogger(__name__)
@@ -58,37 +63,13 @@ E2E_STEPS = 4         # denoising steps of PhotoGuard's differentiable edit
 GUIDANCE = 7.5        # the editors' default text guidance
 IMAGE_GUIDANCE = 1.5  # InstructPix2Pix's default image guidance
 
-#: Evaluation names -> AttackConfig changes. The first entry is the method itself.
-EVAL_METHODS: dict[str, dict[str, Any]] = {
-    "danp": {"method": "danp"},
-    "danp-no-daa": {"method": "danp", "use_daa": False, "init": "uniform"},   # NBA is flat at δ = 0
-    "danp-no-nba": {"method": "danp", "use_nba": False},
-    "danp-fixed-mask": {"method": "danp", "mask": "fixed"},
-    "pge": {"method": "pge"},
-    "pgd-e2e": {"method": "pgd-e2e"},
-    "sa": {"method": "sa"},
-    "advdm": {"method": "advdm"},
-    "mist": {"method": "mist"},
-    "sds": {"method": "sds"},
-    "random": {"method": "random"},
-}
-
-
-def method_config(name: str, base: AttackConfig) -> AttackConfig:
-    """The AttackConfig an evaluation name stands for: ``base`` with that method's changes."""
-    if name not in EVAL_METHODS:
-        raise ValueError(f"unknown method {name!r}; expected one of {list(EVAL_METHODS)}")
-    return base.replace(**EVAL_METHODS[name])
-
 
 def build_objective(method: str, bundle: EditorBundle, cfg: AttackConfig, prompts: list[list[str]],
                     seeds: list[int], x0: torch.Tensor) -> Objective:
-    """The objective of a baseline method for photos x0 [B,3,h,w] with per-image prompts and seeds."""
-    builders = {"pge": EncoderAttack, "pgd-e2e": DiffusionAttack, "sa": AttentionDistraction,
-                "advdm": NoiseLossAttack, "mist": NoiseLossAttack, "sds": ScoreDistillation}
-    if method not in builders:
-        raise ValueError(f"method {method!r} has no baseline objective; expected one of {list(builders)}")
-    return builders[method](bundle, cfg, prompts, seeds, x0)
+    """The objective of ``method`` (DANP or a baseline) for photos x0 [B,3,h,w] with per-image prompts and seeds."""
+    if method not in OBJECTIVES:
+        raise ValueError(f"method {method!r} has no objective; expected one of {list(OBJECTIVES)}")
+    return OBJECTIVES[method](bundle, cfg, prompts, seeds, x0)
 
 
 def _grey_mean(bundle: EditorBundle, x0: torch.Tensor) -> torch.Tensor:
@@ -107,13 +88,13 @@ class PixelObjective:
         self.bundle, self.cfg = bundle, cfg
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    def losses(self, x: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image losses [B] keyed by the names in ``weights``."""
         raise NotImplementedError
 
-    def gradients(self, x: torch.Tensor, iteration: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def gradients(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x = x.detach().requires_grad_(True)
-        losses = self.losses(x, iteration)
+        losses = self.losses(x)
         names = list(self.weights)
         grads = {}
         for j, name in enumerate(names):
@@ -130,7 +111,7 @@ class EncoderAttack(PixelObjective):
         self.weights = {"pge": 1.0}
         self.target = _grey_mean(bundle, x0)
 
-    def losses(self, x, iteration):
+    def losses(self, x):
         mean = encode_mean(self.bundle, x)
         return {"pge": (mean - self.target).pow(2).flatten(1).mean(1)}
 
@@ -145,7 +126,7 @@ class DiffusionAttack(PixelObjective):
         self.prompts = encode_prompts(bundle, prompts, cfg.token_reduction)
         self.uncond = encode_prompts(bundle, [[""]], cfg.token_reduction).embeds
 
-    def losses(self, x, iteration):
+    def losses(self, x):
         pairs = self.prompts.image_index
         z, cond = latents_and_condition(self.bundle, encode_mean(self.bundle, x))
         counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
@@ -198,7 +179,7 @@ class AttentionDistraction(DanpObjective):
         super().__init__(bundle, cfg.replace(mask="fixed", use_daa=True, use_nba=False), prompts, seeds, x0)
         self.weights = {"sa": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k, iteration):
+    def chunk_losses(self, z, cond, t, noise, k):
         att, _ = self._attention(add_noise(self.bundle, z, noise, t), cond, t, k)
         inside = (att * self.pair_tensor(self.fixed_masks, k)).pow(2).flatten(1).sum(1)
         return {"sa": inside}, {"att_total": att.detach().pow(2).flatten(1).sum(1)}
@@ -214,7 +195,7 @@ class NoiseLossAttack(DiffusionObjective):
             self.weights["textural"] = 1.0
             self.target = _grey_mean(bundle, x0) * bundle.vae.config.scaling_factor
 
-    def chunk_losses(self, z, cond, t, noise, k, iteration):
+    def chunk_losses(self, z, cond, t, noise, k):
         eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t,
                             self.pair_tensor(self.prompts.embeds, k), cond)
         losses = {"advdm": -(eps - noise).pow(2).flatten(1).sum(1)}
@@ -230,7 +211,7 @@ class ScoreDistillation(DiffusionObjective):
         super().__init__(bundle, cfg, prompts, seeds)
         self.weights = {"sds": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k, iteration):
+    def chunk_losses(self, z, cond, t, noise, k):
         z_t = add_noise(self.bundle, z, noise, t)
         with torch.no_grad():
             residual = predict_noise(self.bundle, z_t, t, self.pair_tensor(self.prompts.embeds, k),
@@ -238,3 +219,10 @@ class ScoreDistillation(DiffusionObjective):
         # ∂/∂z of <residual, z_t> is √ᾱ_t · residual: the SDS gradient, without the UNet Jacobian.
         surrogate = (residual * z_t).flatten(1).sum(1)
         return {"sds": surrogate}, {"sds_mse": residual.pow(2).flatten(1).sum(1)}
+
+
+#: The objective of every method in config.METHODS that runs the PGD loop ("random" draws noise once).
+OBJECTIVES: dict[str, type] = {
+    "danp": DanpObjective, "pge": EncoderAttack, "pgd-e2e": DiffusionAttack, "sa": AttentionDistraction,
+    "advdm": NoiseLossAttack, "mist": NoiseLossAttack, "sds": ScoreDistillation,
+}

@@ -12,7 +12,6 @@ to plan; :func:`compact` merges small parts into parts of up to ``COMPACT_ROWS``
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
@@ -24,15 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .provenance import INDEX_COLUMNS, MANIFEST_DIR, list_parts, read_manifest, read_part, to_table, winners
-from .storage import atomic_write, filesystem, join, parse_options
+from ..config import COMPACT_MIN_PARTS, COMPACT_ROWS
+from ..storage import atomic_write, join
+from .provenance import (
+    INDEX_COLUMNS,
+    list_parts,
+    read_manifest,
+    read_part,
+    to_table,
+    winners,
+)
 
 logger = logging.getLogger(__name__)
 
-#: compact(): parts with fewer rows than this are small; merged parts hold at most this many rows.
-COMPACT_ROWS = 50_000
-#: compact(): merge only when at least this many small parts exist (a run's own parts, typically).
-COMPACT_MIN_PARTS = 256
 
 
 def part_name(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -148,16 +151,3 @@ def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: 
     logger.info("manifest: compacted %d small part(s), %d row(s), into %d part(s)", len(small), table.num_rows,
                 len(written))
     return len(small), len(written)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
-    parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
-    parser.add_argument("--rows-per-part", type=int, default=COMPACT_ROWS)
-    parser.add_argument("--min-parts", type=int, default=2, help="merge only when this many small parts exist")
-
-
-def main(args: argparse.Namespace) -> int:
-    fs, root = filesystem(args.output, parse_options(args.storage_options))
-    compact(fs, join(root, MANIFEST_DIR), rows_per_part=args.rows_per_part, min_parts=args.min_parts)
-    return 0

@@ -21,9 +21,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import AttackConfig, validate_prompts
-from .danp import DanpObjective, Objective, PGDResult, pgd, uniform_delta
-from .imageio import DecodedImage, apply_delta, decode_image, linf_levels, psnr_db, to_tensor, working_size
+from ..config import AttackConfig, validate_prompts
+from ..imaging.codec import (
+    DecodedImage,
+    apply_delta,
+    decode_image,
+    linf_levels,
+    psnr_db,
+    to_tensor,
+    working_size,
+)
+from .baselines import build_objective
+from .danp import Objective, PGDResult, pgd, uniform_delta
 from .models import EditorBundle
 
 logger = logging.getLogger(__name__)
@@ -81,10 +90,6 @@ class Immunizer:
         self.config = (config or AttackConfig()).validate()
 
     def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> Objective:
-        if self.config.method == "danp":
-            return DanpObjective(self.editor, self.config, prompts, seeds, x0)
-        from .baselines import build_objective
-
         return build_objective(self.config.method, self.editor, self.config, prompts, seeds, x0)
 
     def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> PGDResult:

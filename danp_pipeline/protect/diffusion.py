@@ -1,6 +1,6 @@
 """Forward passes of a frozen editor that every objective shares.
 
-Small functions over an :class:`~danp_pipeline.models.EditorBundle`: encode prompts, encode a photo
+Small functions over an :class:`~danp_pipeline.protect.models.EditorBundle`: encode prompts, encode a photo
 into latents (and, for InstructPix2Pix, the image conditioning), noise latents at a timestep,
 predict noise, and choose the attack timesteps 𝒯.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import AttackConfig
 from .attention import token_weights
-from .config import AttackConfig
 from .models import EditorBundle
 
 

@@ -8,8 +8,6 @@ has more than one row. Exit status 1 when anything is missing, modified, unliste
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +16,9 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from . import storage
-from .provenance import IMAGES_DIR, MANIFEST_DIR, list_parts, read_manifest
+from .. import storage
+from .output import Output
+from .provenance import list_parts
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,11 @@ class VerifyReport:
 
 
 def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threads: int = 8) -> VerifyReport:
-    fs, root = storage.filesystem(output_uri, storage_options)
-    manifest_dir = storage.join(root, MANIFEST_DIR)
-    if not list_parts(fs, manifest_dir):
-        raise ValueError(f"no manifest under {storage.to_uri(fs, manifest_dir)}")
-    table = read_manifest(fs, manifest_dir, _COLUMNS)
+    output = Output.open(output_uri, storage_options)
+    fs = output.fs
+    if not list_parts(fs, output.manifest_dir):
+        raise ValueError(f"no manifest under {output.to_uri(output.manifest_dir)}")
+    table = output.read(_COLUMNS)
     report = VerifyReport()
     identities = Counter(zip(table["source_uri"].to_pylist(), table["config_sha256"].to_pylist()))
     report.duplicates = sorted(source for (source, _), n in identities.items() if n > 1)
@@ -59,7 +58,7 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
     def check(item: tuple[str, str]) -> tuple[str, str | None]:
         uri, digest = item
         try:
-            actual = _sha256(fs, uri)
+            actual = storage.sha256_file(fs, uri)
         except FileNotFoundError:
             return uri, "missing"
         return uri, None if actual == digest else "modified"
@@ -69,7 +68,7 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
             if problem:
                 getattr(report, problem).append(uri)
 
-    images = storage.join(root, IMAGES_DIR)
+    images = output.images_dir
     if fs.exists(images):
         for _, path, _ in storage.list_files(fs, images):
             uri = storage.to_uri(fs, path)
@@ -78,22 +77,8 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
     return report
 
 
-def _sha256(fs: Any, uri: str) -> str:
-    digest = hashlib.sha256()
-    with fs.open(uri, "rb") as fh:
-        while chunk := fh.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
-    parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
-    parser.add_argument("--threads", type=int, default=8, help="parallel hashing threads")
-
-
-def main(args: argparse.Namespace) -> int:
-    report = verify(args.output, storage.parse_options(args.storage_options), threads=args.threads)
+def log_report(output_uri: str, report: VerifyReport) -> None:
+    """Name every problem (the first few of each kind) and sum up, in the log."""
     for kind in ("missing", "modified", "unlisted", "duplicates"):
         items = getattr(report, kind)
         for uri in items[:_SHOWN]:
@@ -101,6 +86,5 @@ def main(args: argparse.Namespace) -> int:
         if len(items) > _SHOWN:
             logger.error("%s: … and %d more", kind, len(items) - _SHOWN)
     logger.info("verify %s: %d outputs checked, %d missing, %d modified, %d unlisted, %d duplicated rows",
-                args.output, report.checked, len(report.missing), len(report.modified), len(report.unlisted),
+                output_uri, report.checked, len(report.missing), len(report.modified), len(report.unlisted),
                 len(report.duplicates))
-    return 0 if report.ok else 1
