@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import config as C
-from .config import AttackConfig, EditConfig, EvalConfig, PipelineConfig
+from .config import (
+    AttackConfig,
+    EditConfig,
+    EvalConfig,
+    MicroSuiteConfig,
+    PipelineConfig,
+)
 
 logger = logging.getLogger("danp_pipeline")
 
@@ -67,16 +73,30 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
             raise ValueError(f"--attack-option expects KEY=VALUE with KEY an AttackConfig field, got {item!r}")
-        fields[key] = _parse_value(raw, type(getattr(AttackConfig(), key)))
+        fields[key] = _parse_value(raw, getattr(AttackConfig(), key))
     return AttackConfig(**fields).validate()
 
 
-def _parse_value(raw: str, kind: type) -> object:
-    if kind is bool:
+def _parse_value(raw: str, default: object) -> object:
+    """``raw`` as the type of the field's default: bool, number, a comma-separated tuple, None."""
+    if isinstance(default, bool):
         if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"expected a boolean, got {raw!r}")
         return raw.lower() in ("true", "1", "yes")
-    return kind(raw)
+    if isinstance(default, tuple):
+        return tuple(_scalar(item.strip()) for item in raw.split(",") if item.strip())
+    if default is None:
+        return None if raw.lower() in ("", "none") else _scalar(raw)
+    return type(default)(raw)
+
+
+def _scalar(raw: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    return raw
 
 
 # -- run / ingest --------------------------------------------------------------------------------
@@ -101,10 +121,52 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-photo-attempts", type=int, default=p("max_photo_attempts"),
                         help="a photo whose protection kills its worker process this many times becomes an "
                              f"error row instead of being retried again (default {p('max_photo_attempts')})")
+    add_listing_options(parser)
+    add_output_options(parser)
     add_attack_options(parser)
 
 
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """What the protected files look like: format, metadata, content credentials (issue 13)."""
+    p = lambda name: _default(PipelineConfig, name)  # noqa: E731
+    g = parser.add_argument_group("outputs")
+    g.add_argument("--output-format", choices=C.OUTPUT_FORMATS, default=p("output_format"),
+                   help="png (default), webp-lossless and tiff keep every pixel (L∞ guaranteed; png/tiff keep "
+                        "16 bits); jpeg and webp are lossy (L∞ measured and recorded, not bounded); source: the "
+                        "input's own format")
+    g.add_argument("--quality", type=int, default=p("quality"), help=f"lossy formats, 1..100 (default {p('quality')})")
+    g.add_argument("--strip-gps", action="store_true", help="drop GPS from EXIF and XMP (default: keep all metadata)")
+    g.add_argument("--strip-metadata", action="store_true",
+                   help="drop EXIF, XMP and IPTC (the ICC profile stays: the pixels are in its colour space)")
+    g.add_argument("--c2pa-cert", default=None, metavar="CHAIN.pem",
+                   help=f"sign each output with C2PA content credentials: PEM chain, signing cert first "
+                        f"(default ${C.C2PA_CERT_ENV})")
+    g.add_argument("--c2pa-key", default=None, metavar="KEY.pem",
+                   help=f"the signing key, PEM (default ${C.C2PA_KEY_ENV}); never logged or recorded")
+
+
+def add_listing_options(parser: argparse.ArgumentParser) -> None:
+    """Where the objects come from at scale, and how the run reports progress (job/listing.py, progress.py)."""
+    p = lambda name: _default(PipelineConfig, name)  # noqa: E731
+    g = parser.add_argument_group("listing and progress (large archives)")
+    g.add_argument("--input-list", default=p("input_list"), metavar="URI",
+                   help="Parquet/CSV/JSONL file (or folder of them) of object URIs under INPUT (columns uri or key; "
+                        "optional size, etag, prompts), or an S3 Inventory manifest.json; read by Ray tasks "
+                        "instead of listing INPUT")
+    g.add_argument("--list-fanout-depth", type=int, default=p("list_fanout_depth"),
+                   help="without --input-list: directory levels walked to split the listing across Ray tasks "
+                        f"(default {p('list_fanout_depth')})")
+    g.add_argument("--plan-partitions", type=int, default=p("plan_partitions"),
+                   help=f"hash partitions of the distributed plan (default {p('plan_partitions')}; "
+                        "about one per 200,000 objects)")
+    g.add_argument("--progress-interval", type=float, default=p("progress_interval_s"),
+                   help="seconds between progress lines and OUTPUT/_status.json updates "
+                        f"(default {p('progress_interval_s'):g})")
+
+
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
+    import os
+
     from .storage import parse_options
 
     return PipelineConfig(
@@ -113,13 +175,29 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=parse_options(args.storage_options),
         retry_errors=args.retry_errors, max_photo_attempts=args.max_photo_attempts,
+        output_format=args.output_format, quality=args.quality, strip_gps=args.strip_gps,
+        strip_metadata=args.strip_metadata,
+        c2pa_cert=args.c2pa_cert or os.environ.get(C.C2PA_CERT_ENV) or None,
+        c2pa_key=args.c2pa_key or os.environ.get(C.C2PA_KEY_ENV) or None,
+        input_list=args.input_list, list_fanout_depth=args.list_fanout_depth, plan_partitions=args.plan_partitions,
+        progress_interval_s=args.progress_interval,
     ).validate()
 
 
+def checked_config(args: argparse.Namespace) -> PipelineConfig:
+    """The run's config after the pre-flight checks (job/preflight.py): one-line ValueErrors."""
+    from .job.preflight import check
+
+    cfg = pipeline_config(args)
+    check(cfg)
+    return cfg
+
+
 def run_run(args: argparse.Namespace) -> int:
+    cfg = checked_config(args)
     from .job.pipeline import run
 
-    run(pipeline_config(args))
+    run(cfg)
     return 0
 
 
@@ -133,9 +211,10 @@ def configure_ingest(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    cfg = checked_config(args)
     from .job.ingest import ingest
 
-    ingest(pipeline_config(args), lock_ttl_s=args.lock_ttl, wait_s=args.wait)
+    ingest(cfg, lock_ttl_s=args.lock_ttl, wait_s=args.wait)
     return 0
 
 
@@ -163,13 +242,17 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
     _storage_options(parser)
     parser.add_argument("--threads", type=int, default=8, help="parallel hashing threads")
+    parser.add_argument("--c2pa-trust", default=None, metavar="ANCHORS.pem",
+                        help="also require signed outputs' C2PA signers to chain to these PEM trust anchors "
+                             "(default: signatures and hashes are checked, the signer's CA is not)")
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from .manifest.verify import log_report, verify
     from .storage import parse_options
 
-    report = verify(args.output, parse_options(args.storage_options), threads=args.threads)
+    report = verify(args.output, parse_options(args.storage_options), threads=args.threads,
+                    c2pa_trust=args.c2pa_trust)
     log_report(args.output, report)
     return 0 if report.ok else 1
 
@@ -197,9 +280,18 @@ def run_compact(args: argparse.Namespace) -> int:
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
     e, methods = EditConfig(), tuple(C.EVAL_METHODS)
-    parser.add_argument("input", metavar="INPUT", help="folder of photos (with --prompt) or a JSON/JSONL/CSV "
-                        "file of {photo, instruction} pairs, photo paths relative to the file")
-    parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
+    parser.add_argument("paths", nargs="+", metavar="[INPUT] OUTPUT",
+                        help="INPUT: folder of photos (with --prompt) or a JSON/JSONL/CSV file of {photo, instruction} "
+                             "pairs, photo paths relative to the file (no INPUT with --suite); OUTPUT: folder for "
+                             "results.parquet, summary.md and grids/")
+    parser.add_argument("--suite", choices=("micro",), default=None,
+                        help="micro: the built-in benchmark with ground truth on the trained micro-editors "
+                             "(held-out scenes of the micro world; INPUT, --model and --prompt do not apply)")
+    m = MicroSuiteConfig()
+    parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: held-out scenes (default {m.scenes})")
+    parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which held-out scenes")
+    parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
+                        help="micro: protect against the first, edit with each (default micro-ip2p,micro-ip2p-b)")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
                         help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
     parser.add_argument("--revision", default=None)
@@ -211,8 +303,16 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated (default: all of {','.join(methods)})")
     parser.add_argument("--seeds", type=_csv_list(int), default=_default(EvalConfig, "seeds"),
                         help="edit seeds (default 0,1,2)")
-    parser.add_argument("--transforms", type=_csv_list(str), default=C.ROBUSTNESS_TRANSFORMS,
-                        help=f"robustness transforms (default: all of {','.join(C.ROBUSTNESS_TRANSFORMS)})")
+    parser.add_argument("--transforms", type=_csv_list(str), default=None,
+                        help=f"robustness transforms (default: all of {','.join(C.ROBUSTNESS_TRANSFORMS)}; "
+                             "micro: none)")
+    parser.add_argument("--view", choices=("editor", "attacker"), default=_default(EvalConfig, "view"),
+                        help="editor: photos resized to the editor's size first; attacker: full-size variants "
+                             "protected at full size, then resized by the attacker (default editor)")
+    parser.add_argument("--attacker-filters", type=_csv_list(str), default=_default(EvalConfig, "attacker_filters"),
+                        help="attacker view: the attacker's Pillow resize filters (default lanczos,bicubic,bilinear)")
+    parser.add_argument("--size-variants", type=_csv_list(str), default=C.EVAL_SIZE_VARIANTS,
+                        help=f"attacker view: full-size photos (default {','.join(C.EVAL_SIZE_VARIANTS)})")
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
@@ -231,10 +331,33 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
     edit = EditConfig(steps=args.editor_steps, guidance_scale=args.guidance_scale,
                       image_guidance_scale=args.image_guidance_scale, strength=args.strength,
                       scheduler=args.scheduler).validate()
+    transforms = C.ROBUSTNESS_TRANSFORMS if args.transforms is None else tuple(args.transforms)
     return EvalConfig(model=args.model, revision=args.revision, methods=tuple(args.methods), attack=attack_config(args),
-                      edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
+                      edit=edit, seeds=tuple(args.seeds), transforms=transforms,
                       protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
-                      device=args.device).validate()
+                      device=args.device, view=args.view, attacker_filters=tuple(args.attacker_filters),
+                      size_variants=tuple(args.size_variants)).validate()
+
+
+def _eval_paths(args: argparse.Namespace) -> None:
+    """INPUT and OUTPUT from the positional paths: OUTPUT alone with --suite, INPUT OUTPUT otherwise."""
+    expected = 1 if args.suite else 2
+    if len(args.paths) != expected:
+        usage = "eval --suite micro OUTPUT" if args.suite else "eval INPUT OUTPUT"
+        raise ValueError(f"{usage} takes {expected} path(s), got {len(args.paths)}: {args.paths}")
+    args.input, args.output = (None, args.paths[0]) if args.suite else args.paths
+
+
+def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
+    from .micro.world import SIZE
+
+    attack = attack_config(args)
+    if attack.resolution != SIZE:   # the micro world's photos and editors are SIZE pixels
+        attack = attack.replace(resolution=SIZE)
+    transforms = ("none",) if args.transforms is None else tuple(args.transforms)
+    return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
+                            methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
+                            transforms=transforms, view=args.view, device=args.device).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
@@ -243,8 +366,12 @@ def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
 
     from .evaluation.evaluate import load_pairs
 
+    _eval_paths(args)
+    if args.suite:
+        raise ValueError("--suite runs in the danp-protect eval command, not as a pairs job")
     config = eval_config(args)
-    pairs = load_pairs(args.input, tuple(args.prompt), config.attack.resolution, config.attack.resolution_multiple)
+    resolution = config.attack.resolution if config.view == "editor" else None   # attacker: full size
+    pairs = load_pairs(args.input, tuple(args.prompt), resolution, config.attack.resolution_multiple)
     logger.info("evaluating %d pair(s) × %d method(s) × %d seed(s): %s", len(pairs), len(config.methods),
                 len(config.seeds), json.dumps(config.settings(), sort_keys=True, default=str))
     return config, pairs
@@ -252,6 +379,17 @@ def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
 
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import run
+
+    _eval_paths(args)
+    if args.suite == "micro":
+        from .evaluation import micro_suite
+
+        config = micro_suite_config(args)
+        logger.info("micro benchmark: %d scene(s) × %d method(s) × %d seed(s), editors %s", config.scenes,
+                    len(config.methods), len(config.seeds), ", ".join(config.editors))
+        paths = micro_suite.run(config, args.output)
+        logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
+        return 0
 
     config, pairs = eval_inputs(args)
     paths = run(config, pairs, args.output)
@@ -307,6 +445,45 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- train-editor ------------------------------------------------------------------------------------
+
+def configure_train_editor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUT", help="folder for the run; the editor goes to OUT/editor")
+    parser.add_argument("--variant", choices=("a", "b"), default="a",
+                        help="a: micro-ip2p; b: micro-ip2p-b (other seeds and widths, for transfer)")
+    parser.add_argument("--quick", action="store_true", help="a few-minute run (smoke test; the editor will not edit)")
+    parser.add_argument("--vae-from", default=None, help="folder of a saved AutoencoderKL to reuse")
+    parser.add_argument("--vae-train-s", type=float, default=0.0, help="with --vae-from: the time it took to train")
+    parser.add_argument("--steps", type=int, default=None, help="UNet steps (default: the variant's)")
+    parser.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default: the variant's)")
+    parser.add_argument("--batch", type=int, default=None, help="UNet batch (default: the variant's)")
+    parser.add_argument("--center-latents", action="store_true", help="fold the latent mean into the VAE")
+    parser.add_argument("--time-budget", type=float, default=None, help="UNet training wall-time budget, seconds")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+
+
+def run_train_editor(args: argparse.Namespace) -> int:
+    import torch
+
+    from .micro import training
+
+    torch.set_num_threads(args.threads)
+    cfg = training.EditorConfig()
+    cfg = training.variant_b(cfg) if args.variant == "b" else cfg
+    cfg = training.quick(cfg) if args.quick else cfg
+    for name, value in (("steps", args.steps), ("batch", args.batch), ("time_budget_s", args.time_budget)):
+        if value is not None:
+            setattr(cfg, name, value)
+    if args.vae_steps is not None:
+        cfg.vae.steps = args.vae_steps
+    cfg.vae.center_latents = cfg.vae.center_latents or args.center_latents
+    info = training.train(cfg, args.output, vae_from=args.vae_from, vae_train_s=args.vae_train_s)
+    logger.info("trained %s in %.0f s: %d weight bytes, VAE %.2f dB, last loss %.4f; saved to %s/editor",
+                cfg.name, info["total_train_s"], info["weights_total_bytes"], info["vae_recon_psnr_heldout"],
+                info["loss_last100"], args.output)
+    return 0
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -326,6 +503,8 @@ COMMANDS: dict[str, Command] = {
                        f"merge the manifest's small Parquet parts (runs do it past {C.COMPACT_MIN_PARTS} of them)"),
     "eval": Command(configure_eval, run_eval, "measure protection efficacy, fidelity, robustness and cost"),
     "bench": Command(configure_bench, run_bench, "time the immunizer and report photos/hour and peak memory"),
+    "train-editor": Command(configure_train_editor, run_train_editor,
+                            "train a micro-editor on the micro edit world (the benchmark's proxy editors)"),
 }
 #: Parsers that only the ``jobs/`` entrypoints use (they run the work themselves).
 JOB_PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {"eval-job": configure_eval_job}
@@ -370,6 +549,7 @@ def run_command(name: str, args: argparse.Namespace) -> int:
         return COMMANDS[name].run(args)
     except ValueError as exc:
         logger.error("%s", exc)
+        logger.debug("traceback (shown with -v)", exc_info=True)
         return 2
 
 

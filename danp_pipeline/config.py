@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Edit instructions used when the user gives none: generic edits an attacker is likely to try.
@@ -39,6 +40,10 @@ EVAL_METHODS: dict[str, dict[str, Any]] = {
 #: Robustness transforms the evaluation applies to a protected photo before the edit ("none": efficacy).
 ROBUSTNESS_TRANSFORMS: tuple[str, ...] = ("none", "jpeg95", "jpeg75", "jpeg50", "resize", "blur")
 
+#: Full-size photos of the evaluation's attacker view (evaluation/attacker.py): 4× the editor's size at
+#: three aspect ratios, and one smaller than the editor's size.
+EVAL_SIZE_VARIANTS: tuple[str, ...] = ("4x-3:2", "4x-16:9", "4x-4:5", "small-3:2")
+
 #: Schedulers the attacker's edit can use ("auto": euler-ancestral for ip2p, pndm for sd).
 EDIT_SCHEDULERS: tuple[str, ...] = ("auto", "euler-ancestral", "pndm", "ddim")
 
@@ -58,7 +63,34 @@ COMPACT_MIN_PARTS_ON_DEMAND = 2
 INGEST_LOCK_TTL_S = 3600.0
 
 EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
+
+#: Trained micro-editors shipped with the package (micro/, weights under assets/editors/<name>/), with the
+#: attacker's sampler settings for each, tuned on training scenes only: (steps, text guidance, image guidance).
+MICRO_SAMPLER: tuple[int, float, float] = (20, 3.0, 2.5)
+MICRO_EDITORS_DIR = Path(__file__).parent / "assets" / "editors"
+MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": MICRO_SAMPLER, "micro-ip2p-b": MICRO_SAMPLER}
+
+#: The attacker's SD img2img strength (EditConfig) and the attack's timestep range for sd editors.
+SD_EDIT_STRENGTH = 0.8
+
+#: Antialiased resize filters of the attacker's view (Pillow's; protect/views.py).
+RESIZE_FILTERS: tuple[str, ...] = ("box", "bilinear", "bicubic", "lanczos")
 TINY_MODELS: dict[str, str] = {"tiny-ip2p": "ip2p", "tiny-sd": "sd"}
+
+#: ``--output-format``: lossless formats keep every pixel (the L∞ guarantee holds on the file; png and
+#: tiff keep 16 bits); lossy ones report the L∞ measured on the decoded file. "source": the input's
+#: own format (imaging/formats.py), lossless where the source is. Default png: lossless, guaranteed.
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "webp-lossless", "tiff", "jpeg", "webp", "source")
+LOSSLESS_FORMATS: tuple[str, ...] = ("png", "webp-lossless", "tiff")
+#: Output format -> file extensions it answers to (the first is what outputs get). Disjoint sets:
+#: manifest/output.py's naming relies on it.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "png": (".png",), "webp-lossless": (".webp",), "webp": (".webp",), "tiff": (".tiff", ".tif"),
+    "jpeg": (".jpg", ".jpeg", ".jpe"), "heic": (".heic", ".heif"), "avif": (".avif",),
+}
+DEFAULT_QUALITY = 92                    # lossy formats (jpeg, webp, heic, avif)
+#: Environment variables naming the C2PA signing chain and key (files, e.g. mounted secrets).
+C2PA_CERT_ENV, C2PA_KEY_ENV = "DANP_C2PA_CERT", "DANP_C2PA_KEY"
 
 
 def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -71,6 +103,11 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok or not math.isfinite(value):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _tuple(name: str, value: Any, ok: Any, what: str, *, empty: bool = False) -> None:
+    if not isinstance(value, tuple) or (not value and not empty) or not all(ok(v) for v in value):
+        raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}tuple of {what}, got {value!r}")
 
 
 def _integer(name: str, value: Any, minimum: int) -> None:
@@ -88,7 +125,8 @@ class AttackConfig:
     step_size: float = 1 / 255          # α (project choice)
     num_timesteps: int = 10             # |𝒯|
     timesteps: str = "centres"          # "centres" of equal bins, or "random" draw per bin per iteration
-    strength: float = 1.0               # img2img strength s: timesteps restricted to [0, s·T)
+    strength: float | None = None       # img2img strength s: timesteps in [0, s·T); None: the editor's own
+                                        # (1.0 for ip2p, which edits from pure noise; SD_EDIT_STRENGTH for sd)
     token_reduction: str = "content"    # "content" tokens only, or "all" 77 positions
     upsample: str = "bilinear"          # how per-layer maps reach the largest grid
     threshold_bins: int = 128           # L, Kapur histogram bins
@@ -100,8 +138,15 @@ class AttackConfig:
     nba_target: str = "clean"           # Eq. 12 "clean" branch, or "noise" (abstract's reading)
     balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
     init: str = "zero"                  # δ start: "zero" (Algorithm 1) or "uniform" in [−γ, γ] (seeded)
-    resolution: int = 512               # working resolution: longer side
-    resolution_multiple: int = 64
+    resolution: int = 512               # the editor's input: the attacker resizes the photo's long side to this
+    resolution_multiple: int = 64       # eval's pre-resized pairs snap to this (the optimization does not)
+    # The attacker's view (protect/views.py): δ lives at full resolution; each PGD iteration computes the
+    # objective on one of these transforms of the protected photo (expectation over transformations).
+    view_scales: tuple[float, ...] = (1.0,)        # × resolution: the long sides the attacker resizes to
+    view_filters: tuple[str, ...] = ("lanczos", "bicubic", "bilinear")   # the attacker's resize filters
+    view_jpeg: tuple[int, ...] = ()     # JPEG qualities re-encoded before the resize (besides none)
+    view_blur: tuple[float, ...] = ()   # Gaussian blur sigmas (editor pixels) after the resize (besides none)
+    view_crop: float = 0.0              # also a centred crop of this fraction per side (0: never)
     path: str = "fast"                  # "fast" (batched, see danp.py) or "reference" (Algorithm 1 literally)
     timestep_batch: int = 0             # fast path: timesteps per UNet call; 0 = auto (see max_unet_batch)
     max_unet_batch: int = 16            # fast path, auto: fewest UNet calls of at most this many (photo, prompt, t)
@@ -110,6 +155,7 @@ class AttackConfig:
     gradient_checkpointing: bool = False  # fast path: recompute UNet/VAE activations in backward (memory)
     vae_recompute: bool = False         # fast path: Mist-v2 two-pass VAE, no VAE graph held during UNet passes
     precision: str = "auto"             # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "bf16", "fp16"
+    fp16_loss_scale: float = 1024.0     # fp16: losses are scaled by this before backward (no underflow)
     seed: int = 0
 
     def validate(self) -> "AttackConfig":
@@ -121,9 +167,10 @@ class AttackConfig:
         _positive("step_size", self.step_size)
         _integer("num_timesteps", self.num_timesteps, 1)
         _choice("timesteps", self.timesteps, ("centres", "random"))
-        _positive("strength", self.strength)
-        if self.strength > 1:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
+        if self.strength is not None:
+            _positive("strength", self.strength)
+            if self.strength > 1:
+                raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
         _choice("token_reduction", self.token_reduction, ("content", "all"))
         _choice("upsample", self.upsample, ("bilinear", "nearest"))
         _integer("threshold_bins", self.threshold_bins, 2)
@@ -137,6 +184,15 @@ class AttackConfig:
         _choice("init", self.init, ("zero", "uniform"))
         _integer("resolution_multiple", self.resolution_multiple, 8)
         _integer("resolution", self.resolution, self.resolution_multiple)
+        _tuple("view_scales", self.view_scales, lambda v: isinstance(v, (int, float)) and 0 < v <= 8, "numbers in (0, 8]")
+        _tuple("view_filters", self.view_filters, lambda v: v in RESIZE_FILTERS, f"names from {list(RESIZE_FILTERS)}")
+        _tuple("view_jpeg", self.view_jpeg, lambda v: isinstance(v, int) and 1 <= v <= 100, "qualities in 1..100",
+               empty=True)
+        _tuple("view_blur", self.view_blur, lambda v: isinstance(v, (int, float)) and 0 < v <= 10,
+               "sigmas in (0, 10]", empty=True)
+        _positive("view_crop", self.view_crop, allow_zero=True)
+        if self.view_crop >= 0.5:
+            raise ValueError(f"view_crop is a fraction per side and must be < 0.5, got {self.view_crop!r}")
         _choice("path", self.path, ("fast", "reference"))
         _integer("timestep_batch", self.timestep_batch, 0)
         _integer("max_unet_batch", self.max_unet_batch, 1)
@@ -144,6 +200,7 @@ class AttackConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         _choice("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _positive("fp16_loss_scale", self.fp16_loss_scale)
         _integer("seed", self.seed, 0)
         return self
 
@@ -176,6 +233,16 @@ class PipelineConfig:
     retry_errors: bool = False          # rerun redoes photos whose row is "error" (default: skip them)
     detect_changes: bool = False        # also redo objects whose bytes changed since their row (ingest.py)
     max_photo_attempts: int = 3         # a photo whose protection kills its actor this often becomes an error row
+    output_format: str = "png"          # one of OUTPUT_FORMATS
+    quality: int = DEFAULT_QUALITY      # lossy output formats, 1..100
+    strip_gps: bool = False             # drop EXIF/XMP GPS from outputs
+    strip_metadata: bool = False        # drop EXIF, XMP and IPTC (the ICC profile stays: it is colour data)
+    c2pa_cert: str | None = None        # PEM chain (signing cert first) for content credentials; a path
+    c2pa_key: str | None = None         # PEM private key path; never logged nor recorded
+    input_list: str | None = None       # Parquet/CSV/JSONL list of object URIs or an S3 Inventory manifest.json
+    list_fanout_depth: int = 2          # without a list: directory levels the driver walks to split the listing
+    plan_partitions: int = 64           # hash partitions of the distributed plan (listing ⋈ manifest)
+    progress_interval_s: float = 30.0   # progress log line and OUTPUT/_status.json every this many seconds
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):
@@ -192,8 +259,20 @@ class PipelineConfig:
         _integer("batch_size", self.batch_size, 1)
         _integer("max_pixels", self.max_pixels, 64)
         _integer("max_photo_attempts", self.max_photo_attempts, 1)
+        _choice("output_format", self.output_format, OUTPUT_FORMATS)
+        _integer("quality", self.quality, 1)
+        if self.quality > 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality!r}")
+        if (self.c2pa_cert is None) != (self.c2pa_key is None):
+            raise ValueError("c2pa_cert and c2pa_key go together: give both or neither, got "
+                             f"c2pa_cert={self.c2pa_cert!r} and {'a' if self.c2pa_key else 'no'} c2pa_key")
         if not isinstance(self.storage_options, dict):
             raise ValueError(f"storage_options must be a JSON object, got {self.storage_options!r}")
+        if self.input_list is not None and (not isinstance(self.input_list, str) or not self.input_list.strip()):
+            raise ValueError(f"input_list must be None or a non-empty URI, got {self.input_list!r}")
+        _integer("list_fanout_depth", self.list_fanout_depth, 0)
+        _integer("plan_partitions", self.plan_partitions, 1)
+        _positive("progress_interval_s", self.progress_interval_s)
         return self
 
     @property
@@ -219,7 +298,7 @@ class EditConfig:
     steps: int | None = None
     guidance_scale: float = 7.5
     image_guidance_scale: float = 1.5   # InstructPix2Pix only
-    strength: float = 0.8               # SD img2img only
+    strength: float = SD_EDIT_STRENGTH  # SD img2img only
     scheduler: str = "auto"             # auto: euler-ancestral for ip2p, pndm for sd
 
     def validate(self) -> "EditConfig":
@@ -249,6 +328,9 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     transforms: tuple[str, ...] = ROBUSTNESS_TRANSFORMS
     protect_prompts: tuple[str, ...] = ()   # protect against these instead of each pair's own instruction
+    view: str = "editor"                    # "editor": photos at the editor's size; "attacker": full size
+    attacker_filters: tuple[str, ...] = ("lanczos", "bicubic", "bilinear")   # attacker view: Pillow filters
+    size_variants: tuple[str, ...] = EVAL_SIZE_VARIANTS                    # attacker view: full-size photos
     lpips_weights: str | None = None
     device: str | None = None
 
@@ -266,6 +348,60 @@ class EvalConfig:
                              f"got {list(self.transforms)}")
         if self.protect_prompts:
             validate_prompts(self.protect_prompts)
+        _choice("view", self.view, ("editor", "attacker"))
+        _tuple("attacker_filters", self.attacker_filters, lambda v: v in RESIZE_FILTERS,
+               f"names from {list(RESIZE_FILTERS)}")
+        _tuple("size_variants", self.size_variants, lambda v: v in EVAL_SIZE_VARIANTS,
+               f"names from {list(EVAL_SIZE_VARIANTS)}")
+        return self
+
+    def settings(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def micro_edit_config(name: str) -> "EditConfig":
+    """The attacker's edit settings for a micro-editor: its own (MICRO_MODELS), else (a directory of an
+    editor trained with ``train-editor``) MICRO_SAMPLER."""
+    steps, guidance, image_guidance = MICRO_MODELS.get(name, MICRO_SAMPLER)
+    return EditConfig(steps=steps, guidance_scale=guidance, image_guidance_scale=image_guidance).validate()
+
+
+#: The micro benchmark's attack: the paper's budget and iterations (γ = 0.03, N = 100, |𝒯| = 10,
+#: α = 1/255) at the micro world's size (64 px).
+MICRO_ATTACK = AttackConfig(resolution=64)
+
+
+@dataclass(frozen=True)
+class MicroSuiteConfig:
+    """``danp-protect eval --suite micro`` (evaluation/micro_suite.py): held-out scenes of the micro world,
+    protected against ``editors[0]``, edited by every editor (the others: transfer)."""
+
+    editors: tuple[str, ...] = ("micro-ip2p", "micro-ip2p-b")
+    scenes: int = 24
+    scene_seed: int = 0
+    methods: tuple[str, ...] = tuple(EVAL_METHODS)
+    attack: AttackConfig = MICRO_ATTACK
+    seeds: tuple[int, ...] = (0, 1, 2)          # the attacker's edit seeds
+    transforms: tuple[str, ...] = ("none",)     # robustness transforms of the protected file (none, jpeg75, …)
+    view: str = "editor"                        # "attacker": full-size scenes, resized by the attacker
+    full_size_factor: int = 4                   # attacker view: the photo's side in editor sizes
+    device: str | None = None
+
+    def validate(self) -> "MicroSuiteConfig":
+        _tuple("editors", self.editors, lambda v: isinstance(v, str) and bool(v.strip()),
+               f"names from {list(MICRO_MODELS)} or directories of trained micro-editors")
+        _integer("scenes", self.scenes, 1)
+        _integer("scene_seed", self.scene_seed, 0)
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
+        for m in self.methods:
+            method_config(m, self.attack)
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
+        _tuple("transforms", self.transforms, lambda v: v in ROBUSTNESS_TRANSFORMS,
+               f"names from {list(ROBUSTNESS_TRANSFORMS)}")
+        _choice("view", self.view, ("editor", "attacker"))
+        _integer("full_size_factor", self.full_size_factor, 1)
         return self
 
     def settings(self) -> dict:
@@ -285,11 +421,28 @@ def validate_prompts(prompts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return prompts
 
 
-def config_json(attack: AttackConfig, model_id: str, model_revision: str | None) -> str:
-    """Canonical JSON of everything that determines a protected photo (sorted keys, no spaces)."""
+def config_json(attack: AttackConfig, model_id: str, model_revision: str | None,
+                output: dict[str, Any] | None = None) -> str:
+    """Canonical JSON of everything that determines a protected photo (sorted keys, no spaces).
+    ``output``: the output settings (output_settings()), included only when not the defaults, so
+    that manifests written before they existed keep their configuration hash."""
     payload = {"attack": dataclasses.asdict(attack), "model_id": model_id, "model_revision": model_revision}
+    if output:
+        payload["output"] = output
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 def config_sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def output_settings(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """What of the output settings changes an output file (for config_json); None when all default.
+    Credentials are not part of it: only whether outputs are signed."""
+    settings = {"output_format": cfg.output_format, "quality": cfg.quality, "strip_gps": cfg.strip_gps,
+                "strip_metadata": cfg.strip_metadata, "c2pa": cfg.c2pa_cert is not None}
+    defaults = {"output_format": "png", "quality": DEFAULT_QUALITY, "strip_gps": False, "strip_metadata": False,
+                "c2pa": False}
+    if settings["output_format"] in LOSSLESS_FORMATS:
+        settings["quality"] = defaults["quality"]    # quality does not change a lossless file
+    return None if settings == defaults else settings

@@ -214,6 +214,10 @@ def check_linf(source: bytes, output: bytes, eps: float) -> int:
     assert (out.alpha is None) == (src.alpha is None)
     if src.alpha is not None:
         assert np.array_equal(out.alpha, src.alpha)
+    if src.pixels16 is not None and out.pixels16 is not None:   # 16-bit kept: the bound in 16-bit units
+        diff16 = int(np.abs(out.pixels16.astype(np.int32) - src.pixels16.astype(np.int32)).max())
+        assert diff16 <= eps_levels(eps) * 257, diff16
+        return -(-diff16 // 257)
     diff = int(np.abs(out.rgb.astype(np.int16) - src.rgb.astype(np.int16)).max())
     assert diff <= eps_levels(eps), diff
     return diff

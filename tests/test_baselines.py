@@ -122,6 +122,8 @@ def test_sa_suppresses_attention_inside_the_same_fixed_mask_as_danp(tiny_ip2p, p
     x0 = as_batch(photos[0])
     sa = build_objective("sa", tiny_ip2p, method_config("sa", BASE), [[PROMPT]], [0], x0)
     danp = DanpObjective(tiny_ip2p, method_config("danp-fixed-mask", BASE), [[PROMPT]], [0], x0)
+    sa.prepare()
+    danp.prepare()
     assert torch.equal(sa.fixed_masks, danp.fixed_masks)
     assert 0 < sa.fixed_masks.mean().item() < 1
 

@@ -206,3 +206,43 @@ def test_every_eval_method_has_a_documented_source():
 
     for name in EVAL_METHODS:
         assert f"``{name}``" in baselines.__doc__ or name.startswith("danp")
+
+
+def test_attackers_copy_is_resized_with_the_filter_after_a_full_size_jpeg():
+    from danp_pipeline.evaluation.attacker import (
+        attackers_copy,
+        resize_for_editor,
+        size_variants,
+    )
+
+    variants = size_variants(photo("astronaut", (300, 300)), 64)
+    assert {k: v.shape[:2] for k, v in variants.items()} == {
+        "4x-3:2": (171, 256), "4x-16:9": (144, 256), "4x-4:5": (256, 205), "small-3:2": (32, 48)}
+    full = variants["4x-3:2"]
+    lanczos = resize_for_editor(full, 64, 8, "lanczos")
+    assert lanczos.shape == (40, 64, 3)                                    # 64x43 cropped to multiples of 8
+    assert not np.array_equal(lanczos, resize_for_editor(full, 64, 8, "bilinear"))
+    jpeg_then_resize = attackers_copy(full, 64, 8, "lanczos", "jpeg50")
+    resize_then_jpeg = TRANSFORMS["jpeg50"](lanczos)
+    assert jpeg_then_resize.shape == lanczos.shape and psnr(jpeg_then_resize, lanczos) > psnr(resize_then_jpeg, lanczos)
+    assert resize_for_editor(variants["small-3:2"], 64, 8, "bicubic").shape == (40, 64, 3)   # upsized by the attacker
+
+
+def test_eval_in_the_attackers_view_reports_full_size_variants_and_what_survives(photo_dir, tmp_path):
+    out = tmp_path / "attacker"
+    pairs = photo_dir / "pairs.json"
+    pairs.write_text(json.dumps([{"photo": "astronaut.png", "instruction": "add fire"}]))
+    args = eval_args([str(pairs), str(out), "--methods", "danp,random",
+                      "--seeds", "0", "--transforms", "none,jpeg75", "--view", "attacker",
+                      "--attacker-filters", "lanczos,bicubic", "--size-variants", "4x-16:9,small-3:2", *FAST])
+    assert cli.run_command("eval", args) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert set(df["view"]) == {"own-size", "lanczos", "bicubic"} and set(df["variant"]) == {"4x-16:9", "small-3:2"}
+    assert len(df) == 2 * 2 * 3 * 2                     # variants × methods × views × transforms (1 seed)
+    wide = df[df["variant"] == "4x-16:9"]
+    assert set(zip(wide["width"], wide["height"])) == {(256, 144)}        # protected at full size
+    assert (df["edit_mse"] >= 0).all() and df["nba"].notna().all()
+    assert (df.loc[(df.method == "danp") & (df.transform == "none"), "linf_levels"] <= 16).all()
+    summary = (out / "summary.md").read_text()
+    assert "## Attacker's view" in summary and "| danp | 4x-16:9 |" in summary
+    assert Image.open(out / "grids" / "astronaut@4x-16:9.png").size == (PANELS * 64, 2 * 32)

@@ -20,8 +20,8 @@ def test_three_line_api_on_real_photos_of_several_sizes(tiny_ip2p):
         assert 30 < result.psnr_db < 60
         assert np.isfinite(result.loss_first) and np.isfinite(result.loss_last)
         assert set(result.terms) >= {"daa", "nba"}
-    assert results[0].working_size == (64, 64)            # 97x61 -> longer side 64, multiples of 64
-    assert results[2].working_size == (64, 64)
+    assert results[0].editor_size == (64, 40)     # 97x61: the attacker's resize to 64, aspect kept, sides % 8
+    assert results[2].editor_size == (16, 64)     # 40x150 -> 17x64, cropped to 16x64
 
 
 def test_mode_classes_are_kept(tiny_sd):

@@ -38,9 +38,40 @@ def current(output_uri: str, options: dict | None = None) -> dict[str, dict]:
     return {r["source_key"]: r for r in rows}
 
 
-# -- the ledger (no Ray) ----------------------------------------------------------------------------
+# -- the ledger, and the distributed plan that must give its answers ------------------------------
 
-def test_plan_processes_new_changed_and_retried_objects_and_skips_the_rest():
+@pytest.fixture(params=["ledger", pytest.param("distributed", marks=pytest.mark.integration)])
+def planner(request, tmp_path):
+    """``ledger.plan``, or the same question answered by job/planning.py: the items as a Ray Dataset
+    joined with the index written as a manifest, on the session's local Ray."""
+    if request.param == "ledger":
+        return ledger.plan
+    import pyarrow as pa
+    import ray
+
+    from danp_pipeline.config import PipelineConfig
+    from danp_pipeline.job import planning
+    from danp_pipeline.job.listing import LISTING_SCHEMA
+
+    request.getfixturevalue("ray_local")
+    runs = iter(range(100))
+
+    def distributed(items, index, config_sha, *, retry_errors=False, detect_changes=False, prompts=None):
+        output = Output.open(str(tmp_path / f"out{next(runs)}"))
+        output.commit(index.to_pylist())
+        cfg = PipelineConfig(input_uri="s3://b", output_uri=output.uri, retry_errors=retry_errors,
+                             detect_changes=detect_changes, plan_partitions=2).validate()
+        listed = ray.data.from_arrow(pa.Table.from_pylist(items, schema=LISTING_SCHEMA))
+        result = planning.plan(listed, output, config_sha, cfg, prompts=prompts)
+        order = {item["source_uri"]: n for n, item in enumerate(items)}
+        todo = sorted(result.todo().take_all(), key=lambda item: order[item["source_uri"]])
+        assert (result.listed, result.todo_count) == (len(items), len(todo))
+        return todo
+
+    return distributed
+
+
+def test_plan_processes_new_changed_and_retried_objects_and_skips_the_rest(planner):
     def listed(key, size, etag):
         return {"source_key": key, "source_uri": f"s3://b/{key}", "size": size, "source_etag": etag}
 
@@ -55,17 +86,17 @@ def test_plan_processes_new_changed_and_retried_objects_and_skips_the_rest():
     index = provenance.to_table(rows).select(list(ledger.LEDGER_COLUMNS))
     items = [listed("same.jpg", 10, "etag:1"), listed("edited.jpg", 10, "etag:9"), listed("resized.jpg", 11, "etag:3"),
              listed("broken.jpg", 5, "etag:4"), listed("legacy.jpg", 10, "etag:7"), listed("fresh.jpg", 3, "etag:5")]
-    plan = {i["source_key"]: i for i in ledger.plan(items, index, "c1", detect_changes=True)}
+    plan = {i["source_key"]: i for i in planner(items, index, "c1", detect_changes=True)}
     assert {k: i["reason"] for k, i in plan.items()} == {"edited.jpg": "changed", "resized.jpg": "changed",
                                                          "fresh.jpg": "new"}
     assert plan["edited.jpg"]["previous_sha256"] == "b" * 64
-    assert [i["source_key"] for i in ledger.plan(items, index, "c1")] == ["fresh.jpg"]  # plain run: no change check
-    retried = ledger.plan(items, index, "c1", retry_errors=True)
+    assert [i["source_key"] for i in planner(items, index, "c1")] == ["fresh.jpg"]  # plain run: no change check
+    retried = planner(items, index, "c1", retry_errors=True)
     assert [(i["source_key"], i["reason"]) for i in retried] == [("broken.jpg", "retry"), ("fresh.jpg", "new")]
-    assert len(ledger.plan(items, index, "other-config")) == len(items)
+    assert len(planner(items, index, "other-config")) == len(items)
 
 
-def test_plan_redoes_a_photo_protected_against_other_prompts():
+def test_plan_redoes_a_photo_protected_against_other_prompts(planner):
     def listed(key, prompts=()):
         return {"source_key": key, "source_uri": f"s3://b/{key}", "size": 1, "prompts": list(prompts)}
 
@@ -78,7 +109,7 @@ def test_plan_redoes_a_photo_protected_against_other_prompts():
              listed("legacy.jpg")]
 
     def todo(**kw):
-        return [(i["source_key"], i["reason"]) for i in ledger.plan(items, index, "c1", **kw)]
+        return [(i["source_key"], i["reason"]) for i in planner(items, index, "c1", **kw)]
 
     assert todo(prompts=["add fire"]) == []                     # same prompts: nothing to redo
     assert todo(prompts=["add fire", "put her in a prison cell"]) == [("run-prompts.jpg", "prompts changed")]

@@ -20,9 +20,10 @@ ALLOWED: dict[str, set[str]] = {
     "protect": {"config", "imaging", "storage"},
     "manifest": {"config", "storage"},
     "job": {"config", "storage", "imaging", "protect", "manifest"},
-    "evaluation": {"config", "storage", "imaging", "protect"},
+    "micro": {"config", "protect"},
+    "evaluation": {"config", "storage", "imaging", "protect", "micro"},
     "demo": {"config", "job", "manifest"},
-    "cli": {"config", "storage", "job", "manifest", "evaluation", "demo"},
+    "cli": {"config", "storage", "job", "manifest", "evaluation", "micro", "demo"},
     "__init__": {"config", "protect"},
 }
 

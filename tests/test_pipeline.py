@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import warnings
-from argparse import Namespace
 
 import pyarrow as pa
 import pytest
@@ -37,7 +36,7 @@ from danp_pipeline import cli, storage
 from danp_pipeline.job import pipeline, reader
 from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
 from danp_pipeline.manifest import provenance, verify, writer
-from danp_pipeline.manifest.output import Output
+from danp_pipeline.manifest.output import Output, output_name
 
 RUN_TIMEOUT_S = 420
 
@@ -116,7 +115,7 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
         r = rows[key]
         assert r["status"] == "ok", (key, r["error"])
         assert r["source_uri"] == f"s3://danp-archive/in/{key}" and r["source_sha256"] == provenance.sha256_hex(data)
-        assert r["output_uri"] == f"s3://danp-protected/run/images/{key}.png"
+        assert r["output_uri"] == f"s3://danp-protected/run/images/{output_name(key, 'png')}"
         out = fs.cat_file(r["output_uri"])
         assert provenance.sha256_hex(out) == r["output_sha256"]
         assert check_linf(data, out, FAST_ATTACK.eps) == r["linf_levels"] <= FAST_ATTACK.linf_levels_bound
@@ -129,7 +128,8 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     manifest_text = json.dumps(list(rows.values()), default=str)
     assert SECRET_KEY not in manifest_text and SECRET_KEY not in caplog.text
 
-    args = Namespace(output=cfg.output_uri, storage_options=json.dumps(options), threads=4)
+    args = cli.command_parser("verify").parse_args([cfg.output_uri, "--storage-options", json.dumps(options),
+                                                    "--threads", "4"])
     assert cli.run_command("verify", args) == 0
 
     again = pipeline.run(cfg)  # rerun: nothing new, nothing duplicated

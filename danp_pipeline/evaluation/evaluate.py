@@ -10,9 +10,16 @@ with the real editing pipeline, same prompt and seed, for several seeds — and 
   up, or blurred before the edit;
 - cost: seconds and peak memory (CUDA max allocated on GPU, peak RSS on CPU) per photo and method.
 
-Photos are first resized to the working resolution (``--resolution``), so the protection, the
-edit and every metric see the same pixels. The report is written by :mod:`danp_pipeline.evaluation.report`;
-``jobs/evaluate.py`` runs the same :class:`Evaluator` as Ray actors.
+Two views. ``editor`` (default): photos are first resized to the editor's size (``--resolution``),
+protected and edited at that size. ``attacker``: each photo becomes full-size variants (4× the
+editor's size at 3:2, 16:9, 4:5, and one smaller than it; attacker.py), each is protected at full
+size, and the attacker's copy (JPEG at full size, Pillow resize with each of the attacker's filters,
+centred crop to the VAE multiple) is what gets edited — beside the ``own-size`` reference that
+protects the attacker's resized copy directly, so the report shows how much of the protection
+survives the attacker's path. Rows also carry ``edit_mse`` (the edit deviation) and ``nba``/``daa``
+(DANP's objective on the attacker's copy, one fixed draw). The report is written by
+:mod:`danp_pipeline.evaluation.report`; ``jobs/evaluate.py`` runs the same :class:`Evaluator` as Ray
+actors.
 """
 
 from __future__ import annotations
@@ -22,17 +29,19 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+import torch
+from PIL import Image
 
-from ..config import ROBUSTNESS_TRANSFORMS, EvalConfig, method_config, validate_prompts
+from ..config import EvalConfig, method_config, validate_prompts
 from ..imaging.codec import decode_image, working_size
+from ..protect.danp import DanpObjective
 from ..protect.immunizer import Immunizer
 from ..protect.models import load_editor
+from .attacker import TRANSFORMS, attackers_copy, size_variants
 from .editing import Editor
 from .memory import MEANING, peak_memory
 from .metrics import LPIPS, MetricUnavailable, compare, psnr, ssim
@@ -41,46 +50,25 @@ from .report import amplify, grid, write_report
 logger = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
-    def transform(pixels: np.ndarray) -> np.ndarray:
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return transform
-
-
-def _resize_down_up(pixels: np.ndarray) -> np.ndarray:
-    img = Image.fromarray(pixels)
-    small = img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.Resampling.BICUBIC)
-    return np.asarray(small.resize(img.size, Image.Resampling.BICUBIC))
-
-
-def _blur(pixels: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).filter(ImageFilter.GaussianBlur(radius=1.0)))
-
-
-#: Robustness transforms applied to the protected photo before the edit ("none": efficacy itself).
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": lambda pixels: pixels, "jpeg95": _jpeg(95), "jpeg75": _jpeg(75), "jpeg50": _jpeg(50),
-    "resize": _resize_down_up, "blur": _blur,
-}
-assert tuple(TRANSFORMS) == ROBUSTNESS_TRANSFORMS, "config.ROBUSTNESS_TRANSFORMS names these transforms"
+VIFP_MIN_SIDE = 64
+#: Seed of the fixed draw (timesteps, noise) on which DANP's objective is read in every view.
+PROBE_SEED = 1234
 
 
 @dataclass
 class Pair:
-    """One photo at working resolution (uint8 HxWx3) and the instruction the attacker edits with."""
+    """One photo (uint8 HxWx3; at the editor's size in the ``editor`` view, full size in the
+    ``attacker`` view) and the instruction the attacker edits with."""
 
     name: str
     rgb: np.ndarray
     prompt: str
 
 
-def load_pairs(source: str | Path, prompts: tuple[str, ...] = (), resolution: int = 512,
+def load_pairs(source: str | Path, prompts: tuple[str, ...] = (), resolution: int | None = 512,
                multiple: int = 64) -> list[Pair]:
-    """Pairs from a folder of photos (each × every prompt) or a JSON/JSONL/CSV file of (photo, instruction)."""
+    """Pairs from a folder of photos (each × every prompt) or a JSON/JSONL/CSV file of (photo, instruction);
+    photos resized to the working size, or kept at full size with ``resolution=None``."""
     source = Path(source)
     if source.is_dir():
         if not prompts:
@@ -98,7 +86,8 @@ def load_pairs(source: str | Path, prompts: tuple[str, ...] = (), resolution: in
     for path, prompt in entries:
         path = path if path.is_absolute() else root / path
         img = decode_image(path.read_bytes())
-        size = working_size(img.width, img.height, resolution, multiple)
+        size = (img.width, img.height) if resolution is None else working_size(img.width, img.height, resolution,
+                                                                                 multiple)
         rgb = img.rgb if (img.width, img.height) == size else \
             np.asarray(Image.fromarray(img.rgb).resize(size, Image.Resampling.LANCZOS))
         stem = str(path.relative_to(root) if path.is_relative_to(root) else path.name)
@@ -143,44 +132,97 @@ def lpips_problem(weights_path: str | None) -> str | None:
 
 
 class Evaluator:
-    """Loads the editor once; ``evaluator(pair)`` -> (rows, grid) for every method and seed."""
+    """Loads the editor once; ``evaluator(pair)`` -> (name, rows, grids) for every method and seed."""
 
     def __init__(self, config: EvalConfig) -> None:
         self.config = config.validate()
         self.bundle = load_editor(config.model, config.revision, device=config.device, precision=config.attack.precision)
         self.editor = Editor(self.bundle, config.edit)
         self.immunizers = {m: Immunizer(self.bundle, method_config(m, config.attack)) for m in config.methods}
+        self.probe_config = config.attack.replace(method="danp", timesteps="centres", use_daa=True, use_nba=True)
 
-    def __call__(self, pair: Pair) -> tuple[str, list[dict], np.ndarray]:
+    def __call__(self, pair: Pair) -> tuple[str, list[dict], dict[str, np.ndarray]]:
+        if self.config.view == "attacker":
+            photos = size_variants(pair.rgb, self.config.attack.resolution, self.config.size_variants)
+            views = ("own-size", *self.config.attacker_filters)
+        else:
+            photos, views = {"editor-size": pair.rgb}, ("none",)
+        rows, grids = [], {}
+        for variant, full in photos.items():
+            variant_rows, grids[f"{pair.name}@{variant}" if len(photos) > 1 else pair.name] = \
+                self._evaluate(pair, variant, full, views)
+            rows += variant_rows
+        return pair.name, rows, grids
+
+    def seen(self, pixels: np.ndarray, view: str, transform: str) -> np.ndarray:
+        """What the editor gets: ``none`` = the photo as is (the ``editor`` view); ``own-size`` = a photo
+        already at the editor's size; else the attacker's copy resized with the Pillow filter ``view``."""
+        if view == "none":
+            return TRANSFORMS[transform](pixels)
+        return attackers_copy(pixels, self.config.attack.resolution, self.bundle.vae_scale_factor,
+                              "lanczos" if view == "own-size" else view, transform)
+
+    def _evaluate(self, pair: Pair, variant: str, full: np.ndarray,
+                  views: tuple[str, ...]) -> tuple[list[dict], np.ndarray]:
         cfg, seeds = self.config, self.config.seeds
-        clean = {s: self.editor(pair.rgb, pair.prompt, s) for s in seeds}
+        clean_seen = {view: self.seen(full, view, "none") for view in views}
+        clean = {(view, s): self.editor(clean_seen[view], pair.prompt, s) for view in views for s in seeds}
         prompts = list(cfg.protect_prompts) or [pair.prompt]
         rows, panels = [], []
         for method, immunizer in self.immunizers.items():
             with peak_memory(self.bundle.device) as mem:
                 start = time.perf_counter()
-                protected = immunizer.protect([pair.rgb], prompts=prompts, seeds=[cfg.attack.seed])[0]
+                protected = immunizer.protect([full], prompts=prompts, seeds=[cfg.attack.seed])[0]
                 seconds = time.perf_counter() - start
-            base = {"photo": pair.name, "prompt": pair.prompt, "method": method,
-                    "fidelity_psnr": psnr(pair.rgb, protected.pixels), "fidelity_ssim": ssim(pair.rgb, protected.pixels),
+            files = {view: protected.pixels for view in views}
+            if "own-size" in views:   # the reference: the attacker's resized copy, protected at its own size
+                files["own-size"] = immunizer.protect([clean_seen["own-size"]], prompts=prompts,
+                                                      seeds=[cfg.attack.seed])[0].pixels
+            base = {"photo": pair.name, "prompt": pair.prompt, "method": method, "variant": variant,
+                    "width": full.shape[1], "height": full.shape[0],
+                    "fidelity_psnr": psnr(full, protected.pixels), "fidelity_ssim": ssim(full, protected.pixels),
                     "linf_levels": protected.linf_levels, "seconds": seconds, "peak_mem_mb": mem.mib,
                     "memory_kind": mem.kind, "loss_first": protected.loss_first, "loss_last": protected.loss_last,
                     "model": self.bundle.model_id, "editor_kind": self.bundle.kind}
-            first_edit = None
-            for seed in seeds:
+            panel = None
+            for view in views:
                 for name in cfg.transforms:
-                    edit = self.editor(TRANSFORMS[name](protected.pixels), pair.prompt, seed)
-                    first_edit = edit if first_edit is None else first_edit
-                    scores = compare(clean[seed], edit, lpips_weights_path=cfg.lpips_weights)
-                    rows.append({**base, "seed": seed, "transform": name, **scores})
-            levels = immunizer.config.linf_levels_bound
-            panels.append([pair.rgb, protected.pixels, amplify(pair.rgb, protected.pixels, levels),
-                           clean[seeds[0]], first_edit])
-            logger.info("%s / %s: %.1fs, fidelity %.2f dB", pair.name, method, seconds, base["fidelity_psnr"])
-        return pair.name, rows, grid(panels)
+                    seen = self.seen(files[view], view, name)
+                    probe = self._objective(clean_seen[view], seen, prompts)
+                    for seed in seeds:
+                        edit = self.editor(seen, pair.prompt, seed)
+                        reference = clean[(view, seed)]
+                        scores = compare(reference, edit, _metrics_for(edit), lpips_weights_path=cfg.lpips_weights)
+                        mse = float(np.mean(((edit.astype(np.float32) - reference) / 255.0) ** 2))
+                        rows.append({**base, "view": view, "seed": seed, "transform": name, **scores,
+                                     "edit_mse": mse, **probe})
+                        if panel is None and name == "none" and view != "own-size":
+                            levels = immunizer.config.linf_levels_bound
+                            panel = [clean_seen[view], seen, amplify(clean_seen[view], seen, levels),
+                                     reference, edit]
+            panels.append(panel)
+            logger.info("%s %s / %s: %.1fs, fidelity %.2f dB", pair.name, variant, method, seconds,
+                        base["fidelity_psnr"])
+        return rows, grid(panels)
+
+    def _objective(self, clean_seen: np.ndarray, seen: np.ndarray, prompts: list[str]) -> dict[str, float]:
+        """DANP's terms on the editor's copy (fixed draw): how much of the objective reaches the editor."""
+        if seen.shape != clean_seen.shape:
+            return {"nba": float("nan"), "daa": float("nan")}
+        to = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)[None].div(255)  # noqa: E731
+        objective = DanpObjective(self.bundle, self.probe_config, [prompts], [PROBE_SEED],
+                                  to(clean_seen).to(self.bundle.device))
+        _, values = objective.gradients(to(seen).to(self.bundle.device))
+        return {"nba": float(values["nba"][0]), "daa": float(values["daa"][0])}
 
 
-def write_results(config: EvalConfig, results: list[tuple[str, list[dict], np.ndarray]],
+def _metrics_for(image: np.ndarray) -> tuple[str, ...]:
+    """VIFp needs 64 px on the short side (4 scales); smaller editor copies get the others."""
+    small = min(image.shape[:2]) < VIFP_MIN_SIDE
+    return tuple(m for m in ("psnr", "ssim", "fsim", "vifp", "lpips") if not (small and m == "vifp"))
+
+
+def write_results(config: EvalConfig, results: list[tuple[str, list[dict], dict[str, np.ndarray]]],
                   output_dir: str | Path) -> dict[str, Path]:
     """Write the report of every evaluated pair; notes say what could not be measured."""
     rows = [row for _, pair_rows, _ in results for row in pair_rows]
@@ -191,8 +233,8 @@ def write_results(config: EvalConfig, results: list[tuple[str, list[dict], np.nd
     for kind in sorted({row["memory_kind"] for row in rows}):
         notes.append(f"peak MiB = {MEANING.get(kind, kind)} during the protection")
     notes.append("s/photo = wall time of the protection alone; the first method of each worker includes warm-up")
-    return write_report(rows, {name: g for name, _, g in results}, output_dir, config.methods, notes,
-                        config.settings())
+    grids = {name: g for _, _, pair_grids in results for name, g in pair_grids.items()}
+    return write_report(rows, grids, output_dir, config.methods, notes, config.settings())
 
 
 def run(config: EvalConfig, pairs: list[Pair], output_dir: str | Path) -> dict[str, Path]:

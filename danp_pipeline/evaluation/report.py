@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 EFFICACY = (("psnr", "PSNR↓"), ("ssim", "SSIM↓"), ("fsim", "FSIM↓"), ("vifp", "VIFp↓"), ("lpips", "LPIPS↑"))
 FIDELITY = (("fidelity_psnr", "PSNR↑"), ("fidelity_ssim", "SSIM↑"), ("linf_levels", "L∞ (levels)"))
 COST = (("seconds", "s/photo"), ("peak_mem_mb", "peak MiB"))
-COLUMNS = ("photo", "prompt", "method", "seed", "transform", *(c for c, _ in EFFICACY + FIDELITY + COST),
-           "loss_first", "loss_last", "memory_kind", "model", "editor_kind")
+COLUMNS = ("photo", "prompt", "method", "variant", "view", "width", "height", "seed", "transform",
+           *(c for c, _ in EFFICACY + FIDELITY + COST), "edit_mse", "nba", "daa", "loss_first", "loss_last",
+           "memory_kind", "model", "editor_kind")
 PANELS = 5
 
 
@@ -75,8 +76,9 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
                      settings: dict | None = None, transforms: Sequence[str] | None = None) -> str:
     """Mean ± std per method: efficacy (no transform), fidelity and cost, then robustness (columns in
     the order of ``transforms``, default: first appearance in ``df``)."""
-    clean = df[df["transform"] == "none"]
-    per_photo = clean.drop_duplicates(["photo", "method"])
+    attacked = df[df["view"] != "own-size"]          # the attacker's copies (or the editor-size photos)
+    clean = attacked[attacked["transform"] == "none"]
+    per_photo = clean.drop_duplicates(["photo", "variant", "method"])
     header = ["method", *(h for _, h in EFFICACY), *(f"fid. {h}" for _, h in FIDELITY), *(h for _, h in COST)]
     rows = []
     for m in methods:
@@ -97,10 +99,12 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
                   "(the edit of the clean photo is the reference).", ""]
         rob_rows = []
         for m in methods:
-            sub = df[df["method"] == m]
+            sub = attacked[attacked["method"] == m]
             rob_rows.append([m, *(f"{_fmt(sub[sub['transform'] == t]['psnr'], 2)} / "
                                   f"{_fmt(sub[sub['transform'] == t]['ssim'], 3)}" for t in ["none", *transforms])])
         parts.append(_table(["method", "none", *transforms], rob_rows))
+    if (df["view"] == "own-size").any():
+        parts += ["", *_attacker_view_section(df, methods)]
     if notes:
         parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     if settings:
@@ -110,6 +114,32 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
     return "\n".join(parts)
 
 
+def _attacker_view_section(df: pd.DataFrame, methods: Sequence[str]) -> list[str]:
+    """Per method and full-size variant: the edit deviation and DANP's NBA term in the attacker's copy
+    against the same protection computed at the editor's own size, and the share that survives."""
+    header = ["method", "variant", "edit MSE own size", "edit MSE attacker", "kept", "NBA own size", "NBA attacker",
+              "kept"]
+    rows = []
+    for m in methods:
+        for variant in dict.fromkeys(df["variant"]):
+            sub = df[(df["method"] == m) & (df["variant"] == variant) & (df["transform"] == "none")]
+            own, att = sub[sub["view"] == "own-size"], sub[sub["view"] != "own-size"]
+            if own.empty or att.empty:
+                continue
+            cells = []
+            for column, digits in (("edit_mse", 5), ("nba", 3)):
+                a, b = own[column].astype(float).mean(), att[column].astype(float).mean()
+                kept = f"{100 * b / a:.0f}%" if a and not math.isnan(a) and not math.isnan(b) else "n/a"
+                cells += [_fmt(own[column], digits), _fmt(att[column], digits), kept]
+            rows.append([m, variant, *cells])
+    return ["## Attacker's view", "",
+            "Full-size photos protected at full size, then resized by the attacker (Pillow, each filter; mean over "
+            "filters) against the same photo resized first and protected at the editor's own size. Edit MSE: the "
+            "edit of the protected copy against the edit of the clean copy ([0,1]², higher = protection works); "
+            "NBA: DANP's noise term on the copy, one fixed draw (more negative = stronger). kept = attacker / own.",
+            "", _table(header, rows)]
+
+
 def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str | os.PathLike,
                  methods: Sequence[str], notes: Sequence[str] = (), settings: dict | None = None) -> dict[str, Path]:
     """Write results.parquet, summary.md and grids/*.png under ``output_dir``; return their paths."""
@@ -117,7 +147,7 @@ def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str
     (out / "grids").mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     transforms = list(dict.fromkeys(df["transform"]))
-    df = df.sort_values(["photo", "method", "seed", "transform"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["photo", "variant", "method", "view", "seed", "transform"], kind="stable").reset_index(drop=True)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}

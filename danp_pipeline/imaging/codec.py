@@ -12,14 +12,25 @@ import logging
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import deep
+from .metadata import Metadata
+from .metadata import read as read_metadata
+
 logger = logging.getLogger(__name__)
+
+try:  # HEIC/HEIF (every iPhone photo); AVIF is Pillow's own
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - a declared dependency
+    logger.debug("pillow-heif not installed: HEIC/HEIF photos will not decode")
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -31,7 +42,8 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An 8-bit photo ready for protection, EXIF orientation already applied."""
+    """A photo ready for protection, EXIF orientation already applied: 8-bit pixels for the
+    optimization, plus the 16-bit samples of a 16-bit source, and what the file carried."""
 
     rgb: np.ndarray  # uint8 HxWx3 (channels identical when grayscale)
     alpha: np.ndarray | None  # uint8 HxW when the source had transparency
@@ -39,6 +51,13 @@ class DecodedImage:
     source_mode: str  # PIL mode of the file as read
     source_format: str | None  # "JPEG", "PNG", ...
     notes: tuple[str, ...] = ()
+    pixels16: np.ndarray | None = None  # uint16 HxWx3 of a 16-bit source (δ is applied to these)
+    alpha16: np.ndarray | None = None
+    metadata: Metadata = field(default_factory=Metadata)
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels16 is not None else 8
 
     @property
     def width(self) -> int:
@@ -163,9 +182,16 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
         try:
             source_mode, source_format = img.mode, img.format
             _load_first_frame(img, notes)
-            oriented = _orient(img, notes)
+            meta = _metadata(img, notes)
+            rgb16, alpha16 = None, None
+            samples = deep.decode(bytes(data), img, notes)
+            oriented = img if samples is not None else _orient(img, notes)
             try:
-                rgb, alpha, grayscale = _to_arrays(oriented, notes)
+                if samples is not None:
+                    rgb16, alpha16, grayscale = deep.split(samples)
+                    rgb, alpha = deep.to_8bit(rgb16), None if alpha16 is None else deep.to_8bit(alpha16)
+                else:
+                    rgb, alpha, grayscale = _to_arrays(oriented, notes)
             except ImageDecodeError:
                 raise
             except MemoryError as exc:
@@ -182,7 +208,16 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
         logger.debug("decoded %s %s %dx%d: %s", source_format, source_mode, rgb.shape[1], rgb.shape[0],
                      "; ".join(notes))
     return DecodedImage(rgb=np.ascontiguousarray(rgb), alpha=alpha, grayscale=grayscale,
-                        source_mode=source_mode, source_format=source_format, notes=tuple(notes))
+                        source_mode=source_mode, source_format=source_format, notes=tuple(notes),
+                        pixels16=rgb16, alpha16=alpha16, metadata=meta)
+
+
+def _metadata(img: Image.Image, notes: list[str]) -> Metadata:
+    try:
+        return read_metadata(img)
+    except Exception as exc:  # unreadable metadata must not lose the photo
+        notes.append(f"metadata unreadable, not kept ({type(exc).__name__})")
+        return Metadata()
 
 
 def working_size(width: int, height: int, resolution: int = 512, multiple: int = 64) -> tuple[int, int]:
@@ -238,6 +273,8 @@ def apply_delta(img: DecodedImage, delta: torch.Tensor | np.ndarray, eps: float)
     if tuple(d.shape[1:]) != (img.height, img.width):
         d = F.interpolate(d[None], size=(img.height, img.width), mode="bilinear", align_corners=False)[0]
     d = d.clamp_(-float(eps), float(eps)).permute(1, 2, 0).contiguous().numpy()  # HxWxC
+    if img.pixels16 is not None:
+        return deep.apply_delta(img.pixels16, d, levels, img.grayscale)
     base = img.rgb[..., :1] if img.grayscale else img.rgb
     x = base.astype(np.float32)
     x *= np.float32(1.0 / 255.0)
@@ -275,29 +312,34 @@ def encode_png(pixels: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
 
 
 def _diff(original: DecodedImage, protected: np.ndarray) -> np.ndarray:
-    """protected − original as int16, after checking that the shapes match."""
+    """protected − original (int32 for 16-bit outputs of a 16-bit source, else int16), shapes checked."""
     protected = np.asarray(protected)
+    source = original.pixels16 if protected.dtype == np.uint16 and original.pixels16 is not None else original.rgb
     if protected.ndim == 2:
         if not original.grayscale:
             raise ValueError(f"single-channel output {protected.shape} for an RGB source")
-        reference = original.rgb[..., 0]
+        reference = source[..., 0]
     else:
-        reference = original.rgb
+        reference = source
     if protected.shape != reference.shape:
         raise ValueError(f"protected shape {protected.shape} does not match original {reference.shape}")
-    diff = protected.astype(np.int16)
+    diff = protected.astype(np.int32 if protected.dtype == np.uint16 else np.int16)
     diff -= reference
     return diff
 
 
 def linf_levels(original: DecodedImage, protected: np.ndarray) -> int:
-    """max |out − in| in 8-bit levels."""
+    """max |out − in| in 8-bit levels (16-bit outputs: rounded up from 16-bit units)."""
     diff = _diff(original, protected)
-    return int(max(diff.max(), -diff.min())) if diff.size else 0
+    if not diff.size:
+        return 0
+    worst = int(max(diff.max(), -diff.min()))
+    return -(-worst // deep.LEVEL16) if diff.dtype == np.int32 else worst
 
 
 def psnr_db(original: DecodedImage, protected: np.ndarray) -> float:
-    """PSNR in dB on the 8-bit scale (peak 255); inf when identical."""
+    """PSNR in dB (peak 255, or 65535 for 16-bit outputs); inf when identical."""
     diff = _diff(original, protected)
-    mse = float(np.square(diff, dtype=np.int32).sum(dtype=np.int64)) / max(diff.size, 1)
-    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
+    peak = 65535.0 if diff.dtype == np.int32 else 255.0
+    mse = float(np.square(diff, dtype=np.int64).sum(dtype=np.int64)) / max(diff.size, 1)
+    return math.inf if mse == 0.0 else 10.0 * math.log10(peak**2 / mse)

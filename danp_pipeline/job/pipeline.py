@@ -1,4 +1,8 @@
-"""The Ray Data job, and nothing else: list → drop done → read → protect → commit → summary.
+"""The Ray Data job, and nothing else: list → plan (drop done) → read → protect → commit → summary.
+
+Listing (job/listing.py) and planning (job/planning.py: the listing joined with the manifest) run
+as Ray tasks too, so the driver never holds the archive's keys: it sees counts, block references
+and the protected rows as they stream back (job/progress.py logs them and keeps OUTPUT/_status.json).
 
 Every photo ends as exactly one manifest row per configuration. The Protector commits each batch
 as one Parquet part as soon as it is done, so a job killed at any point loses at most the batches
@@ -20,9 +24,9 @@ from dataclasses import dataclass
 import ray
 
 from .. import storage
-from ..config import PipelineConfig, config_json, config_sha256
+from ..config import PipelineConfig, config_json, config_sha256, output_settings
 from ..manifest.output import Output
-from . import reader
+from . import listing, planning, progress, reader
 from .worker import Protector
 
 logger = logging.getLogger(__name__)
@@ -35,7 +39,6 @@ READ_CPUS = 0.25
 READ_TASKS_PER_ACTOR = 2
 #: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
 OBJECTS_PER_BLOCK = 4
-PROGRESS_EVERY_S = 30.0
 #: A Protector whose process or node dies is restarted and its batch resubmitted, without limit:
 #: a lost node costs retries, not photos (a retried batch overwrites its own manifest part), and a
 #: photo that kills its actor every time is given up after ``max_photo_attempts`` (worker.py).
@@ -69,27 +72,26 @@ def run(cfg: PipelineConfig) -> RunSummary:
         cfg.output_uri, storage.resolve_options(cfg.input_uri, cfg.storage_options)))
     start, run_id = time.perf_counter(), uuid.uuid4().hex[:12]
     output = Output.open(cfg.output_uri, cfg.storage_options)
-    config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision))
+    config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision, output_settings(cfg)))
     logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run_id, config_sha[:12], cfg.model,
                 cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
-
-    output.prepare()
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
-    listed = list(reader.list_inputs(cfg, prompts))
-    todo = output.plan(listed, config_sha, retry_errors=cfg.retry_errors, detect_changes=cfg.detect_changes,
-                       prompts=cfg.run_prompts)
-    logger.info("%d objects under %s: %d to protect, %d already done", len(listed), cfg.input_uri, len(todo),
-                len(listed) - len(todo))
-    _warn_unused_prompts(prompts, listed)
 
     counts: Counter[str] = Counter()
-    if todo:
-        with _ray_session():
-            counts = _consume(dataset(todo, _with_gpus(cfg), run_id), len(todo), start)
-        output.finish(todo)
+    with _ray_session(), progress.Reporter(output, run_id, cfg.progress_interval_s) as report:
+        listed = listing.dataset(cfg, prompts, report.counter)                 # 1. list INPUT (Ray tasks)
+        report.planning()
+        plan = planning.plan(listed, output, config_sha, cfg,                  # 2. join with the manifest
+                             prompts=cfg.run_prompts, counter=report.counter)
+        planning.remove_superseded(plan, cfg)                                  # 3. drop rows a crash left
+        report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
+        _warn_unused_prompts(prompts, report)
+        if plan.todo_count:                                                    # 4. read, protect, commit
+            counts = _consume(dataset(plan.todo(), _with_gpus(cfg), run_id), report)
+        planning.finish(output, plan, cfg, config_sha)                         # 5. drop replaced rows, compact
 
     seconds = time.perf_counter() - start
-    summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=len(listed) - len(todo), total=len(listed),
+    summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=plan.skipped, total=plan.listed,
                          seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
                          output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run_id)
     logger.info("done: %s", summary)
@@ -109,12 +111,13 @@ def _with_gpus(cfg: PipelineConfig) -> PipelineConfig:
     return cfg if cfg.gpus_per_actor is not None else cfg.replace(gpus_per_actor=default_gpus_per_actor())
 
 
-def dataset(todo: list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Dataset:
+def dataset(todo: ray.data.Dataset | list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Dataset:
     """The job graph (lazy): planned items → read and hash (CPU tasks) → protect and commit (actors)."""
-    blocks = math.ceil(len(todo) / OBJECTS_PER_BLOCK)
-    ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    if isinstance(todo, list):
+        todo = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / OBJECTS_PER_BLOCK)))
+    ds = todo.repartition(target_num_rows_per_block=OBJECTS_PER_BLOCK)
     ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
-                        compute=ray.data.TaskPoolStrategy(size=min(blocks, READ_TASKS_PER_ACTOR * cfg.actors)),
+                        compute=ray.data.TaskPoolStrategy(size=READ_TASKS_PER_ACTOR * cfg.actors),
                         fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
                                    "max_pixels": cfg.max_pixels})
     return ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
@@ -122,21 +125,16 @@ def dataset(todo: list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Data
                           batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
 
 
-def _consume(ds: ray.data.Dataset, expected: int, start: float) -> Counter[str]:
-    """Drain the dataset (rows are already committed by the actors), logging progress."""
+def _consume(ds: ray.data.Dataset, report: progress.Reporter) -> Counter[str]:
+    """Drain the dataset (rows are already committed by the actors), counting into the progress."""
     counts: Counter[str] = Counter()
-    last_log = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        counts.update(batch["status"].to_pylist())
+        statuses = Counter(batch["status"].to_pylist())
+        counts.update(statuses)
+        report.protected(statuses["ok"], statuses["error"])
         for source, error in zip(batch["source_key"].to_pylist(), batch["error"].to_pylist()):
             if error:
                 logger.debug("error %s: %s", source, error)
-        if time.perf_counter() - last_log >= PROGRESS_EVERY_S:
-            last_log = time.perf_counter()
-            done = counts["ok"] + counts["error"]
-            rate = counts["ok"] * 3600 / (last_log - start)
-            logger.info("progress: %d/%d (%d ok, %d error), %.0f photos/hour", done, expected, counts["ok"],
-                        counts["error"], rate)
     return counts
 
 
@@ -168,8 +166,8 @@ class _ray_session:
             ray.shutdown()
 
 
-def _warn_unused_prompts(prompts: dict[str, tuple[str, ...]], listed: list[dict]) -> None:
+def _warn_unused_prompts(prompts: dict[str, tuple[str, ...]], report: progress.Reporter) -> None:
     if prompts:
-        unused = set(prompts) - {item["source_key"] for item in listed}
+        unused = set(prompts) - report.matched_prompt_keys()
         if unused:
             logger.warning("prompts file: %d key(s) match no input object, e.g. %r", len(unused), sorted(unused)[0])

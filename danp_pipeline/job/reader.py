@@ -122,6 +122,9 @@ def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[st
     limit = max_source_bytes(max_pixels)
     rows = []
     for item in batch.to_pylist():
+        if item.get("read_error"):   # refused by the listing (an object outside INPUT): never read
+            rows.append({**item, "read_at": utcnow()})
+            continue
         try:  # never touch an object whose key could escape OUTPUT (or that a client may normalize)
             storage.safe_key(item["source_key"])
         except storage.UnsafeKeyError as exc:

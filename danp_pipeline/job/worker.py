@@ -1,7 +1,8 @@
 """The Protector: one frozen editor per actor, called on batches of read objects.
 
-``Protector(config)(batch)`` decodes each photo, immunizes the batch, encodes lossless PNGs, writes
-each one atomically under ``OUTPUT/images/<key>.png``, commits the batch's manifest rows as one
+``Protector(config)(batch)`` decodes each photo, immunizes the batch, writes each output in the
+run's format with the source's metadata (and C2PA credentials when configured; job/outputs.py)
+atomically under ``OUTPUT/images/``, commits the batch's manifest rows as one
 Parquet part, and returns those rows. Every input row yields exactly one output row: a bad photo
 becomes an ``error`` row with a readable reason, never an exception. It works the same without
 Ray (unit tests call it directly) and as a Ray Data actor (pipeline.py).
@@ -30,13 +31,14 @@ from typing import Any
 import pyarrow as pa
 
 from .. import storage
-from ..config import PipelineConfig, config_json, config_sha256
-from ..imaging.codec import DecodedImage, decode_image, encode_png, eps_levels
+from ..config import PipelineConfig, config_json, config_sha256, output_settings
+from ..imaging.codec import DecodedImage, decode_image
 from ..manifest.output import Output
-from ..manifest.provenance import make_row, sha256_hex, to_table, utcnow
+from ..manifest.provenance import make_row, to_table, utcnow
 from ..protect.devices import device_name, pick_device
 from ..protect.immunizer import Immunizer, ProtectedImage
 from ..protect.models import load_editor
+from .outputs import PhotoWriter
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +79,12 @@ class Protector:
         self.editor = load_editor(self.config.model, self.config.revision, device=device,
                                   precision=self.config.attack.precision)
         self.immunizer = Immunizer(self.editor, self.config.attack)
-        self.config_json = config_json(self.config.attack, self.config.model, self.config.revision)
+        self.config_json = config_json(self.config.attack, self.config.model, self.config.revision,
+                                       output_settings(self.config))
         self.config_sha256 = config_sha256(self.config_json)
         self.device_name = device_name(self.editor.device)
         self.output = Output.open(self.config.output_uri, self.config.storage_options)
+        self.writer = PhotoWriter(self.config, self.output, self.config_sha256)
         self.default_prompts = list(self.config.run_prompts)
         self.parts_committed = 0
 
@@ -163,21 +167,16 @@ class Protector:
             self._finish(photo, result)
 
     def _finish(self, photo: _Photo, result: ProtectedImage) -> None:
-        bound = eps_levels(self.config.attack.eps)
-        if result.linf_levels > bound:  # defensive: imageio guarantees this
-            photo.error = f"L-inf guarantee violated: {result.linf_levels} > {bound} levels; output not written"
-            return
         try:
-            data = encode_png(result.pixels, result.alpha)
-            path = self.output.image_path(photo.record["source_key"])
-            storage.atomic_write(self.output.fs, path, data)
+            written = self.writer.write(photo.image, result.pixels, result.alpha, photo.record)
+        except ValueError as exc:
+            photo.error = self._reason(exc)
+            return
         except Exception as exc:
             photo.error = f"cannot write output: {self._reason(exc)}"
             return
-        photo.row = self._row(
-            photo, status="ok", output_uri=self.output.to_uri(path), output_sha256=sha256_hex(data),
-            linf_levels=result.linf_levels, psnr_db=result.psnr_db, loss_first=result.loss_first,
-            loss_last=result.loss_last)
+        photo.row = self._row(photo, status="ok", loss_first=result.loss_first, loss_last=result.loss_last,
+                              **written.fields())
 
     def _row(self, photo: _Photo, **fields: Any) -> dict[str, Any]:
         record, image = photo.record, photo.image

@@ -52,8 +52,20 @@ def plan(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, 
     """The listed items this run must process, each with ``reason`` (and ``previous_sha256`` when
     its bytes may have changed). ``prompts``: what a photo without its own (``item["prompts"]``) is
     protected against in this run; None skips the prompts check."""
+    todo = decide(listed, index, config_sha, retry_errors=retry_errors, detect_changes=detect_changes,
+                  prompts=prompts)
+    reasons = Counter(item["reason"] for item in todo)
+    if reasons:
+        logger.info("to process: %s", ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())))
+    return todo
+
+
+def decide(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, retry_errors: bool = False,
+           detect_changes: bool = False, prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`plan` without its log line: the decision alone, also made per partition by the
+    distributed plan (job/planning.py), which must give the same answers."""
     current = current_rows(index, config_sha)
-    todo, reasons = [], Counter()
+    todo = []
     for item in listed:
         row = current.get(item["source_uri"])
         if row is None:
@@ -65,11 +77,6 @@ def plan(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, 
             todo.append({**item, "reason": "prompts changed"})
         elif row["status"] != "ok" and retry_errors:
             todo.append({**item, "reason": "retry"})
-        else:
-            continue
-        reasons[todo[-1]["reason"]] += 1
-    if reasons:
-        logger.info("to process: %s", ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())))
     return todo
 
 

@@ -1,16 +1,18 @@
-"""The output of a run: its layout under OUTPUT, and the manifest's lifecycle in one run.
+"""The output of a run: its layout under OUTPUT, its manifest read and committed.
 
 Every name under OUTPUT is spelled here and nowhere else::
 
     OUTPUT/
-      images/<key>.png          protected photos, named after their input key (its extension kept)
+      images/<name>             protected photos, named after their input key (output_name())
       manifest/part-*.parquet   provenance rows, one part per committed batch (writer.py)
       _attempts/<hash>.json     a photo's attempt in progress (job/worker.py bounds poison photos)
       _ingest.lock              the lease that keeps scheduled runs apart (job/ingest.py)
+      _status.json              the progress of the current or last run (job/progress.py)
 
-A run works the manifest in three steps, :meth:`Output.prepare` (drop rows a crashed run left
-superseded), :meth:`Output.plan` (what this run must process, from the listing and the current
-rows) and :meth:`Output.finish` (drop the rows this run replaced; merge small parts).
+A run works the manifest in three steps, distributed over Ray (job/planning.py, since archives
+outgrow the driver's memory): ``plan`` (the listing joined with the current rows: what to process,
+and the rows a crashed run left superseded), ``remove_superseded`` and ``finish`` (drop the rows
+this run replaced; merge small parts). manifest.ledger decides each object, there and in tests.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import fsspec
 import pyarrow as pa
 
 from .. import storage
-from . import ledger, writer
+from ..config import FORMAT_EXTENSIONS
+from . import writer
 from .provenance import read_manifest, winners
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ IMAGES_DIR = "images"
 MANIFEST_DIR = "manifest"
 ATTEMPTS_DIR = "_attempts"
 LOCK_NAME = "_ingest.lock"
+STATUS_NAME = "_status.json"
 
 
 class Output:
@@ -63,9 +67,14 @@ class Output:
     def lock_path(self) -> str:
         return storage.join(self.root, LOCK_NAME)
 
-    def image_path(self, key: str) -> str:
-        """Where the protected photo of input ``key`` goes; UnsafeKeyError for a key that could escape."""
-        return storage.join(self.images_dir, f"{storage.safe_key(key)}.png")
+    @property
+    def status_path(self) -> str:
+        return storage.join(self.root, STATUS_NAME)
+
+    def image_path(self, key: str, fmt: str = "png") -> str:
+        """Where the protected photo of input ``key`` goes in format ``fmt``; UnsafeKeyError for a key
+        that could escape OUTPUT."""
+        return storage.join(self.images_dir, output_name(storage.safe_key(key), fmt))
 
     def attempt_path(self, config_sha: str, source_uri: str) -> str:
         name = hashlib.sha256(f"{config_sha}\0{source_uri}".encode()).hexdigest()[:32]
@@ -91,21 +100,26 @@ class Output:
     def compact(self, *, rows_per_part: int | None = None, min_parts: int | None = None) -> tuple[int, int]:
         return writer.compact(self.fs, self.manifest_dir, rows_per_part=rows_per_part, min_parts=min_parts)
 
-    # -- a run's lifecycle -----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Before planning: drop rows that lost to newer ones (a run that crashed before finish())."""
-        writer.remove_superseded(self.fs, self.manifest_dir)
+def output_name(key: str, fmt: str) -> str:
+    """The output name of input ``key`` in format ``fmt``, injective over all keys and formats:
 
-    def plan(self, listed: Iterable[dict[str, Any]], config_sha: str, *, retry_errors: bool = False,
-             detect_changes: bool = False, prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """The listed items this run must process, each with its ``reason`` (ledger.plan)."""
-        index = self.read(ledger.LEDGER_COLUMNS)
-        return ledger.plan(listed, index, config_sha, retry_errors=retry_errors, detect_changes=detect_changes,
-                           prompts=prompts)
+    - ``a/b.jpg`` as jpeg, ``a/b.png`` as png — the name's last part is ``stem + ext`` with a
+      dot-free stem and an extension of the format: the key itself;
+    - ``a/b`` (no extension): ``a/b.png.png``;
+    - anything else, e.g. ``a/b.jpg`` as png or ``a/b.x.png``: the key plus the format's extension,
+      ``a/b.jpg.png``, as before there were output formats.
 
-    def finish(self, todo: Sequence[Mapping[str, Any]]) -> None:
-        """After the job: drop the rows that retried or changed photos replaced, then compact if due."""
-        if any(item.get("reason") != "new" for item in todo):
-            writer.remove_superseded(self.fs, self.manifest_dir)
-        writer.compact(self.fs, self.manifest_dir)   # only once COMPACT_MIN_PARTS small parts piled up
+    Why no two keys meet: names of the first kind have exactly one dot in their last part, the
+    others at least two; a name of the second kind strips to a key of the first kind (so no key of
+    the third kind has it), and within each kind the key is recovered from the name. Formats'
+    extension sets are disjoint, so names of different formats differ too.
+    """
+    exts = FORMAT_EXTENSIONS[fmt]
+    last = key.rsplit("/", 1)[-1]
+    stem, dot, ext = last.rpartition(".")
+    if dot and stem and "." not in stem and f".{ext}".lower() in exts:
+        return key
+    if "." not in last:
+        return key + exts[0] + exts[0]
+    return key + exts[0]

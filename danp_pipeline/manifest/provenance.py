@@ -57,6 +57,12 @@ SCHEMA = pa.schema([
     ("run_id", pa.string()),
     ("source_etag", pa.string()),         # listing fingerprint when read: "etag:…" or "mtime:…" (ingest)
     ("reason", pa.string()),              # why this run processed it: new | changed (sha256 a→b) | retry
+    ("output_format", pa.string()),       # png | webp-lossless | tiff | jpeg | webp | heic | avif
+    ("output_bytes", pa.int64()),
+    ("bit_depth", pa.int32()),            # bits per sample of the output (16: 16-bit PNG/TIFF kept)
+    ("linf_bounded", pa.bool_()),         # True: lossless, linf_levels ≤ ⌈255·eps⌉ guaranteed; False: lossy, measured
+    ("metadata", pa.string()),            # JSON: {"kept": {kind: bytes}, "stripped": […], "dropped": […]}
+    ("c2pa_bytes", pa.int64()),           # bytes the signed C2PA manifest added; null when not signed
 ])
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)

@@ -107,6 +107,28 @@ def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
     return removed
 
 
+def drop_rows(fs: fsspec.AbstractFileSystem, part: str, rows: Mapping[int, tuple[str, str]]) -> int:
+    """Rewrite one part atomically without the rows at these positions (deleted when nothing is
+    left), used by the distributed clean-up (job/planning.py). A position whose (source_uri,
+    config_sha256) no longer matches the row there (the part was rewritten since) is left alone, so
+    a retried rewrite removes nothing twice. Returns the number of rows removed."""
+    try:
+        table = read_part(fs, part)
+    except FileNotFoundError:
+        return 0
+    uris, configs = table["source_uri"].to_pylist(), table["config_sha256"].to_pylist()
+    drop = [i for i, ident in rows.items() if i < table.num_rows and (uris[i], configs[i]) == tuple(ident)]
+    if not drop:
+        return 0
+    mask = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(drop, pa.int64())))
+    remaining = table.filter(mask)
+    if remaining.num_rows:
+        atomic_write(fs, part, table_bytes(remaining))
+    else:
+        fs.rm(part)
+    return len(drop)
+
+
 def _row_numbers(parts: list[str]) -> list[int]:
     """Position of each row inside its part (rows of one part are contiguous in read order)."""
     numbers, last, n = [], None, 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
 
 import torch
@@ -46,11 +45,7 @@ class AttentionStore:
             raise RuntimeError("AttentionStore.begin() must be called before the UNet forward")
         batch = self.token_weights.shape[0]
         n_query, n_tokens = probs.shape[-2:]
-        h, w = self.latent_hw
-        scale = math.sqrt(h * w / n_query)
-        grid = (round(h / scale), round(w / scale))
-        if grid[0] * grid[1] != n_query:
-            raise RuntimeError(f"cannot place {n_query} attention queries on a grid of latent {h}x{w}")
+        grid = _grid(self.latent_hw, n_query)
         probs = probs.reshape(batch, heads, n_query, n_tokens).mean(dim=1)
         weights = self.token_weights.to(probs.dtype)[:, :, None]
         layer_map = torch.bmm(probs, weights).reshape(batch, *grid)
@@ -66,6 +61,19 @@ class AttentionStore:
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
         ups = [F.interpolate(m[:, None].float(), size=tuple(size), mode=mode, **kwargs)[:, 0] for m in self.maps]
         return torch.stack(ups).mean(dim=0)
+
+
+def _grid(latent_hw: tuple[int, int], n_query: int) -> tuple[int, int]:
+    """The (h, w) grid of a layer's queries: the latent downsampled by 2^k, sides rounded up as the
+    UNet's strided convolutions round them (any aspect ratio, odd sizes too)."""
+    h, w = latent_hw
+    factor = 1
+    while factor <= max(h, w):
+        grid = (-(-h // factor), -(-w // factor))
+        if grid[0] * grid[1] == n_query:
+            return grid
+        factor *= 2
+    raise RuntimeError(f"cannot place {n_query} attention queries on a grid of latent {h}x{w}")
 
 
 class CrossAttentionCaptureProcessor:

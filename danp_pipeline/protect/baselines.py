@@ -49,9 +49,11 @@ from ..config import AttackConfig
 from .danp import DanpObjective, DiffusionObjective, Objective
 from .diffusion import (
     add_noise,
+    attack_strength,
     encode_mean,
     encode_prompts,
     latents_and_condition,
+    loss_scale,
     predict_noise,
 )
 from .models import EditorBundle
@@ -87,6 +89,7 @@ class PixelObjective:
             raise ValueError(f"got {len(prompts)} prompt lists for {len(seeds)} images")
         self.bundle, self.cfg = bundle, cfg
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.scale = loss_scale(bundle, cfg)
 
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-image losses [B] keyed by the names in ``weights``."""
@@ -98,8 +101,8 @@ class PixelObjective:
         names = list(self.weights)
         grads = {}
         for j, name in enumerate(names):
-            (g,) = torch.autograd.grad(losses[name].sum(), x, retain_graph=j < len(names) - 1)
-            grads[name] = g.float()
+            (g,) = torch.autograd.grad(losses[name].sum() * self.scale, x, retain_graph=j < len(names) - 1)
+            grads[name] = g.float() / self.scale
         return grads, {name: value.detach().float() for name, value in losses.items()}
 
 
@@ -132,7 +135,8 @@ class DiffusionAttack(PixelObjective):
         counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
         noise = torch.cat([torch.randn((c, *z.shape[1:]), generator=g) for g, c in zip(self.generators, counts)])
         latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], self.prompts.embeds,
-                                self.uncond, noise.to(z.device), self.steps, self.cfg.strength)
+                                self.uncond, noise.to(z.device), self.steps,
+                                attack_strength(self.bundle, self.cfg))
         decoded = self.bundle.vae.decode((latents / self.bundle.vae.config.scaling_factor).to(self.bundle.dtype)).sample
         image = (decoded.float() + 1) / 2
         per_pair = (image - GREY).pow(2).flatten(1).mean(1) * self.prompts.pair_weight

@@ -23,11 +23,13 @@ from .attention import AttentionStore, capture_cross_attention
 from .diffusion import (
     PromptBatch,
     add_noise,
+    attack_strength,
     attack_timesteps,
     encode_mean,
     encode_prompts,
     fast_path_setup,
     latents_and_condition,
+    loss_scale,
     predict_noise,
     set_memory_format,
 )
@@ -60,14 +62,23 @@ class PGDResult:
         return sum(w * torch.stack(self.history[name]) for name, w in self.weights.items())
 
 
-def combine(grads: dict[str, torch.Tensor], weights: dict[str, float], balance: str) -> torch.Tensor:
-    """Σ_term weight·g_term; with ``grad`` balance each g_term is scaled to unit L1 norm per image."""
+def combine(grads: dict[str, torch.Tensor], weights: dict[str, float], balance: str, *,
+            reuse: bool = False) -> torch.Tensor:
+    """Σ_term weight·g_term; with ``grad`` balance each g_term is scaled to unit L1 norm per image
+    (a term whose gradient is all zero adds nothing). ``reuse``: the first gradient becomes the sum (it
+    is overwritten; one full-size tensor fewer for large photos); otherwise the inputs are kept."""
     total = None
     for name, g in grads.items():
         if balance == "grad":
-            norm = g.abs().flatten(1).sum(dim=1).view(-1, 1, 1, 1)
-            g = torch.where(norm > 0, g / norm.clamp(min=1e-30), torch.zeros_like(g))
-        total = weights[name] * g if total is None else total + weights[name] * g
+            norm = g.abs().flatten(1).sum(dim=1)
+            scale = torch.where(norm > 0, weights[name] / norm.clamp(min=1e-30), torch.zeros_like(norm))
+        else:
+            scale = torch.full((len(g),), float(weights[name]), device=g.device)
+        scale = scale.view(-1, *([1] * (g.ndim - 1)))
+        if total is None:
+            total = g.float().mul_(scale) if reuse else g.float() * scale
+        else:
+            total.addcmul_(g, scale)
     return total
 
 
@@ -79,31 +90,54 @@ def uniform_delta(x0: torch.Tensor, eps: float, seeds: list[int]) -> torch.Tenso
     return (x0 + (2 * noise - 1) * eps).clamp(0, 1) - x0
 
 
-def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[int] | None = None) -> PGDResult:
+def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[int] | None = None,
+        gray: torch.Tensor | None = None) -> PGDResult:
     """δ ← clip(δ − α·sign(g), −γ, γ), kept so that x0 + δ ∈ [0,1]; N iterations from δ = 0, or from
     :func:`uniform_delta` with ``init="uniform"`` (needs the per-image ``seeds``).
+
+    ``gray`` [B] bool marks grayscale photos: their δ stays equal across channels inside the loop (the
+    gradient is averaged over channels before the sign), so nothing is lost writing one channel.
+    A gradient with a NaN or infinite entry skips that image's step (logged), instead of making δ NaN.
 
     NBA is exactly 0 with zero gradient at δ = 0, so an NBA-only objective never leaves a zero start
     (sign(0) = 0): that ablation needs ``init="uniform"``."""
     if cfg.init == "uniform":
         if seeds is None or len(seeds) != len(x0):
             raise ValueError(f"init='uniform' needs one seed per image: got {seeds!r} for {len(x0)} images")
-        delta = uniform_delta(x0, cfg.eps, seeds)
+        delta = tie_channels(uniform_delta(x0, cfg.eps, seeds), gray)
     else:
         delta = torch.zeros_like(x0, dtype=torch.float32)
     result = PGDResult(delta, weights=dict(objective.weights))
+    x = torch.empty_like(x0)                   # x0 + δ, in place: full-size photos cost a few copies only
     for it in range(cfg.steps):
-        grads, values = objective.gradients((x0 + delta).clamp(0, 1))
+        torch.add(x0, delta, out=x).clamp_(0, 1)
+        grads, values = objective.gradients(x)
         for name, value in values.items():
             result.history.setdefault(name, []).append(value.detach().cpu())
-        g = combine(grads, objective.weights, cfg.balance)
-        delta = (delta - cfg.step_size * g.sign()).clamp(-cfg.eps, cfg.eps)
-        delta = (x0 + delta).clamp(0, 1) - x0
+        g = tie_channels(combine(grads, objective.weights, cfg.balance, reuse=True), gray)
+        del grads
+        finite = torch.isfinite(g).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            logger.warning("pgd iteration %d: non-finite gradient for %d of %d image(s); their step is skipped",
+                           it + 1, int((~finite).sum()), len(finite))
+            g[~finite] = 0
+        delta.sub_(g.sign_(), alpha=cfg.step_size).clamp_(-cfg.eps, cfg.eps)
+        del g
+        torch.add(x0, delta, out=x).clamp_(0, 1)   # keep x0 + δ inside [0, 1]
+        torch.sub(x, x0, out=delta)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("pgd iteration %d/%d: %s", it + 1, cfg.steps,
                          ", ".join(f"{k}={v.mean().item():.4g}" for k, v in values.items()))
     result.delta = delta
     return result
+
+
+def tie_channels(t: torch.Tensor, gray: torch.Tensor | None) -> torch.Tensor:
+    """Channel mean broadcast over the channels, for the images marked ``gray``."""
+    if gray is None or not bool(gray.any()):
+        return t
+    tied = t.mean(dim=1, keepdim=True).expand_as(t)
+    return torch.where(gray.to(t.device).view(-1, 1, 1, 1), tied, t)
 
 
 class DiffusionObjective:
@@ -121,7 +155,9 @@ class DiffusionObjective:
         self.bundle, self.cfg = bundle, cfg
         self.prompts: PromptBatch = encode_prompts(bundle, prompts, cfg.token_reduction)
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.fixed_timesteps = attack_timesteps(bundle.num_train_timesteps, cfg.num_timesteps, cfg.strength, "centres")
+        self.strength = attack_strength(bundle, cfg)
+        self.scale = loss_scale(bundle, cfg)
+        self.fixed_timesteps = attack_timesteps(bundle.num_train_timesteps, cfg.num_timesteps, self.strength, "centres")
 
     # -- per-iteration sampling ------------------------------------------------------------
     def sample(self, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +166,7 @@ class DiffusionObjective:
         ts, noises = [], []
         for gen in self.generators:
             if self.cfg.timesteps == "random":
-                ts.append(attack_timesteps(self.bundle.num_train_timesteps, n, self.cfg.strength, "random", gen))
+                ts.append(attack_timesteps(self.bundle.num_train_timesteps, n, self.strength, "random", gen))
             else:
                 ts.append(self.fixed_timesteps)
         counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
@@ -163,9 +199,15 @@ class DiffusionObjective:
         """
         set_memory_format(self.bundle, self.cfg.path == "fast" and self.cfg.channels_last)
         if self.cfg.path == "reference":
+            self.prepare()
             return self._reference_gradients(x)
         with fast_path_setup(self.bundle, self.cfg):
+            self.prepare()
             return self._fast_gradients(x)
+
+    def prepare(self) -> None:
+        """Computed once, on the first gradients() call, in the same memory layout and compiled modules
+        as the protected branch (what a subclass derives from the clean photo)."""
 
     def _reference_gradients(self, x: torch.Tensor):
         """Algorithm 1 literally: for each timestep encode x, run the UNet, backpropagate each term to x."""
@@ -177,7 +219,7 @@ class DiffusionObjective:
         values: dict[str, torch.Tensor] = {}
         for chunk in self.chunks():
             losses, extras, weight = self._chunk(encode_mean(self.bundle, x), timesteps, noise, chunk)
-            self._accumulate(grads, losses, weight, x)
+            self._accumulate(grads, losses, weight * self.scale, x)
             self._record(values, {**losses, **extras}, weight, len(chunk))
         return self._complete(grads, x), values
 
@@ -196,7 +238,7 @@ class DiffusionObjective:
         for chunk in self.chunks():
             losses, extras, weight = self._chunk(mean_leaf, timesteps, noise, chunk)
             with self.backward_context():
-                self._accumulate(latent_grads, losses, weight, mean_leaf)
+                self._accumulate(latent_grads, losses, weight * self.scale, mean_leaf)
             self._record(values, {**losses, **extras}, weight, len(chunk))
         names = [name for name in self.weights if name in latent_grads]
         if names and self.cfg.vae_recompute:
@@ -240,9 +282,9 @@ class DiffusionObjective:
             values[name] = values[name] + per_image if name in values else per_image
 
     def _complete(self, grads: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """float32 gradient per term of ``weights``; zero for a term that does not depend on the photo
-        (e.g. NBA at δ = 0 is flat)."""
-        return {name: grads[name].float() if name in grads else torch.zeros_like(x, dtype=torch.float32)
+        """float32 gradient per term of ``weights``, the loss scale taken out; zero for a term that does not
+        depend on the photo (e.g. NBA at δ = 0 is flat)."""
+        return {name: grads[name].float() / self.scale if name in grads else torch.zeros_like(x, dtype=torch.float32)
                 for name in self.weights}
 
     def backward_context(self) -> contextlib.AbstractContextManager:
@@ -271,9 +313,20 @@ class DanpObjective(DiffusionObjective):
         if cfg.use_nba:
             self.weights["nba"] = cfg.lambda_nba
         self.store = AttentionStore()
-        with torch.no_grad():
-            self.clean_z, self.clean_cond = latents_and_condition(bundle, encode_mean(bundle, x0))
-        self.fixed_masks = self._clean_masks() if cfg.mask == "fixed" and cfg.use_daa else None
+        self.x0 = x0
+        self.clean_z: torch.Tensor | None = None
+        self.clean_cond: torch.Tensor | None = None
+        self.fixed_masks: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """The clean branch's latents (and the fixed masks) once, encoded exactly as the protected branch
+        encodes: same layout (channels_last), same modules, so that NBA is exactly 0 at δ = 0."""
+        if self.clean_z is not None:
+            return
+        self.clean_z, self.clean_cond = latents_and_condition(self.bundle, encode_mean(self.bundle, self.x0))
+        if self.cfg.mask == "fixed" and self.cfg.use_daa:
+            self.fixed_masks = self._clean_masks()
 
     def _attention(self, z_t, cond, t, k) -> tuple[torch.Tensor, torch.Tensor]:
         self.store.begin(tuple(z_t.shape[-2:]), self.pair_tensor(self.prompts.token_weights, k))

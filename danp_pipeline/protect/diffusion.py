@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import AttackConfig
+from ..config import SD_EDIT_STRENGTH, AttackConfig
 from .attention import token_weights
 from .models import EditorBundle
 
@@ -74,6 +74,19 @@ def predict_noise(
     sample = z_t if condition is None else torch.cat([z_t, condition], dim=1)
     out = bundle.unet(sample.to(bundle.dtype), t, encoder_hidden_states=embeds).sample
     return out.float()
+
+
+def attack_strength(bundle: EditorBundle, cfg: AttackConfig) -> float:
+    """The img2img strength the attack's timesteps (and PhotoGuard's edit) cover: the configured one, else
+    the editor's own: InstructPix2Pix edits from pure noise (1.0), SD img2img at SD_EDIT_STRENGTH."""
+    if cfg.strength is not None:
+        return cfg.strength
+    return 1.0 if bundle.kind == "ip2p" else SD_EDIT_STRENGTH
+
+
+def loss_scale(bundle: EditorBundle, cfg: AttackConfig) -> float:
+    """Factor on the losses before backward: fp16 gradients of small losses underflow to 0 otherwise."""
+    return cfg.fp16_loss_scale if bundle.dtype == torch.float16 else 1.0
 
 
 def attack_timesteps(

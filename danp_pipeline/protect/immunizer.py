@@ -4,8 +4,10 @@
     immunizer = Immunizer(editor, AttackConfig())
     results = immunizer.protect(photos, prompts=["put her in a prison cell"])
 
-Photos of any size and mode: each is optimized at its working resolution (photos sharing one are
-batched), δ is applied at full resolution, and every output meets the L∞ guarantee.
+Photos of any size and mode: δ lives at each photo's full resolution, and the objective is computed
+on the attacker's views of the protected photo (protect/views.py: resized to the editor's size with
+the attacker's filters, aspect kept; optionally JPEG, blur, crop). Photos of one size are batched;
+every output meets the L∞ guarantee.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from ..imaging.codec import (
     linf_levels,
     psnr_db,
     to_tensor,
-    working_size,
 )
 from .baselines import build_objective
-from .danp import Objective, PGDResult, pgd, uniform_delta
+from .danp import Objective, PGDResult, pgd, tie_channels, uniform_delta
 from .models import EditorBundle
+from .views import View, ViewedObjective, attacker_views
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,16 @@ class ProtectedImage:
     loss_first: float
     loss_last: float
     terms: dict[str, tuple[float, float]] = field(default_factory=dict)  # term -> (first, last)
-    working_size: tuple[int, int] = (0, 0)
+    editor_size: tuple[int, int] = (0, 0)   # (w, h) the editor sees (the first attacker view)
     seconds: float = 0.0                  # share of the batch's optimization time
 
     @property
     def image(self) -> Image.Image:
-        img = Image.fromarray(self.pixels)
+        """An 8-bit Pillow image (16-bit results are rounded; write them with imaging.formats.encode)."""
+        pixels = self.pixels
+        if pixels.dtype != np.uint8:
+            pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        img = Image.fromarray(pixels)
         if self.alpha is not None:
             img.putalpha(Image.fromarray(self.alpha))
         return img
@@ -89,15 +95,26 @@ class Immunizer:
         self.editor = editor
         self.config = (config or AttackConfig()).validate()
 
-    def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> Objective:
-        return build_objective(self.config.method, self.editor, self.config, prompts, seeds, x0)
+    def views(self) -> list[View]:
+        """The attacker's views the optimization averages over (the config's filters × sizes × …)."""
+        return attacker_views(self.config, self.editor.vae_scale_factor)
 
-    def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> PGDResult:
-        """Run PGD on a batch of working-resolution photos x0 [B,3,h,w] in [0,1]."""
+    def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> Objective:
+        """The method's objective on the attacker's views of full-size photos x0 [B,3,H,W]."""
+        def build(seen: torch.Tensor) -> Objective:
+            return build_objective(self.config.method, self.editor, self.config, prompts, seeds, seen)
+
+        return ViewedObjective(build, x0, self.views(), seed=self.config.seed * 1_000_003 + sum(seeds))
+
+    def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int],
+                gray: list[bool] | None = None) -> PGDResult:
+        """Run PGD on a batch of full-size photos x0 [B,3,H,W] in [0,1]; ``gray`` marks grayscale ones."""
         x0 = x0.to(self.editor.device, torch.float32)
+        tied = None if gray is None else torch.tensor(gray, dtype=torch.bool)
         if self.config.method == "random":
-            return PGDResult(uniform_delta(x0, self.config.eps, seeds), {})
-        return pgd(x0, self.objective(x0, prompts, seeds), self.config, seeds)
+            delta = uniform_delta(x0, self.config.eps, seeds)
+            return PGDResult(delta if tied is None else tie_channels(delta, tied), {})
+        return pgd(x0, self.objective(x0, prompts, seeds), self.config, seeds, tied)
 
     def protect(
         self,
@@ -114,15 +131,17 @@ class Immunizer:
         decoded = [as_decoded(p) for p in photos]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, img in enumerate(decoded):
-            groups[working_size(img.width, img.height, self.config.resolution, self.config.resolution_multiple)].append(i)
+            groups[(img.width, img.height)].append(i)
         results: list[ProtectedImage | None] = [None] * len(photos)
         for size, members in groups.items():
             start = time.perf_counter()
             x0 = torch.stack([to_tensor(decoded[i], size) for i in members])
-            out = self.perturb(x0, [per_photo[i] for i in members], [seeds[i] for i in members])
+            out = self.perturb(x0, [per_photo[i] for i in members], [seeds[i] for i in members],
+                               [decoded[i].grayscale for i in members])
+            seen = self.views()[0](x0[:1]).shape[-2:]
             elapsed = (time.perf_counter() - start) / len(members)
             for j, i in enumerate(members):
-                results[i] = self._finish(decoded[i], out, j, size, elapsed)
+                results[i] = self._finish(decoded[i], out, j, (int(seen[1]), int(seen[0])), elapsed)
         return results  # type: ignore[return-value]
 
     def _finish(self, img: DecodedImage, out: PGDResult, j: int, size: tuple[int, int], seconds: float) -> ProtectedImage:

@@ -20,13 +20,14 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..config import EDITOR_KINDS, TINY_MODELS
+from ..config import EDITOR_KINDS, MICRO_EDITORS_DIR, MICRO_MODELS, TINY_MODELS
 from .devices import pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent.parent / "assets"
 TINY_TOKENIZER_DIR = ASSETS / "tiny_clip_tokenizer"
+MICRO_DIR = MICRO_EDITORS_DIR
 CROSS_ATTENTION_SHARPNESS = 4.0
 
 
@@ -92,6 +93,8 @@ def load_editor(
     dtype = resolve_dtype(precision, device)
     if model_id in TINY_MODELS:
         bundle = tiny_editor(TINY_MODELS[model_id], seed=seed)
+    elif model_id in MICRO_MODELS:
+        bundle = micro_editor(model_id)
     else:
         bundle = _load_diffusers(model_id, revision)
     bundle.to(device, dtype).freeze()
@@ -121,6 +124,23 @@ def _load_diffusers(model_id: str, revision: str | None) -> EditorBundle:
     resolved = revision or (_local_revision(local) if local.is_dir() else "main")
     return EditorBundle(vae, unet, text_encoder, tokenizer, scheduler, kinds[in_channels],
                         model_id, resolved, torch.device("cpu"), torch.float32)
+
+
+def micro_editor(name: str) -> EditorBundle:
+    """A trained micro-editor shipped with the package (assets/editors/<name>/, diffusers layout, safetensors),
+    loaded through the ordinary local-directory path; its revision is the weights' recorded SHA-256."""
+    path = MICRO_DIR / name
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"micro-editor {name!r} is not installed: {path} has no model_index.json "
+                         "(train it with `danp-protect train-editor`)")
+    bundle = _load_diffusers(str(path), None)
+    bundle.model_id = name
+    training = path / "training.json"
+    if training.is_file():
+        digests = json.loads(training.read_text()).get("sha256", {})
+        combined = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(digests.items())).encode()).hexdigest()
+        bundle.revision = f"sha256-{combined[:16]}"
+    return bundle
 
 
 def _local_revision(path: Path) -> str:

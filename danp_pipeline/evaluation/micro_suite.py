@@ -1,0 +1,236 @@
+"""``danp-protect eval --suite micro OUT``: protection efficacy with ground truth, on trained micro-editors.
+
+The micro edit world (micro/world.py) knows the correct edit of every held-out scene, so the question
+"does the protection stop the edit?" has a measured answer: the edit of the clean photo succeeds
+(the named object takes the asked colour or shape, or disappears, and the rest stays) or not, and the
+same for the edit of the protected photo. Every method protects each scene against the first editor
+(``micro-ip2p``) and its instruction at the same budget; the attacker then edits with the real
+diffusers InstructPix2Pix pipeline in three settings:
+
+- ``own``: the protected editor, the instruction protected against;
+- ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
+- transfer: another, independently trained editor (``micro-ip2p-b``), the instruction protected against.
+
+With ``view="attacker"`` the scene is a full-size photo (4× the editor's size) protected at full
+size and resized by the attacker (Pillow Lanczos) before the edit; ``transforms`` adds a JPEG
+re-encoding of the protected file first. The micro-editors are small proxies trained in this
+project, not Stable Diffusion: their numbers rank methods on a known task, they do not promise how a
+method does against a real editor.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import MicroSuiteConfig, micro_edit_config
+from ..micro import world
+from ..protect.immunizer import Immunizer
+from ..protect.models import load_editor
+from .attacker import attackers_copy
+from .editing import Editor
+from .metrics import psnr, ssim
+from .report import amplify
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Case:
+    """One held-out scene and edit, in the training wording and in a held-out wording."""
+
+    index: int
+    own: world.EditSample
+    unseen: world.EditSample
+
+
+def cases(config: MicroSuiteConfig) -> list[Case]:
+    """Held-out scenes, one edit each (kinds balanced); the same edit in both wordings."""
+    own = world.make_split("heldout", config.scenes, config.scene_seed, wordings="train")
+    unseen = world.make_split("heldout", config.scenes, config.scene_seed, wordings="heldout")
+    for a, b in zip(own, unseen):
+        if (a.scene_seed, a.kind, a.source_object, a.target_object) != (b.scene_seed, b.kind, b.source_object,
+                                                                        b.target_object):
+            raise RuntimeError("the world drew different edits for the two wordings of one scene")
+    return [Case(i, a, b) for i, (a, b) in enumerate(zip(own, unseen))]
+
+
+class MicroSuite:
+    """Loads the editors once; ``suite(case)`` -> (rows, grid rows) for every method, setting and seed."""
+
+    def __init__(self, config: MicroSuiteConfig) -> None:
+        self.config = config.validate()
+        self.bundles = {name: load_editor(name, device=config.device) for name in config.editors}
+        self.editors = {name: Editor(bundle, micro_edit_config(name)) for name, bundle in self.bundles.items()}
+        self.protected_editor = config.editors[0]
+        bundle = self.bundles[self.protected_editor]
+        from ..config import method_config
+
+        self.immunizers = {m: Immunizer(bundle, method_config(m, config.attack)) for m in config.methods}
+
+    def settings(self, case: Case) -> list[tuple[str, str, world.EditSample]]:
+        """(attack editor, prompt set, sample) triples the attacker plays."""
+        first = self.protected_editor
+        return [(first, "own", case.own), (first, "unseen", case.unseen),
+                *((name, "own", case.own) for name in self.config.editors[1:])]
+
+    def photo(self, case: Case) -> np.ndarray:
+        """The file the owner protects: the scene at the editor's size, or at full size (attacker view)."""
+        if self.config.view == "attacker":
+            return world.render_scene(case.own.scene_seed, size=world.SIZE * self.config.full_size_factor).image
+        return case.own.source
+
+    def seen(self, pixels: np.ndarray, transform: str) -> np.ndarray:
+        """What the editor gets from a file (the attacker's resize and JPEG in the attacker view)."""
+        if self.config.view == "attacker" or transform != "none":
+            return attackers_copy(pixels, world.SIZE, 1, "lanczos", transform)
+        return pixels
+
+    def __call__(self, case: Case) -> tuple[list[dict], list[list[np.ndarray]]]:
+        cfg = self.config
+        full = self.photo(case)
+        clean_seen = self.seen(full, "none")
+        clean: dict[tuple[str, str, int], tuple[np.ndarray, bool]] = {}
+        for editor_name, prompt_set, sample in self.settings(case):
+            for seed in cfg.seeds:
+                edit = self.editors[editor_name](clean_seen, sample.instruction, seed)
+                clean[(editor_name, prompt_set, seed)] = (edit, world.edit_success(edit, sample)[0])
+        rows, panels = [], []
+        for method, immunizer in self.immunizers.items():
+            start = time.perf_counter()
+            result = immunizer.protect([full], prompts=[case.own.instruction], seeds=[cfg.attack.seed])[0]
+            seconds = time.perf_counter() - start
+            base = {"scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
+                    "editor": self.protected_editor, "view": cfg.view, "seconds": seconds,
+                    "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
+            for transform in cfg.transforms:
+                seen = self.seen(result.pixels, transform)
+                for editor_name, prompt_set, sample in self.settings(case):
+                    for seed in cfg.seeds:
+                        edit = self.editors[editor_name](seen, sample.instruction, seed)
+                        clean_edit, clean_ok = clean[(editor_name, prompt_set, seed)]
+                        rows.append({**base, "attack_editor": editor_name, "prompt_set": prompt_set,
+                                     "transform": transform, "seed": seed, "instruction": sample.instruction,
+                                     "edit_success_clean": clean_ok,
+                                     "edit_success_protected": world.edit_success(edit, sample)[0],
+                                     "edits_psnr": psnr(clean_edit, edit), "edits_ssim": ssim(clean_edit, edit),
+                                     "target_psnr_clean": psnr(sample.target, clean_edit),
+                                     "target_psnr_protected": psnr(sample.target, edit)})
+                        if (transform, editor_name, prompt_set, seed) == ("none", self.protected_editor, "own",
+                                                                          cfg.seeds[0]):
+                            levels = immunizer.config.linf_levels_bound
+                            panels.append([clean_seen, seen, amplify(clean_seen, seen, levels), clean_edit, edit,
+                                           case.own.target])
+            logger.info("scene %d (%s) / %s: %.1fs", case.own.scene_seed, case.own.kind, method, seconds)
+        return rows, panels
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+GROUP = ["method", "editor", "attack_editor", "prompt_set", "transform"]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson interval of a success rate."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def _mean_ci(values) -> str:
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if values.size == 0:
+        return "n/a"
+    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+    return f"{values.mean():.2f} ± {half:.2f}"
+
+
+def _rate(flags) -> str:
+    flags = np.asarray(flags, dtype=bool)
+    lo, hi = wilson(int(flags.sum()), flags.size)
+    return f"{100 * flags.mean():.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def summary_table(df) -> list[dict]:
+    """One record per (method, editor, attack editor, prompt set, transform), the method order kept."""
+    records = []
+    for key, sub in df.groupby(GROUP, sort=False):
+        clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
+        once = sub.drop_duplicates(["case"])
+        records.append({**dict(zip(GROUP, key)), "n": len(sub),
+                        "edit_success_clean": _rate(clean), "edit_success_protected": _rate(protected),
+                        "success_reduction": f"{100 * (clean.mean() - protected.mean()):.0f} pts",
+                        "edits_psnr": _mean_ci(sub["edits_psnr"]), "edits_ssim": _mean_ci(sub["edits_ssim"]),
+                        "target_psnr_protected": _mean_ci(sub["target_psnr_protected"]),
+                        "fidelity_psnr": _mean_ci(once["fidelity_psnr"]), "seconds": _mean_ci(once["seconds"])})
+    return records
+
+
+def summary_markdown(df, settings: dict) -> str:
+    records = summary_table(df)
+    header = ["method", "attack editor", "prompts", "transform", "n", "edit success clean",
+              "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
+              "fidelity PSNR", "s/photo"]
+    lines = ["# Micro benchmark: protection against trained micro-editors, with ground truth", "",
+             "The micro-editors are small InstructPix2Pix-architecture editors trained in this project on a "
+             "procedural world; they are a proxy for Stable Diffusion editors, not a substitute. Edit success "
+             "follows micro/world.py's rule (the named object takes the asked colour/shape or disappears, the "
+             "rest stays). Rates: % [95 % Wilson interval]; means ± 95 % interval over scenes × edit seeds. "
+             "PSNR/SSIM edits compare the edit of the protected photo with the edit of the clean photo (lower: "
+             "the protection moved the edit more).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in records:
+        lines.append("| " + " | ".join(str(v) for v in (
+            r["method"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"], r["edit_success_clean"],
+            r["edit_success_protected"], r["success_reduction"], r["edits_psnr"], r["edits_ssim"],
+            r["target_psnr_protected"], r["fidelity_psnr"], r["seconds"])) + " |")
+    import json
+
+    lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",
+              "", "Grids (`grids/case-<n>.png`): one row per method; columns: photo | protected (as the editor gets "
+              "it) | amplified δ | edit of clean | edit of protected | ground-truth target.", ""]
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], grids: dict[str, list[list[np.ndarray]]], output_dir, settings: dict) -> dict:
+    import io
+    from pathlib import Path
+
+    import pandas as pd
+    from PIL import Image
+
+    from ..storage import write_local
+
+    out = Path(output_dir)
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}
+    write_local(paths["parquet"], buf.getvalue())
+    write_local(paths["summary"], summary_markdown(df, settings).encode())
+    for name, panels in grids.items():
+        picture = np.concatenate([np.concatenate(row, axis=1) for row in panels], axis=0)
+        png = io.BytesIO()
+        Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2), Image.Resampling.NEAREST
+                                        ).save(png, format="PNG")
+        write_local(out / "grids" / f"{name}.png", png.getvalue())
+    logger.info("micro benchmark: %d rows, summary and %d grids in %s", len(df), len(grids), out)
+    return paths
+
+
+def run(config: MicroSuiteConfig, output_dir) -> dict:
+    """Evaluate every case in this process and write the report."""
+    suite = MicroSuite(config)
+    rows, grids = [], {}
+    for case in cases(config):
+        case_rows, panels = suite(case)
+        rows += case_rows
+        grids[f"case-{case.index}"] = panels
+    return write_report(rows, grids, output_dir, config.settings())

@@ -1,0 +1,467 @@
+"""Train a micro InstructPix2Pix editor on the micro edit world, from scratch, on CPU.
+
+Stages (all real diffusers / transformers classes):
+
+1. ``AutoencoderKL`` trained as a plain autoencoder (MSE + L1 + small KL) on random
+   4-aligned crops of world images; latent factor 4 (64x64 image -> 4x16x16 latent).
+   ``scaling_factor`` is set to 1 / std of the latents afterwards.
+2. The training edits are encoded once with the frozen VAE: source latents are
+   ``E(x).mode()`` without scaling (as ``StableDiffusionInstructPix2PixPipeline.prepare_image_latents``),
+   target latents are ``E(y).mode() * scaling_factor``.
+3. ``UNet2DConditionModel`` (in_channels=8: [z_t, E(x)], cross-attention blocks) and a small
+   ``CLIPTextModel`` trained jointly with epsilon-prediction under ``DDPMScheduler`` (1000 steps,
+   scaled_linear 0.00085-0.012). Text (-> "") and image (-> zeros) conditioning are dropped
+   independently for classifier-free guidance. An EMA of both is kept and saved.
+
+The result is saved with ``StableDiffusionInstructPix2PixPipeline.save_pretrained`` (safetensors)
+plus ``training.json`` (config, seeds, wall times, sha256 of every weight file).
+
+Usage: ``danp-protect train-editor OUT [--variant b] [--quick] [--vae-from DIR]``; the shipped editors
+live under ``danp_pipeline/assets/editors/<name>/`` (``micro-ip2p``, ``micro-ip2p-b``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionInstructPix2PixPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from . import world
+from .tokenizer import build_tokenizer, check_single_tokens
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VAEConfig:
+    block_out_channels: tuple[int, ...] = (16, 32, 32)  # 3 levels -> latent factor 4
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+    steps: int = 3000
+    batch: int = 32
+    crop: int = 32
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    l1_weight: float = 1.0
+    n_scenes: int = 4000
+    seed: int = 0
+    # Fold the per-channel latent mean into quant_conv / post_quant_conv (exact re-parametrisation),
+    # so diffusion starts from noise around the data mean. Recommended for the next run (see README).
+    center_latents: bool = False
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    cross_attention_dim: int = 64
+    attention_head_dim: int = 8
+    norm_num_groups: int = 16
+
+
+@dataclass
+class TextConfig:
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    max_length: int = 16
+
+
+@dataclass
+class EditorConfig:
+    name: str = "micro-ip2p"
+    seed: int = 0
+    data_seed: int = 0
+    n_train_scenes: int = 6000  # each scene gets one edit of every kind
+    steps: int = 2000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.01
+    ema_decay: float = 0.995
+    p_drop_text: float = 0.08
+    p_drop_image: float = 0.08
+    checkpoint_every: int = 500
+    time_budget_s: float = 0.0  # >0: the LR schedule follows elapsed wall time and training stops at the budget
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+
+def quick(cfg: EditorConfig) -> EditorConfig:
+    """A few-minute variant for smoke tests."""
+    cfg = copy.deepcopy(cfg)
+    cfg.n_train_scenes, cfg.steps, cfg.batch, cfg.checkpoint_every = 300, 60, 16, 10**9
+    cfg.vae.steps, cfg.vae.n_scenes = 100, 300
+    return cfg
+
+
+def variant_b(cfg: EditorConfig) -> EditorConfig:
+    """Independent second editor: other seeds, other widths."""
+    cfg = copy.deepcopy(cfg)
+    cfg.name, cfg.seed, cfg.data_seed = "micro-ip2p-b", 1, 1
+    cfg.unet = UNetConfig(block_out_channels=(32, 48, 64), cross_attention_dim=48, attention_head_dim=8, norm_num_groups=16)
+    cfg.text = TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+    cfg.vae.seed = 1
+    return cfg
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 NxHxWx3 -> float Nx3xHxW in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def training_edits(n_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """One edit of every kind for ``n_scenes`` train scenes, train wordings only.
+
+    Returns (scene_images [S,64,64,3], target_images [N,64,64,3], scene_index [N], instructions).
+    """
+    lo, hi = world.SCENE_SEED_RANGES["train"]
+    rng = np.random.default_rng([seed, 101])
+    seeds = rng.choice(hi - lo, size=n_scenes, replace=False) + lo
+    scenes, targets, index, texts = [], [], [], []
+    for si, s in enumerate(seeds):
+        scene = world.render_scene(int(s))
+        scenes.append(scene.image)
+        for kind in world.EDIT_KINDS:
+            smp = world.sample_edit(scene, np.random.default_rng([int(s), seed, 17, len(kind)]), "train", kind)
+            targets.append(smp.target)
+            index.append(si)
+            texts.append(smp.instruction)
+    return np.stack(scenes), np.stack(targets), np.array(index), texts
+
+
+# ----------------------------------------------------------------------------- VAE
+
+
+def make_vae(c: VAEConfig) -> AutoencoderKL:
+    n = len(c.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=c.block_out_channels,
+        layers_per_block=c.layers_per_block,
+        latent_channels=c.latent_channels,
+        norm_num_groups=c.norm_num_groups,
+        sample_size=world.SIZE,
+        mid_block_add_attention=False,  # fully convolutional: crops train the full-size model
+    )
+
+
+def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> AutoencoderKL:
+    """Train the autoencoder on random crops (aligned to the latent factor) of ``images``."""
+    torch.manual_seed(c.seed)
+    vae = make_vae(c)
+    factor = 2 ** (len(c.block_out_channels) - 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=c.lr, weight_decay=0.0)
+    data = to_tensor(images)
+    g = torch.Generator().manual_seed(c.seed)
+    t0 = time.time()
+    for step in range(c.steps):
+        lr = c.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / c.steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(data), (c.batch,), generator=g)
+        ox, oy = (torch.randint(0, (world.SIZE - c.crop) // factor + 1, (2,), generator=g) * factor).tolist()
+        x = data[idx, :, oy : oy + c.crop, ox : ox + c.crop]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.mse_loss(rec, x) + c.l1_weight * (rec - x).abs().mean() + c.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == c.steps - 1:
+            logger.info("vae step %d loss %.5f lr %.2e (%.0fs)", step, loss.item(), lr, time.time() - t0)
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_mode(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """``E(x).mode()`` (unscaled) of uint8 images."""
+    return torch.cat([vae.encode(to_tensor(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def center_vae_latents(vae: AutoencoderKL, mean: torch.Tensor) -> None:
+    """Make the posterior mean zero-centred without changing reconstructions.
+
+    ``quant_conv`` outputs [mean, logvar]; its mean-channel bias is lowered by ``mean``. The
+    1x1 ``post_quant_conv`` computes ``W z + b``; with ``z' = z - mean`` the bias becomes
+    ``b + W mean`` so ``decode(z')`` equals the old ``decode(z)``.
+    """
+    c = mean.numel()
+    vae.quant_conv.bias[:c] -= mean
+    w = vae.post_quant_conv.weight[:, :, 0, 0]
+    vae.post_quant_conv.bias += w @ mean
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
+    """Mean PSNR (dB) of decode(mode(encode(x))) against x, on uint8 images."""
+    out = []
+    for i in range(0, len(images), 128):
+        rec = vae.decode(vae.encode(to_tensor(images[i : i + 128])).latent_dist.mode()).sample
+        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        out += [world.psnr(a, b) for a, b in zip(rec_u8, images[i : i + 128])]
+    return float(np.mean(out))
+
+
+# ----------------------------------------------------------------------------- UNet + text encoder
+
+
+def make_unet(c: UNetConfig, latent_channels: int) -> UNet2DConditionModel:
+    n = len(c.block_out_channels)
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // 4,
+        in_channels=2 * latent_channels,
+        out_channels=latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=c.block_out_channels,
+        layers_per_block=c.layers_per_block,
+        cross_attention_dim=c.cross_attention_dim,
+        attention_head_dim=c.attention_head_dim,
+        norm_num_groups=c.norm_num_groups,
+    )
+
+
+def make_text_encoder(c: TextConfig, tok: CLIPTokenizer, projection_dim: int) -> CLIPTextModel:
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        max_position_embeddings=c.max_length,
+        projection_dim=projection_dim,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return CLIPTextModel(cfg)
+
+
+def make_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+    )
+
+
+def tokenize(tok: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
+    """Padded ids exactly as the pipeline's ``encode_prompt`` builds them."""
+    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+def train_denoiser(
+    cfg: EditorConfig,
+    tok: CLIPTokenizer,
+    src_lat: torch.Tensor,
+    tgt_lat: torch.Tensor,
+    index: torch.Tensor,
+    ids: torch.Tensor,
+    checkpoint: "callable | None" = None,
+) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float]]:
+    """Joint epsilon-prediction training of UNet and text encoder; returns EMA copies and losses."""
+    torch.manual_seed(cfg.seed)
+    unet = make_unet(cfg.unet, src_lat.shape[1])
+    text = make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
+    if cfg.text.hidden_size != cfg.unet.cross_attention_dim:
+        raise ValueError(
+            f"text.hidden_size ({cfg.text.hidden_size}) must equal unet.cross_attention_dim ({cfg.unet.cross_attention_dim})"
+        )
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    sched = make_scheduler()
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    empty = tokenize(tok, [""])[0]
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(cfg.steps):
+        prog = step / max(cfg.steps - 1, 1)
+        if cfg.time_budget_s > 0:
+            elapsed = time.time() - t0
+            if elapsed >= cfg.time_budget_s:
+                logger.info("time budget reached after %d steps", step)
+                break
+            prog = max(prog, elapsed / cfg.time_budget_s)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        lr *= cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        b = torch.randint(len(tgt_lat), (cfg.batch,), generator=g)
+        z0 = tgt_lat[b]
+        cond = src_lat[index[b]].clone()
+        tids = ids[b].clone()
+        drop_t = torch.rand(cfg.batch, generator=g) < cfg.p_drop_text
+        drop_i = torch.rand(cfg.batch, generator=g) < cfg.p_drop_image
+        tids[drop_t] = empty
+        cond[drop_i] = 0.0
+        noise = torch.randn(z0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+        zt = sched.add_noise(z0, noise, t)
+        emb = text(tids)[0]
+        pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text, decay)
+        losses.append(loss.item())
+        if step % 50 == 0 or step == cfg.steps - 1:
+            logger.info(
+                "unet step %d loss %.4f (avg50 %.4f) lr %.2e (%.0fs)",
+                step, loss.item(), float(np.mean(losses[-50:])), lr, time.time() - t0,
+            )
+        if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            checkpoint(ema_unet, ema_text, step + 1)
+    return ema_unet.eval(), ema_text.eval(), losses
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_editor(
+    out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTextModel, tok: CLIPTokenizer, info: dict
+) -> dict:
+    """Save in diffusers layout via the real pipeline's ``save_pretrained``, plus training.json."""
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=make_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    # Also keep the slow-tokenizer source files (vocab.json + merges.txt) next to tokenizer.json.
+    for name in ("vocab.json", "merges.txt"):
+        src = Path(tok.name_or_path) / name
+        if src.exists():
+            (out / "tokenizer" / name).write_bytes(src.read_bytes())
+    weights = sorted(out.rglob("*.safetensors"))
+    info = dict(info)
+    info["weights"] = {str(p.relative_to(out)): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in weights}
+    info["weights_total_bytes"] = sum(p.stat().st_size for p in weights)
+    (out / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, vae_train_s: float = 0.0) -> dict:
+    """Train an editor of ``cfg`` into ``out/editor`` (diffusers layout + training.json); returns its info.
+    ``vae_from``: a saved AutoencoderKL to reuse (``vae_train_s``: the wall time it took to train)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("config %s", json.dumps(dataclasses.asdict(cfg)))
+    times: dict[str, float] = {}
+
+    tok = build_tokenizer(world.vocabulary(), out / "_tokenizer_src", model_max_length=cfg.text.max_length)
+    assert not check_single_tokens(tok, world.vocabulary())
+
+    t = time.time()
+    scenes, targets, index, texts = training_edits(cfg.n_train_scenes, cfg.data_seed)
+    times["data_s"] = time.time() - t
+    logger.info("data: %d scenes, %d edits (%.0fs)", len(scenes), len(targets), times["data_s"])
+
+    t = time.time()
+    if vae_from:
+        vae = AutoencoderKL.from_pretrained(vae_from).eval().requires_grad_(False)
+        times["vae_train_s"] = vae_train_s  # trained by an earlier run; its time is carried over
+    else:
+        vae_imgs = np.concatenate([scenes[: cfg.vae.n_scenes], targets[: cfg.vae.n_scenes]])
+        vae = train_vae(cfg.vae, vae_imgs)
+        times["vae_train_s"] = time.time() - t
+        vae.save_pretrained(out / "vae_stage")  # kept so a later failure does not lose it
+    held = np.stack([world.render_scene(s).image for s in range(10**6, 10**6 + 200)])
+    vae_psnr = reconstruction_psnr(vae, held)
+    logger.info("VAE recon PSNR on 200 held-out scenes: %.2f dB", vae_psnr)
+
+    t = time.time()
+    cache = Path(vae_from or out / "vae_stage") / f"latents_scenes{cfg.n_train_scenes}_seed{cfg.data_seed}.safetensors"
+    if vae_from and cache.exists():
+        lat = load_file(cache)
+        src_lat, tgt_lat = lat["source"], lat["target"]
+    else:
+        src_lat = encode_mode(vae, scenes)
+        tgt_lat = encode_mode(vae, targets)
+    if cfg.vae.center_latents:  # also applies to a reused VAE: the cache holds its raw modes
+        mean = src_lat.mean(dim=(0, 2, 3))
+        center_vae_latents(vae, mean)
+        src_lat = src_lat - mean[None, :, None, None]
+        tgt_lat = tgt_lat - mean[None, :, None, None]
+        logger.info("latents centred by %s", mean.tolist())
+    if not vae_from or cfg.vae.center_latents:
+        vae.register_to_config(scaling_factor=float(1.0 / src_lat.std()))
+    if not vae_from:
+        vae.save_pretrained(out / "vae_stage")
+    if not cache.exists() and not cfg.vae.center_latents:  # cache of the unscaled modes, reused when this VAE is reused
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"source": src_lat.contiguous(), "target": tgt_lat.contiguous()}, cache)
+    sf = vae.config.scaling_factor
+    tgt_lat = tgt_lat * sf
+    times["encode_s"] = time.time() - t
+    logger.info("latents encoded (%.0fs), scaling_factor %.4f", times["encode_s"], sf)
+    ids = tokenize(tok, texts)
+
+    base_info = {"config": dataclasses.asdict(cfg), "vae_recon_psnr_heldout": vae_psnr, "vae_from": vae_from}
+
+    def checkpoint(u: UNet2DConditionModel, te: CLIPTextModel, step: int) -> None:
+        save_editor(out / f"ckpt-{step}", vae, u, te, tok, {**base_info, "step": step})
+        logger.info("checkpoint at step %d", step)
+
+    t = time.time()
+    unet, text, losses = train_denoiser(
+        cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint
+    )
+    times["unet_train_s"] = time.time() - t
+    info = {
+        **base_info,
+        "data_seed": cfg.data_seed,
+        "unet_steps_done": len(losses),
+        "times_s": times,
+        "total_train_s": sum(times.values()),
+        "torch_threads": torch.get_num_threads(),
+        "loss_last100": float(np.mean(losses[-100:])) if losses else float("nan"),
+        "loss_curve_every50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
+    }
+    return save_editor(out / "editor", vae, unet, text, tok, info)

@@ -1,0 +1,401 @@
+"""Micro edit world: procedural 64x64 scenes, templated edit instructions and ground truth.
+
+A scene holds 2-3 flat-coloured shapes (circle, square, triangle) on a light background
+(solid, gradient or soft stripes). An edit names one object unambiguously by colour and shape
+("the red circle") and asks to recolour it, change its shape, or remove it. Every sample carries
+the source image, the instruction, the ground-truth target image, the background alone and the
+edited object's source/target masks, so an edit's success can be judged exactly
+(:func:`edit_success`).
+
+Everything is deterministic from integer seeds and uses numpy + PIL only.
+
+Splits: scenes for ``"train"`` use seeds ``[0, 10**6)``, ``"heldout"`` scenes use seeds
+``[10**6, 2*10**6)``; instruction wordings are split into ``"train"`` and ``"heldout"`` templates.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+SIZE = 64
+SUPERSAMPLE = 4
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (240, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "remove")
+
+EditKind = Literal["recolor", "reshape", "remove"]
+Wordings = Literal["train", "heldout"]
+Split = Literal["train", "heldout"]
+
+# {c}: object colour, {s}: object shape, {c2}: new colour, {s2}: new shape.
+TEMPLATES: dict[str, dict[str, tuple[str, ...]]] = {
+    "train": {
+        "recolor": ("make the {c} {s} {c2}", "colour the {c} {s} {c2}"),
+        "reshape": ("turn the {c} {s} into a {s2}", "make the {c} {s} a {s2}"),
+        "remove": ("remove the {c} {s}", "erase the {c} {s}"),
+    },
+    "heldout": {
+        "recolor": ("paint the {c} {s} {c2}", "turn the {c} {s} {c2}"),
+        "reshape": ("change the {c} {s} to a {s2}", "make the {c} {s} into a {s2}"),
+        "remove": ("delete the {c} {s}", "take away the {c} {s}"),
+    },
+}
+
+SCENE_SEED_RANGES: dict[str, tuple[int, int]] = {"train": (0, 10**6), "heldout": (10**6, 2 * 10**6)}
+
+
+def vocabulary() -> list[str]:
+    """All words that can occur in an instruction (every template, colour and shape)."""
+    words: set[str] = set(PALETTE) | set(SHAPES)
+    for per_kind in TEMPLATES.values():
+        for templates in per_kind.values():
+            for t in templates:
+                words.update(w for w in t.split() if not w.startswith("{"))
+    return sorted(words)
+
+
+@dataclass(frozen=True)
+class WorldObject:
+    """One shape: colour name, shape name, centre (x, y) and half-extent in pixels."""
+
+    color: str
+    shape: str
+    cx: float
+    cy: float
+    r: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+
+@dataclass
+class Scene:
+    """A rendered scene: its seed, objects, background image and composite image (uint8 HxWx3)."""
+
+    seed: int
+    objects: list[WorldObject]
+    background: np.ndarray
+    image: np.ndarray
+
+
+@dataclass
+class EditSample:
+    """A source scene, an instruction, and the ground truth of the requested edit."""
+
+    scene_seed: int
+    kind: EditKind
+    instruction: str
+    wording: Wordings
+    source: np.ndarray  # uint8 (64, 64, 3)
+    target: np.ndarray  # uint8 (64, 64, 3)
+    background: np.ndarray  # uint8 (64, 64, 3), the scene without any object
+    source_mask: np.ndarray  # bool (64, 64): edited object in the source
+    target_mask: np.ndarray  # bool (64, 64): edited object in the target (empty for remove)
+    source_object: WorldObject
+    target_object: WorldObject | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def expected_color(self) -> str | None:
+        """Palette colour the edited object must have after the edit (None for remove)."""
+        return None if self.target_object is None else self.target_object.color
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """Light, low-saturation background: solid, linear gradient or soft stripes (float HxWx3), drawn at
+    ``size`` pixels (the same picture at every size)."""
+
+    def pale() -> np.ndarray:
+        hue = rng.uniform(0, 1)
+        sat = rng.uniform(0.0, 0.25)
+        val = rng.uniform(0.6, 0.95)
+        return np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float64) * 255.0
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / (size - 1)
+    kind = rng.choice(["solid", "gradient", "stripes"], p=[0.35, 0.4, 0.25])
+    a = pale()
+    if kind == "solid":
+        bg = np.broadcast_to(a, (size, size, 3)).copy()
+    elif kind == "gradient":
+        b = pale()
+        ang = rng.uniform(0, 2 * np.pi)
+        t = np.cos(ang) * xx + np.sin(ang) * yy
+        t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+        bg = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
+    else:
+        ang = rng.uniform(0, np.pi)
+        period = rng.uniform(12, 24)
+        amp = rng.uniform(6, 14)
+        phase = rng.uniform(0, 2 * np.pi)
+        s = np.sin(2 * np.pi * (np.cos(ang) * xx + np.sin(ang) * yy) * SIZE / period + phase)
+        bg = a[None, None] + amp * s[..., None]
+    return np.clip(bg, 0, 255)
+
+
+def _shape_mask(obj: WorldObject, size: int = SIZE) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] (float HxW, ``size`` pixels) of one object, by 4x supersampling."""
+    big = size * SUPERSAMPLE
+    img = Image.new("L", (big, big), 0)
+    d = ImageDraw.Draw(img)
+    cx, cy, r = (v * SUPERSAMPLE * size / SIZE for v in (obj.cx, obj.cy, obj.r))
+    if obj.shape == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif obj.shape == "square":
+        q = r * 0.88  # equal-area-ish to the circle, so shape is not confounded with size
+        d.rectangle([cx - q, cy - q, cx + q, cy + q], fill=255)
+    elif obj.shape == "triangle":
+        d.polygon([(cx, cy - r * 1.05), (cx - r * 1.1, cy + r * 0.85), (cx + r * 1.1, cy + r * 0.85)], fill=255)
+    else:
+        raise ValueError(f"shape must be one of {SHAPES}, got {obj.shape!r}")
+    small = img.resize((size, size), Image.BOX)
+    return np.asarray(small, dtype=np.float64) / 255.0
+
+
+def compose(background: np.ndarray, objects: list[WorldObject]) -> np.ndarray:
+    """Paint ``objects`` in order over a float background (of any size); returns uint8 HxWx3."""
+    out = background.astype(np.float64).copy()
+    for obj in objects:
+        cov = _shape_mask(obj, out.shape[0])[..., None]
+        out = out * (1 - cov) + np.array(PALETTE[obj.color], dtype=np.float64) * cov
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def object_mask(obj: WorldObject) -> np.ndarray:
+    """Boolean mask (coverage >= 0.5) of one object."""
+    return _shape_mask(obj) >= 0.5
+
+
+def _place_objects(rng: np.random.Generator, n: int) -> list[WorldObject]:
+    combos = [(c, s) for c in PALETTE for s in SHAPES]
+    picks = rng.choice(len(combos), size=n, replace=False)
+    objs: list[WorldObject] = []
+    for idx in picks:
+        color, shape = combos[int(idx)]
+        for _ in range(200):
+            r = float(rng.uniform(8.0, 11.0))
+            cx = float(rng.uniform(r + 2, SIZE - r - 2))
+            cy = float(rng.uniform(r + 2, SIZE - r - 2))
+            # Clearance accounts for the largest footprint of any shape (triangle ~1.1 r).
+            if all(np.hypot(cx - o.cx, cy - o.cy) > 1.25 * (r + o.r) + 2 for o in objs):
+                objs.append(WorldObject(color, shape, cx, cy, r))
+                break
+    return objs
+
+
+def render_scene(seed: int, size: int = SIZE) -> Scene:
+    """Render the scene for ``seed`` (2-3 non-overlapping objects, unique colour+shape names); ``size``
+    renders the same scene at another resolution (a full-size photo of it)."""
+    rng = np.random.default_rng([seed, 7])
+    bg = _background(rng, size)
+    n = int(rng.integers(2, 4))
+    objs = _place_objects(rng, n)
+    while len(objs) < 2:  # extremely unlikely; re-place deterministically
+        objs = _place_objects(rng, n)
+    return Scene(seed=seed, objects=objs, background=np.round(bg).astype(np.uint8), image=compose(bg, objs))
+
+
+# ----------------------------------------------------------------------------- edits
+
+
+def sample_edit(
+    scene: Scene,
+    rng: np.random.Generator,
+    wordings: Wordings = "train",
+    kind: EditKind | None = None,
+) -> EditSample:
+    """Draw one edit of ``scene``: object, edit kind (unless given), parameters and wording."""
+    if wordings not in TEMPLATES:
+        raise ValueError(f"wordings must be 'train' or 'heldout', got {wordings!r}")
+    kind = kind or EDIT_KINDS[int(rng.integers(len(EDIT_KINDS)))]
+    i = int(rng.integers(len(scene.objects)))
+    src = scene.objects[i]
+    names = {o.name for o in scene.objects}
+    tgt: WorldObject | None
+    if kind == "recolor":
+        options = [c for c in PALETTE if c != src.color and f"{c} {src.shape}" not in names]
+        tgt = WorldObject(options[int(rng.integers(len(options)))], src.shape, src.cx, src.cy, src.r)
+    elif kind == "reshape":
+        options = [s for s in SHAPES if s != src.shape and f"{src.color} {s}" not in names]
+        if not options:  # every other shape of this colour exists: fall back to recolour
+            return sample_edit(scene, rng, wordings, "recolor")
+        tgt = WorldObject(src.color, options[int(rng.integers(len(options)))], src.cx, src.cy, src.r)
+    elif kind == "remove":
+        tgt = None
+    else:
+        raise ValueError(f"kind must be one of {EDIT_KINDS}, got {kind!r}")
+    templates = TEMPLATES[wordings][kind]
+    template = templates[int(rng.integers(len(templates)))]
+    instruction = template.format(
+        c=src.color, s=src.shape, c2=tgt.color if tgt else "", s2=tgt.shape if tgt else ""
+    )
+    # Painting order is kept: the edited object stays at its index (or is dropped on remove).
+    new_objs = [tgt if j == i else o for j, o in enumerate(scene.objects)]
+    new_objs = [o for o in new_objs if o is not None]
+    target = compose(scene.background.astype(np.float64), new_objs)
+    return EditSample(
+        scene_seed=scene.seed,
+        kind=kind,
+        instruction=instruction,
+        wording=wordings,
+        source=scene.image,
+        target=target,
+        background=scene.background,
+        source_mask=object_mask(src),
+        target_mask=object_mask(tgt) if tgt else np.zeros((SIZE, SIZE), dtype=bool),
+        source_object=src,
+        target_object=tgt,
+    )
+
+
+def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None) -> list[EditSample]:
+    """``n`` edit samples on scenes of ``split`` (disjoint seed ranges), one edit per scene.
+
+    ``seed`` selects which scenes of the split are used and the edits drawn; ``wordings``
+    defaults to the split's own wording set.
+    """
+    if split not in SCENE_SEED_RANGES:
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    lo, hi = SCENE_SEED_RANGES[split]
+    rng = np.random.default_rng([seed, 11])
+    scene_seeds = rng.choice(hi - lo, size=n, replace=False) + lo
+    w: Wordings = wordings or split
+    out = []
+    for k, s in enumerate(scene_seeds):
+        edit_rng = np.random.default_rng([int(s), seed, 13])
+        kind = EDIT_KINDS[k % len(EDIT_KINDS)]  # balanced edit kinds
+        out.append(sample_edit(render_scene(int(s)), edit_rng, w, kind))
+    return out
+
+
+# ----------------------------------------------------------------------------- success rule
+
+
+@dataclass(frozen=True)
+class SuccessThresholds:
+    """Thresholds of :func:`edit_success` (0-255 colour units)."""
+
+    min_iou: float = 0.6  # recolour/reshape: IoU of the recovered object with the target mask
+    shape_margin: float = 0.05  # reshape: IoU(target) must beat IoU(source shape) by this
+    max_remaining: float = 0.25  # remove: fraction of the source mask still object-coloured
+    max_outside_mae: float = 14.0  # mean abs error vs source outside the dilated edit region
+    dilate: int = 2  # pixels of dilation around source/target masks for the "outside" region
+    erode: int = 1  # pixels of erosion for the colour-probe region
+
+
+def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(k):
+        m = out.copy()
+        m[1:] |= out[:-1]
+        m[:-1] |= out[1:]
+        m[:, 1:] |= out[:, :-1]
+        m[:, :-1] |= out[:, 1:]
+        out = m
+    return out
+
+
+def _erode(mask: np.ndarray, k: int) -> np.ndarray:
+    return ~_dilate(~mask, k)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def _nearest_color(rgb: np.ndarray, background_rgb: np.ndarray) -> str:
+    names = list(PALETTE) + ["background"]
+    refs = np.array([PALETTE[c] for c in PALETTE] + [background_rgb], dtype=np.float64)
+    return names[int(np.argmin(np.linalg.norm(refs - rgb[None], axis=1)))]
+
+
+def edit_success(
+    edit_uint8: np.ndarray, sample: EditSample, th: SuccessThresholds = SuccessThresholds()
+) -> tuple[bool, dict[str, float | bool | str]]:
+    """Judge an edited image against the sample's ground truth.
+
+    Checks (all must pass):
+
+    * ``color``: mean colour of the edit inside the (eroded) target mask -- the source mask for
+      remove -- is nearest, among the palette and the local background mean, to the asked colour
+      (the background for remove).
+    * ``shape`` (recolour/reshape): the recovered object -- pixels of the dilated source/target
+      region closer to the asked colour than to the true background -- has IoU >= ``min_iou`` with
+      the target mask; for reshape it must also match the target shape better than the source
+      shape by ``shape_margin``. For remove: at most ``max_remaining`` of the source mask is still
+      closer to the old colour than to the background.
+    * ``preserve``: outside the dilated union of source and target masks the edit's mean absolute
+      error to the source is at most ``max_outside_mae``.
+
+    Returns ``(success, details)``.
+    """
+    if edit_uint8.shape != sample.source.shape:
+        raise ValueError(f"edit_uint8 must have shape {sample.source.shape}, got {edit_uint8.shape}")
+    edit = edit_uint8.astype(np.float64)
+    bg = sample.background.astype(np.float64)
+    d: dict[str, float | bool | str] = {}
+
+    probe = sample.target_mask if sample.kind != "remove" else sample.source_mask
+    probe_e = _erode(probe, th.erode)
+    if probe_e.sum() < 4:
+        probe_e = probe
+    mean_rgb = edit[probe_e].mean(axis=0)
+    expected = sample.expected_color or "background"
+    got = _nearest_color(mean_rgb, bg[probe_e].mean(axis=0))
+    d["color_got"] = got
+    d["color_expected"] = expected
+    d["color_ok"] = got == expected
+
+    region = _dilate(sample.source_mask | sample.target_mask, th.dilate)
+    if sample.kind == "remove":
+        old = np.array(PALETTE[sample.source_object.color], dtype=np.float64)
+        closer_old = np.linalg.norm(edit - old, axis=-1) < np.linalg.norm(edit - bg, axis=-1)
+        remaining = float((closer_old & sample.source_mask).sum() / max(sample.source_mask.sum(), 1))
+        d["remaining"] = remaining
+        d["shape_ok"] = remaining <= th.max_remaining
+    else:
+        assert sample.target_object is not None
+        col = np.array(PALETTE[sample.target_object.color], dtype=np.float64)
+        obj = region & (np.linalg.norm(edit - col, axis=-1) < np.linalg.norm(edit - bg, axis=-1))
+        iou_t = _iou(obj, sample.target_mask)
+        d["iou_target"] = iou_t
+        ok = iou_t >= th.min_iou
+        if sample.kind == "reshape":
+            iou_s = _iou(obj, sample.source_mask)
+            d["iou_source"] = iou_s
+            ok = ok and iou_t >= iou_s + th.shape_margin
+        d["shape_ok"] = ok
+
+    outside = ~region
+    mae = float(np.abs(edit[outside] - sample.source.astype(np.float64)[outside]).mean())
+    d["outside_mae"] = mae
+    d["preserve_ok"] = mae <= th.max_outside_mae
+    success = bool(d["color_ok"] and d["shape_ok"] and d["preserve_ok"])
+    d["success"] = success
+    return success, d
+
+
+def psnr(a_uint8: np.ndarray, b_uint8: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images."""
+    mse = float(np.mean((a_uint8.astype(np.float64) - b_uint8.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
