@@ -201,7 +201,7 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     running, done = ("RUNNING",), ("RUNNING", "FINISHED")
 
     # 1. a submitted job runs Protector actors on both nodes and completes. Every actor holds its
-    # batches until the gate opens. The actors get bundles of OBJECTS_PER_BLOCK (4) photos, and a
+    # batches until the gate opens. The actors get bundles of at most a few photos, and a
     # held actor takes at most max_tasks_in_flight_per_actor (2) of them: of 16 photos' 4 bundles,
     # the other node's actor must take at least 2.
     expected = photos(tmp_path / "in", 16)

@@ -115,8 +115,9 @@ def dataset(todo: ray.data.Dataset | list[dict], cfg: PipelineConfig, run_id: st
     """The job graph (lazy): planned items → read and hash (CPU tasks) → protect and commit (actors)."""
     if isinstance(todo, list):
         todo = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / OBJECTS_PER_BLOCK)))
-    ds = todo.repartition(target_num_rows_per_block=OBJECTS_PER_BLOCK)
-    ds = ds.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
+    # No repartition step: it runs as a 1-CPU task, which never fits beside actors holding most of a small
+    # node's CPUs (the job then waits forever). The read tasks' outputs are blocks bounded in bytes.
+    ds = todo.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
                         compute=ray.data.TaskPoolStrategy(size=READ_TASKS_PER_ACTOR * cfg.actors),
                         fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
                                    "max_pixels": cfg.max_pixels})
