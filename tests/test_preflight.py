@@ -85,9 +85,15 @@ def test_missing_s3_credentials_are_one_line(monkeypatch):
     assert text.startswith("cannot list input 's3://danp-no-bucket/photos'") and "\n" not in text
 
 
-def test_good_values_pass_and_builtin_models_need_no_files(photos):
-    for name in ("tiny-ip2p", "tiny-sd", "micro-ip2p"):
+def test_good_values_pass_and_builtin_models_need_no_files(photos, monkeypatch, tmp_path):
+    for name in ("tiny-ip2p", "tiny-sd"):
         preflight.check_model(name)
+    monkeypatch.setattr(preflight.C, "MICRO_EDITORS_DIR", tmp_path)       # a micro-editor is checked installed
+    with pytest.raises(ValueError, match="micro-editor 'micro-ip2p' is not installed"):
+        preflight.check_model("micro-ip2p")
+    (tmp_path / "micro-ip2p").mkdir()
+    (tmp_path / "micro-ip2p" / "model_index.json").write_text("{}")
+    preflight.check_model("micro-ip2p")
     cfg = cli.pipeline_config(cli.build_parser().parse_args(["run", str(photos), "/tmp/out"]))
     preflight.check(cfg)
 
