@@ -201,9 +201,9 @@ def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path
     running, done = ("RUNNING",), ("RUNNING", "FINISHED")
 
     # 1. a submitted job runs Protector actors on both nodes and completes. Every actor holds its
-    # batches until the gate opens. The actors get bundles of at most a few photos, and a
-    # held actor takes at most max_tasks_in_flight_per_actor (2) of them: of 16 photos' 4 bundles,
-    # the other node's actor must take at least 2.
+    # batches until the gate opens. The actors get bundles of a few photos, and a held actor
+    # takes at most max_tasks_in_flight_per_actor (2) of them: the other node's actor must take
+    # the rest.
     expected = photos(tmp_path / "in", 16)
     gate = tmp_path / "job1-gate"
     job = cluster.submit(str(tmp_path / "in"), str(tmp_path / "out"), *ACTORS, *FAST,
