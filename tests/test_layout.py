@@ -20,7 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "protect": {"config", "imaging", "storage"},
     "manifest": {"config", "storage"},
     "job": {"config", "storage", "imaging", "protect", "manifest"},
-    "micro": {"config", "protect"},
+    "micro": {"config", "storage", "protect"},
     "evaluation": {"config", "storage", "imaging", "protect", "micro"},
     "demo": {"config", "job", "manifest"},
     "cli": {"config", "storage", "job", "manifest", "evaluation", "micro", "demo"},

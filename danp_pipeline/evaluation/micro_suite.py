@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import MicroSuiteConfig, micro_edit_config
+from ..config import MicroSuiteConfig, method_config, micro_edit_config
 from ..micro import world
 from ..protect.immunizer import Immunizer
 from ..protect.models import load_editor
@@ -67,8 +67,6 @@ class MicroSuite:
         self.editors = {name: Editor(bundle, micro_edit_config(name)) for name, bundle in self.bundles.items()}
         self.protected_editor = config.editors[0]
         bundle = self.bundles[self.protected_editor]
-        from ..config import method_config
-
         self.immunizers = {m: Immunizer(bundle, method_config(m, config.attack)) for m in config.methods}
 
     def settings(self, case: Case) -> list[tuple[str, str, world.EditSample]]:

@@ -80,23 +80,16 @@ def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
         return 0
     keep_ids = set(zip(kept["part"].to_pylist(), kept["_row"].to_pylist()))
     listed = set(kept["output_uri"].to_pylist())
-    losers: dict[str, list[int]] = {}
+    losers: dict[str, dict[int, tuple[str, str]]] = {}
     orphans: set[str] = set()
-    for part, row, output in zip(index["part"].to_pylist(), index["_row"].to_pylist(), index["output_uri"].to_pylist()):
+    for part, row, uri, config, output in zip(index["part"].to_pylist(), index["_row"].to_pylist(),
+                                              index["source_uri"].to_pylist(), index["config_sha256"].to_pylist(),
+                                              index["output_uri"].to_pylist()):
         if (part, row) not in keep_ids:
-            losers.setdefault(part, []).append(row)
+            losers.setdefault(part, {})[row] = (uri, config)
             if output and output not in listed:
                 orphans.add(output)
-    removed = 0
-    for part, rows in losers.items():
-        table = read_part(fs, part)
-        mask = pc.invert(pc.is_in(pa.array(range(table.num_rows), pa.int64()), pa.array(rows, pa.int64())))
-        remaining = table.filter(mask)
-        if remaining.num_rows:
-            atomic_write(fs, part, table_bytes(remaining))
-        else:
-            fs.rm(part)
-        removed += table.num_rows - remaining.num_rows
+    removed = sum(drop_rows(fs, part, rows) for part, rows in losers.items())
     for uri in sorted(orphans):
         try:
             fs.rm(uri)
