@@ -52,3 +52,28 @@ def test_unsupported_unet_is_refused(tmp_path, tiny_sd):
     inpainting.save_pretrained(tmp_path / "editor" / "unet", safe_serialization=True)
     with pytest.raises(ValueError, match="9 input channels"):
         load_editor(str(tmp_path / "editor"), device="cpu")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predict_noise_reads_the_unet_output_as_noise_for_both_parametrizations(tiny_ip2p, prediction_type):
+    """The micro-editors predict v (SD 2.x style); every objective reads ε. A UNet that outputs the exact
+    target of its parametrization must come back as the noise that was added."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler
+
+    from danp_pipeline.protect.diffusion import predict_noise
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", prediction_type=prediction_type)
+    gen = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(3, 4, 8, 8, generator=gen), torch.randn(3, 4, 8, 8, generator=gen)
+    t = torch.tensor([10, 500, 990])
+    target = noise if prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+    bundle = dataclasses.replace(tiny_ip2p, scheduler=sched,
+                                 unet=lambda sample, t, encoder_hidden_states: SimpleNamespace(sample=target))
+    eps = predict_noise(bundle, sched.add_noise(z0, noise, t), t, None, None)
+    torch.testing.assert_close(eps, noise, rtol=1e-4, atol=1e-5)
+    if prediction_type == "v_prediction":      # read as ε without the conversion, it would be far off
+        assert (target - noise).abs().mean() > 0.3

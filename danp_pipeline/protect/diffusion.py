@@ -26,6 +26,7 @@ class PromptBatch:
     token_weights: torch.Tensor   # [P, 77] float32, each row sums to 1
     image_index: torch.Tensor     # [P] which image of the batch each pair belongs to
     pair_weight: torch.Tensor     # [P] 1 / (number of prompts of that image)
+    counts: list[int]             # prompts per image (host-side: no device sync, and works on "meta")
 
 
 @torch.no_grad()
@@ -42,6 +43,7 @@ def encode_prompts(bundle: EditorBundle, prompts: list[list[str]], reduction: st
         token_weights=token_weights(tok.attention_mask, reduction).to(bundle.device),
         image_index=torch.tensor(owner, device=bundle.device),
         pair_weight=torch.tensor(weight, device=bundle.device, dtype=torch.float32),
+        counts=[len(image_prompts) for image_prompts in prompts],
     )
 
 
@@ -70,10 +72,20 @@ def predict_noise(
     embeds: torch.Tensor,
     condition: torch.Tensor | None,
 ) -> torch.Tensor:
-    """ε_θ(z_t, t, c); for ip2p the UNet input is [z_t, E_img(x)] on the channel axis. float32 out."""
+    """ε_θ(z_t, t, c); for ip2p the UNet input is [z_t, E_img(x)] on the channel axis. float32 out.
+
+    A v-prediction UNet (``prediction_type="v_prediction"`` in its scheduler config, as the micro-editors
+    and SD 2.x) is converted exactly to ε = √ᾱ_t v + √(1−ᾱ_t) z_t, so every objective reads noise.
+    """
     sample = z_t if condition is None else torch.cat([z_t, condition], dim=1)
-    out = bundle.unet(sample.to(bundle.dtype), t, encoder_hidden_states=embeds).sample
-    return out.float()
+    out = bundle.unet(sample.to(bundle.dtype), t, encoder_hidden_states=embeds).sample.float()
+    kind = bundle.scheduler.config.get("prediction_type", "epsilon")
+    if kind == "v_prediction":
+        abar = bundle.scheduler.alphas_cumprod.to(out.device, torch.float32)[t].view(-1, 1, 1, 1)
+        return abar.sqrt() * out + (1 - abar).sqrt() * z_t.float()
+    if kind != "epsilon":
+        raise ValueError(f"editor's scheduler prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+    return out
 
 
 def attack_strength(bundle: EditorBundle, cfg: AttackConfig) -> float:

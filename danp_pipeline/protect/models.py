@@ -137,7 +137,8 @@ def micro_editor(name: str) -> EditorBundle:
     bundle.model_id = name
     training = path / "training.json"
     if training.is_file():
-        digests = json.loads(training.read_text()).get("sha256", {})
+        weights = json.loads(training.read_text()).get("weights", {})     # {file: {"sha256": ..., "bytes": ...}}
+        digests = {file: entry["sha256"] for file, entry in weights.items()}
         combined = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(digests.items())).encode()).hexdigest()
         bundle.revision = f"sha256-{combined[:16]}"
     return bundle
