@@ -290,6 +290,8 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     m = MicroSuiteConfig()
     parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: held-out scenes (default {m.scenes})")
     parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which held-out scenes")
+    parser.add_argument("--workers", type=int, default=m.workers,
+                        help=f"micro: processes sharing the scenes, one torch thread each (default {m.workers})")
     parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
                         help="micro: protect against the first, edit with each (default micro-ip2p,micro-ip2p-b)")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
@@ -357,7 +359,8 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
     transforms = ("none",) if args.transforms is None else tuple(args.transforms)
     return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
                             methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
-                            transforms=transforms, view=args.view, device=args.device).validate()
+                            transforms=transforms, view=args.view, device=args.device,
+                            workers=args.workers).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:

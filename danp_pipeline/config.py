@@ -386,6 +386,7 @@ class MicroSuiteConfig:
     view: str = "editor"                        # "attacker": full-size scenes, resized by the attacker
     full_size_factor: int = 4                   # attacker view: the photo's side in editor sizes
     device: str | None = None
+    workers: int = 1                            # processes, each with one torch thread and its own editors
 
     def validate(self) -> "MicroSuiteConfig":
         _tuple("editors", self.editors, lambda v: isinstance(v, str) and bool(v.strip()),
@@ -402,6 +403,7 @@ class MicroSuiteConfig:
                f"names from {list(ROBUSTNESS_TRANSFORMS)}")
         _choice("view", self.view, ("editor", "attacker"))
         _integer("full_size_factor", self.full_size_factor, 1)
+        _integer("workers", self.workers, 1)
         return self
 
     def settings(self) -> dict:

@@ -94,12 +94,14 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     out = tmp_path / "suite"
     argv = ["eval", "--suite", "micro", str(out), "--editors", f"{quick_editor},{quick_editor}", "--scenes", "2",
             "--methods", "danp,random", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--transforms",
-            "none,jpeg75"]
+            "none,jpeg75", "--workers", "2"]
     assert cli.entrypoint(argv) == 0
     df = pd.read_parquet(out / "results.parquet")
     for column in ("method", "editor", "attack_editor", "prompt_set", "edit_success_clean", "edit_success_protected"):
         assert column in df.columns
     assert len(df) == 2 * 2 * 2 * 3                 # scenes × methods × transforms × (own, unseen, transfer)
+    assert df["case"].tolist() == sorted(df["case"])  # the two workers' rows come back in case order
+    assert set(df["case"]) == {0, 1}
     assert set(df["prompt_set"]) == {"own", "unseen"} and df["edit_success_clean"].dtype == bool
     assert (df["linf_levels"] <= 8).all()
     unseen = df[df.prompt_set == "unseen"]["instruction"].tolist()

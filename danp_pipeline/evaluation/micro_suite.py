@@ -223,12 +223,39 @@ def write_report(rows: list[dict], grids: dict[str, list[list[np.ndarray]]], out
     return paths
 
 
+_WORKER_SUITE: MicroSuite | None = None
+
+
+def _start_worker(config: MicroSuiteConfig) -> None:
+    """Pool initializer: one torch thread and one copy of the editors per worker process."""
+    global _WORKER_SUITE
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER_SUITE = MicroSuite(config)
+
+
+def _run_case(case: Case) -> tuple[int, list[dict], list[list[np.ndarray]]]:
+    assert _WORKER_SUITE is not None, "worker not initialised"
+    rows, panels = _WORKER_SUITE(case)
+    return case.index, rows, panels
+
+
 def run(config: MicroSuiteConfig, output_dir) -> dict:
-    """Evaluate every case in this process and write the report."""
-    suite = MicroSuite(config)
+    """Evaluate every case (in ``config.workers`` processes when > 1) and write the report."""
+    todo = cases(config)
+    if config.workers == 1:
+        suite = MicroSuite(config)
+        results = [(case.index, *suite(case)) for case in todo]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), initializer=_start_worker,
+                                 initargs=(config,), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_case, todo))
     rows, grids = [], {}
-    for case in cases(config):
-        case_rows, panels = suite(case)
+    for index, case_rows, panels in sorted(results, key=lambda r: r[0]):
         rows += case_rows
-        grids[f"case-{case.index}"] = panels
+        grids[f"case-{index}"] = panels
     return write_report(rows, grids, output_dir, config.settings())
