@@ -58,6 +58,10 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--timestep-mode", choices=("centres", "random"), default=d.timesteps)
     g.add_argument("--resolution", type=int, default=d.resolution, help=f"working resolution, longer side (default {d.resolution})")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--profile", choices=C.PROFILES, default=C.PROFILES[0],
+                   help="paper: the published method; fast: ~30%% of the iterations with a decaying step, fixed "
+                        "noise, half the timesteps per iteration, one backward between norm measurements (scales "
+                        "--steps and --timesteps; --attack-option still overrides)")
     g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other AttackConfig field, e.g. nba_target=noise, balance=raw (repeatable)")
 
@@ -69,12 +73,14 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
         "seed": args.seed,
     }
     known = AttackConfig.__dataclass_fields__
+    options = {}
     for item in args.attack_option:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
             raise ValueError(f"--attack-option expects KEY=VALUE with KEY an AttackConfig field, got {item!r}")
-        fields[key] = _parse_value(raw, getattr(AttackConfig(), key))
-    return AttackConfig(**fields).validate()
+        options[key] = _parse_value(raw, getattr(AttackConfig(), key))
+    base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields).validate())
+    return base.replace(**options)
 
 
 def _parse_value(raw: str, default: object) -> object:
@@ -421,7 +427,9 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
                         help="which implementation to time; both alternate iteration by iteration")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    parser.add_argument("--device", default=None,
+                        help="cpu or cuda (default: cuda when present); meta: count FLOPs per photo only, time "
+                             "nothing (full-size architectures at 512² in minutes, no memory)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-flops", dest="flops", action="store_false",
                         help="skip the extra iteration that counts FLOPs")

@@ -138,6 +138,13 @@ class AttackConfig:
     nba_target: str = "clean"           # Eq. 12 "clean" branch, or "noise" (abstract's reading)
     balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
     init: str = "zero"                  # δ start: "zero" (Algorithm 1) or "uniform" in [−γ, γ] (seeded)
+    # Cheaper protection (issue 14); the defaults are the paper's method, `--profile fast` changes them.
+    step_decay: str = "none"            # "none": α every iteration; "cosine": α·½(1+cos(π·i/N)), larger early steps
+    timestep_subset: int = 0            # 0: every |𝒯| timestep each iteration; m: a seeded random m of the |𝒯| bins
+    noise: str = "fresh"                # "fresh" noise every iteration, or "fixed": one draw per (photo, prompt, bin),
+                                        # so NBA's clean branch ε_θ(z_t^clean) is computed once and reused
+    balance_every: int = 1              # balance="grad": per-term gradient norms measured every k iterations; in
+                                        # between one backward of the terms weighted by the last norms (k=1: two)
     resolution: int = 512               # the editor's input: the attacker resizes the photo's long side to this
     resolution_multiple: int = 64       # eval's pre-resized pairs snap to this (the optimization does not)
     # The attacker's view (protect/views.py): δ lives at full resolution; each PGD iteration computes the
@@ -182,6 +189,16 @@ class AttackConfig:
         _choice("nba_target", self.nba_target, ("clean", "noise"))
         _choice("balance", self.balance, ("grad", "raw"))
         _choice("init", self.init, ("zero", "uniform"))
+        _choice("step_decay", self.step_decay, ("none", "cosine"))
+        _integer("timestep_subset", self.timestep_subset, 0)
+        if self.timestep_subset > self.num_timesteps:
+            raise ValueError(f"timestep_subset must be at most num_timesteps ({self.num_timesteps}), "
+                             f"got {self.timestep_subset!r}")
+        _choice("noise", self.noise, ("fresh", "fixed"))
+        if self.noise == "fixed" and self.timesteps == "random":
+            raise ValueError("noise='fixed' reuses the clean branch per timestep bin and needs timesteps='centres', "
+                             "got timesteps='random'")
+        _integer("balance_every", self.balance_every, 1)
         _integer("resolution_multiple", self.resolution_multiple, 8)
         _integer("resolution", self.resolution, self.resolution_multiple)
         _tuple("view_scales", self.view_scales, lambda v: isinstance(v, (int, float)) and 0 < v <= 8, "numbers in (0, 8]")
@@ -282,6 +299,27 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> "PipelineConfig":
         return dataclasses.replace(self, **changes).validate()
+
+
+#: Cost profiles (issue 14): "paper" is the method as published; "fast" cuts the counted work per photo
+#: (see README, "Cheaper protection"). A profile scales the iterations and timesteps it is given.
+PROFILES: tuple[str, ...] = ("paper", "fast")
+FAST_STEPS_FRACTION = 0.3        # iterations kept, with a larger first step that decays (cosine)
+FAST_STEP_SIZE = 2 / 255
+FAST_BALANCE_EVERY = 5           # per-term gradient norms measured every 5th iteration, one backward between
+FAST_TIMESTEP_FRACTION = 0.5     # of the |𝒯| bins, a random half each iteration
+
+
+def profile_config(name: str, base: AttackConfig) -> AttackConfig:
+    """``base`` under cost profile ``name``."""
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {list(PROFILES)}, got {name!r}")
+    if name == "paper":
+        return base
+    return base.replace(steps=max(1, round(base.steps * FAST_STEPS_FRACTION)), step_size=FAST_STEP_SIZE,
+                        step_decay="cosine", noise="fixed", timesteps="centres",
+                        balance_every=FAST_BALANCE_EVERY,
+                        timestep_subset=max(1, round(base.num_timesteps * FAST_TIMESTEP_FRACTION)))
 
 
 def method_config(name: str, base: AttackConfig) -> AttackConfig:

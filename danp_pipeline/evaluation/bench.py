@@ -17,12 +17,12 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..config import BENCH_ARCHS, DEFAULT_PROMPTS, AttackConfig
-from ..protect.danp import Objective
 from ..protect.devices import pick_device, resolve_dtype
 from ..protect.diffusion import set_memory_format
 from ..protect.immunizer import Immunizer
@@ -81,6 +81,13 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     seeds = list(range(batch_size))
     sync = torch.cuda.synchronize if bundle.device.type == "cuda" else (lambda: None)
 
+    if bundle.device.type == "meta":       # shapes only: count the work, time nothing
+        results = {name: {"config": _knobs(cfg), **count_photo_flops(bundle, cfg, x0, x, prompt_lists, seeds)}
+                   for name, cfg in configs.items()}
+        return {"device": {"type": "meta", "name": "meta (FLOPs counted, nothing timed)"},
+                "dtype": str(bundle.dtype).replace("torch.", ""), "model_id": bundle.model_id,
+                "resolution": [size, size], "batch_size": batch_size, "prompts_per_photo": prompts,
+                "steps": first.steps, "timesteps": first.num_timesteps, "results": results}
     results: dict[str, dict[str, Any]] = {}
     objectives = {}
     for name, cfg in configs.items():
@@ -93,9 +100,7 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
             for it in range(warmup):
                 objectives[name].gradients(x)
             sync()
-        results[name] = {"config": {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile",
-                                                                   "gradient_checkpointing", "vae_recompute")},
-                         "setup_s": setup, "peak_memory_bytes": peak.bytes(), "iteration_s": [], "iteration_cpu_s": []}
+        results[name] = {"config": _knobs(cfg), "setup_s": setup, "peak_memory_bytes": peak.bytes(), "iteration_s": [], "iteration_cpu_s": []}
     for rnd in range(iterations):          # alternate configs iteration by iteration: same machine load for all
         for name, objective in objectives.items():
             _layout(bundle, configs[name])
@@ -112,7 +117,8 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     for name, res in results.items():
         res.update(summarize(res, configs[name].steps, batch_size))
         if count_flops:
-            res["flop_per_iteration"] = count_iteration_flops(objectives[name], x)
+            res["flop_per_iteration"] = count_flops_of(lambda: objectives[name].gradients(x))
+            res.update(count_photo_flops(bundle, configs[name], x0, x, prompt_lists, seeds))
             res["achieved_tflops"] = res["flop_per_iteration"] / res["sec_per_iteration"] / 1e12
             if device["peak_tflops"] and bundle.dtype in (torch.bfloat16, torch.float16):
                 res["fraction_of_peak"] = res["achieved_tflops"] / device["peak_tflops"]
@@ -128,6 +134,30 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     return report
 
 
+def _knobs(cfg: AttackConfig) -> dict[str, Any]:
+    """The config fields that change how much work an iteration does or how it is laid out."""
+    return {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile", "gradient_checkpointing",
+                                         "vae_recompute", "steps", "num_timesteps", "timestep_subset", "noise",
+                                         "balance_every", "step_decay", "step_size")}
+
+
+def count_photo_flops(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
+                      prompt_lists: list[list[str]], seeds: list[int]) -> dict[str, float]:
+    """The counted work of protecting the photos x0: building the objective (clean latents, masks) and every
+    one of ``cfg.steps`` gradient evaluations (at x: which photo does not change the count), per photo.
+    The PGD update itself is elementwise and not counted. Works on the "meta" device (no arithmetic)."""
+    objective = None
+
+    def setup() -> None:
+        nonlocal objective
+        objective = Immunizer(bundle, cfg).objective(x0, prompt_lists, seeds)
+
+    setup_flop = count_flops_of(setup)
+    iterations = count_flops_of(lambda: [objective.gradients(x) for _ in range(cfg.steps)])
+    return {"setup_flop": setup_flop, "iterations_flop": iterations,
+            "tflop_per_photo": (setup_flop + iterations) / len(x0) / 1e12}
+
+
 def _layout(bundle: EditorBundle, cfg: AttackConfig) -> None:
     """Convert the weights' memory layout for this config before the clock starts, not inside gradients()."""
     set_memory_format(bundle, cfg.path == "fast" and cfg.channels_last)
@@ -140,8 +170,8 @@ def summarize(res: dict[str, Any], steps: int, batch_size: int) -> dict[str, flo
             "sec_per_photo": per_photo, "photos_per_hour": 3600.0 / per_photo}
 
 
-def count_iteration_flops(objective: Objective, x: torch.Tensor) -> int:
-    """FLOPs of one gradients() call (matmuls, convolutions, attention; forward and backward)."""
+def count_flops_of(work: Callable[[], Any]) -> int:
+    """FLOPs of ``work()`` (matmuls, convolutions, attention; forward and backward), e.g. one gradients() call."""
     from torch.utils.flop_counter import (
         FlopCounterMode,
         sdpa_backward_flop_count,
@@ -155,7 +185,7 @@ def count_iteration_flops(objective: Objective, x: torch.Tensor) -> int:
             lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
     }
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        objective.gradients(x)
+        work()
     return int(counter.get_total_flops())
 
 
@@ -183,9 +213,13 @@ def format_report(report: dict[str, Any]) -> str:
              f"resolution, batch {report['batch_size']}, {report['prompts_per_photo']} prompt(s), "
              f"{report['timesteps']} timesteps, {report['steps']} steps per photo"]
     for name, res in report["results"].items():
+        if "sec_per_iteration" not in res:     # meta device: counted, not timed
+            lines.append(f"  {name:<10} {res['tflop_per_photo']:.4g} TFLOP/photo (setup {res['setup_flop'] / 1e12:.3g})")
+            continue
         flops = ""
         if "achieved_tflops" in res:
-            flops = f"  {res['flop_per_iteration'] / 1e12:.3g} TFLOP/it  {res['achieved_tflops']:.3g} TFLOP/s"
+            flops = (f"  {res['flop_per_iteration'] / 1e12:.3g} TFLOP/it  {res['tflop_per_photo']:.4g} TFLOP/photo  "
+                     f"{res['achieved_tflops']:.3g} TFLOP/s")
             if "fraction_of_peak" in res:
                 flops += f" ({100 * res['fraction_of_peak']:.0f}% of {dev['peak_tflops']:.0f})"
         lines.append(f"  {name:<10} {res['sec_per_iteration']:8.3f} s/it  {res['sec_per_photo']:9.1f} s/photo  "

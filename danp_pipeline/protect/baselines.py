@@ -132,7 +132,7 @@ class DiffusionAttack(PixelObjective):
     def losses(self, x):
         pairs = self.prompts.image_index
         z, cond = latents_and_condition(self.bundle, encode_mean(self.bundle, x))
-        counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
+        counts = self.prompts.counts
         noise = torch.cat([torch.randn((c, *z.shape[1:]), generator=g) for g, c in zip(self.generators, counts)])
         latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], self.prompts.embeds,
                                 self.uncond, noise.to(z.device), self.steps,

@@ -62,18 +62,24 @@ class PGDResult:
         return sum(w * torch.stack(self.history[name]) for name, w in self.weights.items())
 
 
+#: Key of a gradient whose terms were weighted and summed before a single backward (``balance_every`` > 1).
+COMBINED = "combined"
+
+
 def combine(grads: dict[str, torch.Tensor], weights: dict[str, float], balance: str, *,
             reuse: bool = False) -> torch.Tensor:
     """Σ_term weight·g_term; with ``grad`` balance each g_term is scaled to unit L1 norm per image
     (a term whose gradient is all zero adds nothing). ``reuse``: the first gradient becomes the sum (it
-    is overwritten; one full-size tensor fewer for large photos); otherwise the inputs are kept."""
+    is overwritten; one full-size tensor fewer for large photos); otherwise the inputs are kept.
+    A :data:`COMBINED` gradient (the terms already weighted inside one backward) has weight 1."""
     total = None
     for name, g in grads.items():
+        weight = 1.0 if name == COMBINED else weights[name]
         if balance == "grad":
             norm = g.abs().flatten(1).sum(dim=1)
-            scale = torch.where(norm > 0, weights[name] / norm.clamp(min=1e-30), torch.zeros_like(norm))
+            scale = torch.where(norm > 0, weight / norm.clamp(min=1e-30), torch.zeros_like(norm))
         else:
-            scale = torch.full((len(g),), float(weights[name]), device=g.device)
+            scale = torch.full((len(g),), float(weight), device=g.device)
         scale = scale.view(-1, *([1] * (g.ndim - 1)))
         if total is None:
             total = g.float().mul_(scale) if reuse else g.float() * scale
@@ -110,6 +116,7 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
     result = PGDResult(delta, weights=dict(objective.weights))
     x = torch.empty_like(x0)                   # x0 + δ, in place: full-size photos cost a few copies only
     for it in range(cfg.steps):
+        alpha = step_size(cfg, it)
         torch.add(x0, delta, out=x).clamp_(0, 1)
         grads, values = objective.gradients(x)
         for name, value in values.items():
@@ -121,7 +128,7 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
             logger.warning("pgd iteration %d: non-finite gradient for %d of %d image(s); their step is skipped",
                            it + 1, int((~finite).sum()), len(finite))
             g[~finite] = 0
-        delta.sub_(g.sign_(), alpha=cfg.step_size).clamp_(-cfg.eps, cfg.eps)
+        delta.sub_(g.sign_(), alpha=alpha).clamp_(-cfg.eps, cfg.eps)
         del g
         torch.add(x0, delta, out=x).clamp_(0, 1)   # keep x0 + δ inside [0, 1]
         torch.sub(x, x0, out=delta)
@@ -130,6 +137,19 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
                          ", ".join(f"{k}={v.mean().item():.4g}" for k, v in values.items()))
     result.delta = delta
     return result
+
+
+def _all_positive(values: torch.Tensor) -> bool:
+    """All entries > 0; on the "meta" device (FLOP counting, no values) taken as true."""
+    return values.device.type == "meta" or bool((values > 0).all())
+
+
+def step_size(cfg: AttackConfig, iteration: int) -> float:
+    """α of iteration i (0-based): constant, or with ``step_decay="cosine"`` α·½(1 + cos(π·i/N)), so that a
+    few iterations with a larger α first cross the budget and then settle."""
+    if cfg.step_decay == "cosine":
+        return cfg.step_size * 0.5 * (1 + math.cos(math.pi * iteration / cfg.steps))
+    return cfg.step_size
 
 
 def tie_channels(t: torch.Tensor, gray: torch.Tensor | None) -> torch.Tensor:
@@ -158,28 +178,47 @@ class DiffusionObjective:
         self.strength = attack_strength(bundle, cfg)
         self.scale = loss_scale(bundle, cfg)
         self.fixed_timesteps = attack_timesteps(bundle.num_train_timesteps, cfg.num_timesteps, self.strength, "centres")
+        self.per_iteration = cfg.timestep_subset or cfg.num_timesteps      # timesteps drawn per iteration (m)
+        self.pair_images = torch.tensor([i for i, c in enumerate(self.prompts.counts) for _ in range(c)])  # host
+        self.iteration = 0
+        self.single_backward = False                 # this iteration: one backward of the weighted terms
+        self.fixed_noise: list[torch.Tensor] | None = None                 # noise="fixed": one draw per image
+        self.bins: torch.Tensor | None = None        # [B, m]: the |𝒯| bins this iteration's timesteps come from
+        self.chunk_bins: torch.Tensor | None = None  # [k·P]: the bin of each entry of the chunk being computed
+        self.term_norms: dict[str, torch.Tensor] = {}  # balance_every > 1: last measured L1 norm per term, [B]
 
     # -- per-iteration sampling ------------------------------------------------------------
     def sample(self, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timesteps [B, n] and noise [B, n, P_i, C, h, w]-flattened to [n, P, C, h, w], per-image generators."""
-        n, pairs = self.cfg.num_timesteps, self.prompts.image_index
-        ts, noises = [], []
+        """Timesteps [B, m] and noise [m, P, C, h, w] (m = ``timestep_subset`` or |𝒯|), per-image generators.
+
+        Each image draws its timesteps (one per bin, or the bin centres), then with ``timestep_subset`` a
+        random m of the |𝒯| bins, then noise for every bin and prompt; ``noise="fixed"`` draws the noise on
+        the first call only. The chosen bins are kept in ``self.bins``."""
+        n, m = self.cfg.num_timesteps, self.per_iteration
+        ts, bins = [], []
         for gen in self.generators:
             if self.cfg.timesteps == "random":
                 ts.append(attack_timesteps(self.bundle.num_train_timesteps, n, self.strength, "random", gen))
             else:
                 ts.append(self.fixed_timesteps)
-        counts = torch.bincount(pairs.cpu(), minlength=len(self.generators)).tolist()
-        for gen, count in zip(self.generators, counts):
-            noises.append(torch.randn((n, count, *latent_shape), generator=gen))
-        timesteps = torch.stack(ts).to(self.bundle.device)                    # [B, n]
-        noise = torch.cat(noises, dim=1).to(self.bundle.device)               # [n, P, C, h, w]
+            bins.append(torch.randperm(n, generator=gen)[:m].sort().values if m < n else torch.arange(n))
+        counts = self.prompts.counts
+        if self.fixed_noise is None or self.cfg.noise == "fresh":
+            noises = [torch.randn((n, count, *latent_shape), generator=gen)
+                      for gen, count in zip(self.generators, counts)]
+            if self.cfg.noise == "fixed":
+                self.fixed_noise = noises
+        else:
+            noises = self.fixed_noise
+        self.bins = torch.stack(bins)                                                         # [B, m], host
+        timesteps = torch.stack([t[b] for t, b in zip(ts, bins)]).to(self.bundle.device)     # [B, m]
+        noise = torch.cat([nz[b] for nz, b in zip(noises, bins)], dim=1).to(self.bundle.device)  # [m, P, C, h, w]
         return timesteps, noise
 
     def chunks(self) -> Iterator[list[int]]:
         """Timestep indices per UNet call: one at a time on the reference path; on the fast path
         ``timestep_batch``, or (0) the fewest equal calls of at most ``max_unet_batch`` samples."""
-        n = self.cfg.num_timesteps
+        n = self.per_iteration
         if self.cfg.path == "reference":
             size = 1
         elif self.cfg.timestep_batch:
@@ -198,12 +237,25 @@ class DiffusionObjective:
         floating-point summation order only.
         """
         set_memory_format(self.bundle, self.cfg.path == "fast" and self.cfg.channels_last)
-        if self.cfg.path == "reference":
-            self.prepare()
-            return self._reference_gradients(x)
-        with fast_path_setup(self.bundle, self.cfg):
-            self.prepare()
-            return self._fast_gradients(x)
+        self.single_backward = self._single_backward()
+        try:
+            if self.cfg.path == "reference":
+                self.prepare()
+                return self._reference_gradients(x)
+            with fast_path_setup(self.bundle, self.cfg):
+                self.prepare()
+                return self._fast_gradients(x)
+        finally:
+            self.iteration += 1
+
+    def _single_backward(self) -> bool:
+        """``balance_every`` > 1: one backward of the weighted terms, except every k-th iteration (and while a
+        term's norm is unknown or zero, e.g. NBA at δ = 0), when each term is backpropagated alone and its
+        L1 norm per image measured for the weights of the iterations in between."""
+        k, names = self.cfg.balance_every, list(self.weights)
+        if k == 1 or len(names) < 2 or self.iteration % k == 0:
+            return False
+        return all(name in self.term_norms and _all_positive(self.term_norms[name]) for name in names)
 
     def prepare(self) -> None:
         """Computed once, on the first gradients() call, in the same memory layout and compiled modules
@@ -240,7 +292,7 @@ class DiffusionObjective:
             with self.backward_context():
                 self._accumulate(latent_grads, losses, weight * self.scale, mean_leaf)
             self._record(values, {**losses, **extras}, weight, len(chunk))
-        names = [name for name in self.weights if name in latent_grads]
+        names = [name for name in (COMBINED, *self.weights) if name in latent_grads]
         if names and self.cfg.vae_recompute:
             mean = encode_mean(self.bundle, x)
         grads = {}
@@ -257,14 +309,28 @@ class DiffusionObjective:
         eps = noise[chunk].reshape(k * len(pairs), *z.shape[1:])
         z_rep = z[pairs].repeat(k, 1, 1, 1)
         cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
+        self.chunk_bins = self.bins[self.pair_images][:, chunk].T.reshape(-1)     # [k·P], chunk-major, host
         losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, k)
-        weight = (self.prompts.pair_weight / self.cfg.num_timesteps).repeat(k)
+        weight = (self.prompts.pair_weight / self.per_iteration).repeat(k)
         return losses, extras, weight
 
-    @staticmethod
-    def _accumulate(grads: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], weight: torch.Tensor,
+    def _accumulate(self, grads: dict[str, torch.Tensor], losses: dict[str, torch.Tensor], weight: torch.Tensor,
                     wrt: torch.Tensor) -> None:
-        """grads[term] += ∂(Σ weight·loss_term)/∂wrt, one backward per term through the shared forward."""
+        """grads[term] += ∂(Σ weight·loss_term)/∂wrt, one backward per term through the shared forward; or,
+        on a single-backward iteration, grads[COMBINED] += ∂(Σ_term w_term·Σ weight·loss_term)/∂wrt with
+        w_term = weight_term / (last L1 norm of the term's gradient) per image (``balance="grad"``)."""
+        if self.single_backward:
+            k = len(weight) // len(self.prompts.image_index)
+            total = 0
+            for name, value in losses.items():
+                w = torch.full_like(self.term_norms[name], float(self.weights[name]))
+                if self.cfg.balance == "grad":
+                    w = w / self.term_norms[name]
+                total = total + value * weight * self.pair_tensor(w[self.prompts.image_index], k)
+            (g,) = torch.autograd.grad(total.sum(), wrt, allow_unused=True)
+            if g is not None:
+                grads[COMBINED] = grads[COMBINED] + g if COMBINED in grads else g
+            return
         names = list(losses)
         for j, name in enumerate(names):
             (g,) = torch.autograd.grad((losses[name] * weight).sum(), wrt,
@@ -283,9 +349,16 @@ class DiffusionObjective:
 
     def _complete(self, grads: dict[str, torch.Tensor], x: torch.Tensor) -> dict[str, torch.Tensor]:
         """float32 gradient per term of ``weights``, the loss scale taken out; zero for a term that does not
-        depend on the photo (e.g. NBA at δ = 0 is flat)."""
-        return {name: grads[name].float() / self.scale if name in grads else torch.zeros_like(x, dtype=torch.float32)
-                for name in self.weights}
+        depend on the photo (e.g. NBA at δ = 0 is flat). A single-backward iteration returns {COMBINED: g};
+        an iteration that backpropagated every term records their L1 norms for ``balance_every``."""
+        if self.single_backward:
+            return {COMBINED: grads[COMBINED].float() / self.scale if COMBINED in grads
+                    else torch.zeros_like(x, dtype=torch.float32)}
+        out = {name: grads[name].float() / self.scale if name in grads else torch.zeros_like(x, dtype=torch.float32)
+               for name in self.weights}
+        if self.cfg.balance_every > 1:
+            self.term_norms = {name: g.abs().flatten(1).sum(1) for name, g in out.items()}
+        return out
 
     def backward_context(self) -> contextlib.AbstractContextManager:
         """Entered around the fast path's backward passes through the UNet (see DanpObjective)."""
@@ -317,6 +390,7 @@ class DanpObjective(DiffusionObjective):
         self.clean_z: torch.Tensor | None = None
         self.clean_cond: torch.Tensor | None = None
         self.fixed_masks: torch.Tensor | None = None
+        self.clean_cache: dict[int, torch.Tensor] = {}   # noise="fixed": bin·P + pair -> clean ε_θ
 
     @torch.no_grad()
     def prepare(self) -> None:
@@ -356,8 +430,29 @@ class DanpObjective(DiffusionObjective):
             maps = maps + att
         return kapur_mask(maps, self.cfg.threshold_bins)
 
-    def chunk_losses(self, z, cond, t, noise, k):
+    @torch.no_grad()
+    def _clean_prediction(self, t: torch.Tensor, noise: torch.Tensor, k: int) -> torch.Tensor:
+        """ε_θ of the clean photo's z_t for a chunk (Eq. 12's target), with the same attn2 arithmetic as the
+        protected branch so that NBA is exactly 0 at δ = 0. With ``noise="fixed"`` each (bin, pair) is
+        predicted once and reused in every later iteration."""
         pairs = self.prompts.image_index
+
+        def predict(idx) -> torch.Tensor:
+            z0_t = add_noise(self.bundle, self.clean_z[pairs].repeat(k, 1, 1, 1)[idx], noise[idx], t[idx])
+            cond0 = None if self.clean_cond is None else self.clean_cond[pairs].repeat(k, 1, 1, 1)[idx]
+            return predict_noise(self.bundle, z0_t, t[idx], self.pair_tensor(self.prompts.embeds, k)[idx], cond0)
+
+        with capture_cross_attention(self.bundle.unet, None):
+            if self.cfg.noise != "fixed":
+                return predict(slice(None))
+            slots = (self.chunk_bins * len(pairs) + torch.arange(len(pairs)).repeat(k)).tolist()
+            missing = [i for i, slot in enumerate(slots) if slot not in self.clean_cache]
+            if missing:
+                for i, value in zip(missing, predict(torch.tensor(missing, device=t.device))):
+                    self.clean_cache[slots[i]] = value
+            return torch.stack([self.clean_cache[slot] for slot in slots])
+
+    def chunk_losses(self, z, cond, t, noise, k):
         z_t = add_noise(self.bundle, z, noise, t)
         att, eps_adv = self._attention(z_t, cond, t, k)
         losses: dict[str, torch.Tensor] = {}
@@ -371,11 +466,7 @@ class DanpObjective(DiffusionObjective):
             extras["att_inside"], extras["att_outside"] = inside.detach(), outside.detach()
         if self.cfg.use_nba:
             if self.cfg.nba_target == "clean":
-                # Same attn2 arithmetic as the protected branch, so that NBA is exactly 0 at δ = 0.
-                with torch.no_grad(), capture_cross_attention(self.bundle.unet, None):
-                    z0_t = add_noise(self.bundle, self.clean_z[pairs].repeat(k, 1, 1, 1), noise, t)
-                    cond0 = None if self.clean_cond is None else self.clean_cond[pairs].repeat(k, 1, 1, 1)
-                    target = predict_noise(self.bundle, z0_t, t, self.pair_tensor(self.prompts.embeds, k), cond0)
+                target = self._clean_prediction(t, noise, k)
             else:
                 target = noise
             losses["nba"] = -(target - eps_adv).pow(2).flatten(1).sum(1)

@@ -1,0 +1,115 @@
+"""Cheaper protection (issue 14): each knob does what it says and costs less work, counted in FLOPs.
+
+Tiny random-weight editor: these tests check mechanics (which timesteps, which noise, how many
+backward passes, the FLOPs counted), not efficacy; efficacy is measured on the micro benchmark.
+"""
+
+import pytest
+import torch
+from conftest import as_batch, photo
+
+from danp_pipeline.config import AttackConfig, PROFILES, profile_config
+from danp_pipeline.evaluation.bench import count_flops_of
+from danp_pipeline.protect.danp import COMBINED, DanpObjective, combine, pgd, step_size
+
+PROMPTS = [["put her in a prison cell"]]
+
+
+def config(**changes) -> AttackConfig:
+    return AttackConfig(steps=4, num_timesteps=4, resolution=64).replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    x0 = as_batch(photo("astronaut"))
+    x = (x0 + 0.03 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(0, 1)
+    return x0, x
+
+
+def objective(bundle, cfg, x0):
+    return DanpObjective(bundle, cfg, PROMPTS, [5], x0)
+
+
+def test_timestep_subset_draws_m_distinct_bins_per_iteration(tiny_ip2p, photos):
+    x0, x = photos
+    obj = objective(tiny_ip2p, config(timestep_subset=2), x0)
+    seen = set()
+    for _ in range(6):
+        obj.gradients(x)
+        bins = obj.bins[0].tolist()
+        assert len(bins) == 2 and len(set(bins)) == 2 and bins == sorted(bins)
+        seen.update(bins)
+    assert seen == {0, 1, 2, 3}                      # every bin gets its turn across iterations
+    assert sum(len(c) for c in obj.chunks()) == 2
+
+
+def test_fixed_noise_reuses_the_clean_branch_and_changes_nothing_else(tiny_ip2p, photos):
+    x0, x = photos
+    x1 = (x0 + 0.03 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)).sign()).clamp(0, 1)
+    reused = objective(tiny_ip2p, config(noise="fixed"), x0)
+    reused.gradients(x1)
+    assert len(reused.clean_cache) == 4                           # 4 bins × 1 pair
+    got, got_values = reused.gradients(x)                         # the clean branch from the cache
+    want, want_values = objective(tiny_ip2p, config(noise="fixed"), x0).gradients(x)   # computed afresh
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got_values["nba"], want_values["nba"])
+    zero, values = objective(tiny_ip2p, config(noise="fixed"), x0).gradients(x0)
+    assert float(values["nba"].abs().max()) == 0.0               # NBA is exactly 0 at δ = 0
+    with pytest.raises(ValueError, match="noise='fixed'"):
+        config(noise="fixed", timesteps="random")
+
+
+def test_balance_every_k_backpropagates_once_between_measurements(tiny_ip2p, photos):
+    x0, x = photos
+    obj = objective(tiny_ip2p, config(noise="fixed", balance_every=3), x0)
+    keys = [sorted(obj.gradients(x)[0]) for _ in range(4)]
+    assert keys == [["daa", "nba"], [COMBINED], [COMBINED], ["daa", "nba"]]
+    # At the same photo and noise, the single backward points where the balanced sum of the terms does.
+    full = objective(tiny_ip2p, config(noise="fixed", balance_every=3), x0)
+    terms = full.gradients(x)[0]
+    single = full.gradients(x)[0][COMBINED]
+    balanced = combine(terms, full.weights, "grad")
+    cos = torch.nn.functional.cosine_similarity(single.flatten(), balanced.flatten(), dim=0)
+    assert cos > 0.999, float(cos)
+
+
+def test_nba_zero_at_the_start_is_measured_again_before_any_single_backward(tiny_ip2p, photos):
+    x0, _ = photos
+    obj = objective(tiny_ip2p, config(noise="fixed", balance_every=4), x0)
+    first = obj.gradients(x0)[0]                  # δ = 0: NBA's gradient is 0, its norm unknown
+    assert float(first["nba"].abs().max()) == 0.0
+    assert sorted(obj.gradients(x0)[0]) == ["daa", "nba"]     # so it is measured again
+
+
+def test_cosine_step_decay():
+    cfg = config(steps=10, step_size=4 / 255, step_decay="cosine")
+    assert step_size(cfg, 0) == pytest.approx(4 / 255)
+    assert step_size(cfg, 5) == pytest.approx(2 / 255)
+    assert step_size(config(steps=10), 7) == pytest.approx(1 / 255)
+
+
+def test_each_knob_cuts_the_counted_work_of_an_iteration(tiny_ip2p, photos):
+    x0, x = photos
+
+    def flops(**changes):
+        obj = objective(tiny_ip2p, config(**changes), x0)
+        for _ in range(9):                                    # then iteration 9: a single backward at k=2
+            obj.gradients(x)
+        return count_flops_of(lambda: obj.gradients(x))      # a steady-state iteration
+
+    full = flops(noise="fixed")
+    assert flops(noise="fixed", balance_every=2) < 0.85 * full            # one UNet and VAE backward, not two
+    assert flops() > 1.1 * full                                            # fresh noise: the clean branch again
+    assert flops(noise="fixed", timestep_subset=2) < 0.75 * full   # half the UNet work; the VAE's stays
+
+
+def test_fast_profile_protects_within_the_budget(tiny_ip2p, photos):
+    x0, _ = photos
+    cfg = profile_config("fast", config(steps=20))
+    assert cfg.steps == 6 and cfg.timestep_subset == 2 and set(PROFILES) >= {"paper", "fast"}
+    assert profile_config("paper", config()) == config()
+    obj = objective(tiny_ip2p, cfg, x0)
+    result = pgd(x0, obj, cfg)
+    assert float(result.delta.abs().max()) <= cfg.eps + 1e-6
+    assert float(result.delta.abs().max()) > 0.5 * cfg.eps
