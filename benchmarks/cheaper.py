@@ -48,8 +48,12 @@ def candidate_config(change, base: AttackConfig) -> AttackConfig:
 
 
 def flops(cfg: AttackConfig, bundle, size: int, prompt: str) -> float:
-    x0 = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(bundle.device)
-    return count_photo_flops(bundle, cfg.replace(resolution=size), x0, x0, [[prompt]], [0])["tflop_per_photo"]
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 3, size, size, generator=gen)
+    # counted at a mid-run photo (δ ≠ 0): at δ = 0 NBA is exactly zero and balance_every re-measures every time
+    x = (x0 + cfg.eps * (2 * torch.rand(x0.shape, generator=gen) - 1)).clamp(0, 1)
+    return count_photo_flops(bundle, cfg.replace(resolution=size), x0.to(bundle.device), x.to(bundle.device),
+                             [[prompt]], [0])["tflop_per_photo"]
 
 
 def efficacy(df: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -106,7 +110,7 @@ def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Nam
         df = pd.read_parquet(Path(args.paper_from) / "results.parquet")
         df = df[(df["method"] == "danp") & (df["transform"] == "none")]
     else:
-        suite = MicroSuiteConfig(scenes=args.scenes, methods=("danp",), attack=cfg,
+        suite = MicroSuiteConfig(editors=tuple(args.editors.split(",")), scenes=args.scenes, methods=("danp",), attack=cfg,
                                  seeds=tuple(int(s) for s in args.seeds.split(",")), workers=args.workers)
         micro_suite.run(suite.validate(), suite_dir)
         df = pd.read_parquet(suite_dir / "results.parquet")
@@ -149,6 +153,8 @@ def main() -> None:
                     help="measure one half; the other half's figures already in --out/cheaper.json are kept")
     ap.add_argument("--paper-from", default=None, help="a micro-suite output whose danp rows are the paper config")
     ap.add_argument("--skip-512", action="store_true", help="do not count FLOPs at 512² (minutes per candidate)")
+    ap.add_argument("--editors", default=",".join(MicroSuiteConfig().editors),
+                    help="the micro suite's editors: protect against the first, the rest are transfer")
     ap.add_argument("--micro-editor", default="micro-ip2p",
                     help="the editor whose architecture the micro FLOPs count (weights do not change the count)")
     ap.add_argument("--out", default="benchmarks/results/cpu/cheaper")

@@ -297,9 +297,10 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: held-out scenes (default {m.scenes})")
     parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which held-out scenes")
     parser.add_argument("--workers", type=int, default=m.workers,
-                        help=f"micro: processes sharing the scenes, one torch thread each (default {m.workers})")
+                        help=f"micro: processes sharing the scenes, one torch thread each; in jobs/evaluate.py: "
+                             f"evaluator actors (default {m.workers})")
     parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
-                        help="micro: protect against the first, edit with each (default micro-ip2p,micro-ip2p-b)")
+                        help="micro: protect against the first, edit with each (default micro-ip2p-b,micro-ip2p)")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
                         help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
     parser.add_argument("--revision", default=None)
@@ -407,11 +408,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def configure_eval_job(parser: argparse.ArgumentParser) -> None:
-    """``eval`` plus the actor pool of jobs/evaluate.py."""
+    """``eval`` plus the actor pool of jobs/evaluate.py (``--workers``, eval's own option, counts its actors)."""
     configure_eval(parser)
     pool = parser.add_argument_group("Ray")
     pool.add_argument("--address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
-    pool.add_argument("--workers", type=int, default=1, help="number of evaluator actors")
     pool.add_argument("--cpus-per-worker", type=float, default=0.5)
     pool.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
 

@@ -415,7 +415,9 @@ class MicroSuiteConfig:
     """``danp-protect eval --suite micro`` (evaluation/micro_suite.py): held-out scenes of the micro world,
     protected against ``editors[0]``, edited by every editor (the others: transfer)."""
 
-    editors: tuple[str, ...] = ("micro-ip2p", "micro-ip2p-b")
+    # Protected against micro-ip2p-b: of the two shipped editors it is the one that passes the 80 % clean-edit
+    # bar on held-out scenes (82 %; micro-ip2p 72 %); micro-ip2p is the transfer editor.
+    editors: tuple[str, ...] = ("micro-ip2p-b", "micro-ip2p")
     scenes: int = 24
     scene_seed: int = 0
     methods: tuple[str, ...] = tuple(EVAL_METHODS)

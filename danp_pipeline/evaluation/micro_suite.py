@@ -4,12 +4,12 @@ The micro edit world (micro/world.py) knows the correct edit of every held-out s
 "does the protection stop the edit?" has a measured answer: the edit of the clean photo succeeds
 (the named object takes the asked colour or shape, or disappears, and the rest stays) or not, and the
 same for the edit of the protected photo. Every method protects each scene against the first editor
-(``micro-ip2p``) and its instruction at the same budget; the attacker then edits with the real
+(by default ``micro-ip2p-b``, the shipped editor that passes the 80 % clean-edit bar) and its instruction at the same budget; the attacker then edits with the real
 diffusers InstructPix2Pix pipeline in three settings:
 
 - ``own``: the protected editor, the instruction protected against;
 - ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
-- transfer: another, independently trained editor (``micro-ip2p-b``), the instruction protected against.
+- transfer: another, independently trained editor (``micro-ip2p``), the instruction protected against.
 
 With ``view="attacker"`` the scene is a full-size photo (4× the editor's size) protected at full
 size and resized by the attacker (Pillow Lanczos) before the edit; ``transforms`` adds a JPEG
@@ -226,11 +226,13 @@ def write_report(rows: list[dict], grids: dict[str, list[list[np.ndarray]]], out
 _WORKER_SUITE: MicroSuite | None = None
 
 
-def _start_worker(config: MicroSuiteConfig) -> None:
-    """Pool initializer: one torch thread and one copy of the editors per worker process."""
+def _start_worker(config: MicroSuiteConfig, log_level: int) -> None:
+    """Pool initializer: one torch thread and one copy of the editors per worker process; its log lines
+    (one per scene and method) go to stderr like the parent's."""
     global _WORKER_SUITE
     import torch
 
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     _WORKER_SUITE = MicroSuite(config)
 
@@ -251,9 +253,13 @@ def run(config: MicroSuiteConfig, output_dir) -> dict:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        level = logging.getLogger().getEffectiveLevel()
         with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), initializer=_start_worker,
-                                 initargs=(config,), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_run_case, todo))
+                                 initargs=(config, level), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = []
+            for result in pool.map(_run_case, todo):
+                results.append(result)
+                logger.info("micro benchmark: %d of %d scenes done", len(results), len(todo))
     rows, grids = [], {}
     for index, case_rows, panels in sorted(results, key=lambda r: r[0]):
         rows += case_rows
