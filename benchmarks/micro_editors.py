@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--editors", default=",".join(MICRO_MODELS))
     ap.add_argument("--scenes", type=int, default=96)
     ap.add_argument("--tune", action="store_true", help="score sampler settings on train scenes only")
+    ap.add_argument("--grid", default=None,
+                    help="with --tune: settings to score, 'steps,guidance,image_guidance;...' (default: TUNE_GRID)")
     ap.add_argument("--out", default="benchmarks/results/cpu")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,7 +69,9 @@ def main() -> None:
         if args.tune:
             samples = world.make_split("train", args.scenes, seed=555)
             rows = []
-            for steps, g, ig in TUNE_GRID:
+            grid = [tuple(float(v) for v in item.split(",")) for item in args.grid.split(";")] if args.grid else TUNE_GRID
+            for steps, g, ig in grid:
+                steps = int(steps)
                 r = score(Editor(bundle, EditConfig(steps=steps, guidance_scale=g, image_guidance_scale=ig)), samples)
                 rows.append({"steps": steps, "guidance": g, "image_guidance": ig, **r})
                 logger.info("%s train %s: %.1f%%", name, (steps, g, ig), 100 * r["success"])

@@ -56,6 +56,49 @@ def test_tokenizer_one_token_per_word(tmp_path) -> None:
         assert len(tok(s.instruction).input_ids) == len(s.instruction.split()) + 2
 
 
+def test_object_words_are_located_in_their_instruction() -> None:
+    from danp_pipeline.micro import training
+
+    edits = training.training_edits(5, seed=0)
+    assert len(edits.texts) == 5 * len(world.EDIT_KINDS) == len(edits.object_words) == len(edits.object_masks)
+    for text, (i, j), mask in zip(edits.texts, edits.object_words, edits.object_masks):
+        words = text.split()
+        assert words[i] in world.PALETTE and words[j] in world.SHAPES and j == i + 1
+        assert 0 < mask.mean() < 0.5
+    with pytest.raises(ValueError, match="does not name"):
+        training.object_word_positions("remove the blue square", world.WorldObject("red", "circle", 9, 9, 5))
+
+
+def test_attention_loss_moves_object_word_attention_onto_the_object(tmp_path) -> None:
+    """The auxiliary loss (EditorConfig.attention_loss) must raise the share of the object words'
+    cross-attention that falls inside the object; without it nothing is measured or added."""
+    import torch
+    import torch.nn.functional as F
+
+    from danp_pipeline.micro import training
+    from danp_pipeline.micro.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(world.vocabulary(), tmp_path, model_max_length=16)
+    edits = training.training_edits(24, seed=0)
+    # Stand-in latents that show where the objects are: the images pooled to the 16x16 latent grid.
+    images = training.to_tensor(edits.scenes)
+    src = torch.cat([F.avg_pool2d(images, 4), torch.zeros(len(images), 1, 16, 16)], dim=1)
+    tgt = src[torch.from_numpy(edits.index)]
+    masks = F.avg_pool2d(torch.from_numpy(edits.object_masks).float()[:, None], 4)[:, 0]
+    cfg = training.EditorConfig(steps=40, batch=16, lr=3e-3, warmup=1, attention_loss=1.0, p_drop_text=0.0)
+    cfg.unet = training.UNetConfig(block_out_channels=(16, 32), cross_attention_dim=32, norm_num_groups=8)
+    cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
+    ids = training.tokenize(tok, edits.texts)
+    tokens = torch.from_numpy(edits.object_words).long() + 1
+    _, _, losses, shares = training.train_denoiser(cfg, tok, src, tgt, torch.from_numpy(edits.index), ids,
+                                                   object_masks=masks, object_tokens=tokens)
+    area = float(masks.mean())
+    assert abs(np.mean(shares[:3]) - area) < 0.5 * area          # starts spread out (about the area share)
+    assert np.mean(shares[-5:]) > 2 * np.mean(shares[:3])         # and moves onto the object
+    cfg.attention_loss, cfg.steps = 0.0, 2
+    assert training.train_denoiser(cfg, tok, src, tgt, torch.from_numpy(edits.index), ids)[3] == []
+
+
 @pytest.fixture(scope="module")
 def quick_editor(tmp_path_factory):
     """A micro-editor from `danp-protect train-editor --quick` (about a minute; it does not edit well)."""

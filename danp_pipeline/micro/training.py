@@ -9,9 +9,12 @@ Stages (all real diffusers / transformers classes):
    ``E(x).mode()`` without scaling (as ``StableDiffusionInstructPix2PixPipeline.prepare_image_latents``),
    target latents are ``E(y).mode() * scaling_factor``.
 3. ``UNet2DConditionModel`` (in_channels=8: [z_t, E(x)], cross-attention blocks) and a small
-   ``CLIPTextModel`` trained jointly with epsilon-prediction under ``DDPMScheduler`` (1000 steps,
+   ``CLIPTextModel`` trained jointly with v- (or epsilon-) prediction under ``DDPMScheduler`` (1000 steps,
    scaled_linear 0.00085-0.012). Text (-> "") and image (-> zeros) conditioning are dropped
    independently for classifier-free guidance. An EMA of both is kept and saved.
+   ``attention_loss`` > 0 adds an auxiliary term that puts the named object's words' cross-attention
+   on the object's mask (what SD's attention does by itself after web-scale training; see
+   :class:`EditorConfig`).
 
 The result is saved with ``StableDiffusionInstructPix2PixPipeline.save_pretrained`` (safetensors)
 plus ``training.json`` (config, seeds, wall times, sha256 of every weight file).
@@ -22,6 +25,7 @@ live under ``danp_pipeline/assets/editors/<name>/`` (``micro-ip2p``, ``micro-ip2
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -45,6 +49,7 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import storage
+from ..protect.attention import AttentionStore, capture_cross_attention
 from . import world
 from .tokenizer import build_tokenizer, check_single_tokens
 
@@ -108,6 +113,11 @@ class EditorConfig:
     # "v_prediction": the UNet predicts v = sqrt(abar) eps - sqrt(1-abar) z0, so near t = T its error is not
     # amplified 1/sqrt(abar_T) ~ 15x into the x0 estimate (epsilon-trained micro editors drifted in colour).
     prediction_type: str = "v_prediction"
+    # Weight of the auxiliary loss (1 - share of the object words' cross-attention inside the object's mask).
+    # Stable Diffusion's object words attend to their objects (Prompt-to-Prompt, DAAM) as an emergent effect of
+    # web-scale training; the micro-editor trained without it spread that attention evenly (6.2 % inside an
+    # object covering 6.2 %), so DANP's attention term had nothing to aim at. 0 turns it off (micro-ip2p-b).
+    attention_loss: float = 0.1
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -125,6 +135,7 @@ def variant_b(cfg: EditorConfig) -> EditorConfig:
     """Independent second editor: other seeds, other widths."""
     cfg = copy.deepcopy(cfg)
     cfg.name, cfg.seed, cfg.data_seed = "micro-ip2p-b", 1, 1
+    cfg.attention_loss = 0.0  # shipped as trained in stop 18: without attention supervision
     cfg.unet = UNetConfig(block_out_channels=(32, 48, 64), cross_attention_dim=48, attention_head_dim=8, norm_num_groups=16)
     cfg.text = TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
     cfg.vae.seed = 1
@@ -139,15 +150,33 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def training_edits(n_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """One edit of every kind for ``n_scenes`` train scenes, train wordings only.
+@dataclass
+class TrainingEdits:
+    """The training set: every scene once, every edit as (scene index, target, instruction, object)."""
 
-    Returns (scene_images [S,64,64,3], target_images [N,64,64,3], scene_index [N], instructions).
-    """
+    scenes: np.ndarray  # uint8 [S, 64, 64, 3]
+    targets: np.ndarray  # uint8 [N, 64, 64, 3]
+    index: np.ndarray  # int [N]: the edit's scene
+    texts: list[str]
+    object_masks: np.ndarray  # bool [N, 64, 64]: the named (source) object
+    object_words: np.ndarray  # int [N, 2]: word positions of the object's colour and shape in the instruction
+
+
+def object_word_positions(instruction: str, obj: world.WorldObject) -> tuple[int, int]:
+    """Word indices of the named object's "<colour> <shape>" in ``instruction``."""
+    words = instruction.split()
+    for i in range(len(words) - 1):
+        if words[i] == obj.color and words[i + 1] == obj.shape:
+            return i, i + 1
+    raise ValueError(f"instruction {instruction!r} does not name {obj.name!r}")
+
+
+def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
+    """One edit of every kind for ``n_scenes`` train scenes, train wordings only."""
     lo, hi = world.SCENE_SEED_RANGES["train"]
     rng = np.random.default_rng([seed, 101])
     seeds = rng.choice(hi - lo, size=n_scenes, replace=False) + lo
-    scenes, targets, index, texts = [], [], [], []
+    scenes, targets, index, texts, masks, words = [], [], [], [], [], []
     for si, s in enumerate(seeds):
         scene = world.render_scene(int(s))
         scenes.append(scene.image)
@@ -156,7 +185,10 @@ def training_edits(n_scenes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
             targets.append(smp.target)
             index.append(si)
             texts.append(smp.instruction)
-    return np.stack(scenes), np.stack(targets), np.array(index), texts
+            masks.append(smp.source_mask)
+            words.append(object_word_positions(smp.instruction, smp.source_object))
+    return TrainingEdits(np.stack(scenes), np.stack(targets), np.array(index), texts, np.stack(masks),
+                         np.array(words))
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -300,8 +332,18 @@ def train_denoiser(
     index: torch.Tensor,
     ids: torch.Tensor,
     checkpoint: "callable | None" = None,
-) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float]]:
-    """Joint epsilon- or v-prediction training of UNet and text encoder; returns EMA copies and losses."""
+    object_masks: torch.Tensor | None = None,
+    object_tokens: torch.Tensor | None = None,
+) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float], list[float]]:
+    """Joint epsilon- or v-prediction training of UNet and text encoder.
+
+    Returns the EMA copies, the denoising loss of every step and (with the attention loss) the object
+    words' attention share inside the object at every step.
+
+    With ``cfg.attention_loss > 0``, ``object_masks`` [N, h, w] (the named object at the latent grid) and
+    ``object_tokens`` [N, k] (its words' token positions) add ``cfg.attention_loss * (1 - share)``, where
+    share is the fraction of the words' cross-attention (mean over heads and ``attn2`` layers, as DANP reads
+    it) that falls inside the mask; samples whose text was dropped are left out."""
     torch.manual_seed(cfg.seed)
     unet = make_unet(cfg.unet, src_lat.shape[1])
     text = make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
@@ -310,6 +352,12 @@ def train_denoiser(
             f"text.hidden_size ({cfg.text.hidden_size}) must equal unet.cross_attention_dim ({cfg.unet.cross_attention_dim})"
         )
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
+    supervise = cfg.attention_loss > 0
+    if supervise and (object_masks is None or object_tokens is None):
+        raise ValueError("attention_loss > 0 needs object_masks and object_tokens")
+    store = AttentionStore()
+    capture = capture_cross_attention(unet, store) if supervise else contextlib.nullcontext()
+    attention_shares: list[float] = []
     sched = make_scheduler(cfg.prediction_type)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -317,49 +365,65 @@ def train_denoiser(
     g = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     t0 = time.time()
-    for step in range(cfg.steps):
-        prog = step / max(cfg.steps - 1, 1)
-        if cfg.time_budget_s > 0:
-            elapsed = time.time() - t0
-            if elapsed >= cfg.time_budget_s:
-                logger.info("time budget reached after %d steps", step)
-                break
-            prog = max(prog, elapsed / cfg.time_budget_s)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        lr *= cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        b = torch.randint(len(tgt_lat), (cfg.batch,), generator=g)
-        z0 = tgt_lat[b]
-        cond = src_lat[index[b]].clone()
-        tids = ids[b].clone()
-        drop_t = torch.rand(cfg.batch, generator=g) < cfg.p_drop_text
-        drop_i = torch.rand(cfg.batch, generator=g) < cfg.p_drop_image
-        tids[drop_t] = empty
-        cond[drop_i] = 0.0
-        noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g)
-        zt = sched.add_noise(z0, noise, t)
-        emb = text(tids)[0]
-        pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
-        target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-        loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        _ema_update(ema_unet, unet, decay)
-        _ema_update(ema_text, text, decay)
-        losses.append(loss.item())
-        if step % 50 == 0 or step == cfg.steps - 1:
-            logger.info(
-                "unet step %d loss %.4f (avg50 %.4f) lr %.2e (%.0fs)",
-                step, loss.item(), float(np.mean(losses[-50:])), lr, time.time() - t0,
-            )
-        if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            checkpoint(ema_unet, ema_text, step + 1)
-    return ema_unet.eval(), ema_text.eval(), losses
+    with capture:
+        for step in range(cfg.steps):
+            prog = step / max(cfg.steps - 1, 1)
+            if cfg.time_budget_s > 0:
+                elapsed = time.time() - t0
+                if elapsed >= cfg.time_budget_s:
+                    logger.info("time budget reached after %d steps", step)
+                    break
+                prog = max(prog, elapsed / cfg.time_budget_s)
+            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            lr *= cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            b = torch.randint(len(tgt_lat), (cfg.batch,), generator=g)
+            z0 = tgt_lat[b]
+            cond = src_lat[index[b]].clone()
+            tids = ids[b].clone()
+            drop_t = torch.rand(cfg.batch, generator=g) < cfg.p_drop_text
+            drop_i = torch.rand(cfg.batch, generator=g) < cfg.p_drop_image
+            tids[drop_t] = empty
+            cond[drop_i] = 0.0
+            noise = torch.randn(z0.shape, generator=g)
+            t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g)
+            zt = sched.add_noise(z0, noise, t)
+            emb = text(tids)[0]
+            if supervise:
+                weights = torch.zeros(tids.shape)
+                weights.scatter_(1, object_tokens[b], 1.0 / object_tokens.shape[1])
+                store.begin(tuple(zt.shape[-2:]), weights)
+            pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
+            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+            loss = F.mse_loss(pred, target)
+            if supervise:
+                att = store.aggregate()  # [B, h, w]
+                share = (att * object_masks[b]).sum(dim=(1, 2)) / att.sum(dim=(1, 2))
+                keep = ~drop_t
+                share_mean = share[keep].mean() if keep.any() else share.new_ones(())
+                attention_shares.append(float(share_mean.detach()))
+            denoise_loss = loss.item()
+            if supervise:
+                loss = loss + cfg.attention_loss * (1.0 - share_mean)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            _ema_update(ema_unet, unet, decay)
+            _ema_update(ema_text, text, decay)
+            losses.append(denoise_loss)
+            if step % 50 == 0 or step == cfg.steps - 1:
+                logger.info(
+                    "unet step %d loss %.4f (avg50 %.4f) lr %.2e (%.0fs)%s",
+                    step, denoise_loss, float(np.mean(losses[-50:])), lr, time.time() - t0,
+                    f" object-word attention inside the object {100 * np.mean(attention_shares[-50:]):.1f}%"
+                    if attention_shares else "",
+                )
+            if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                checkpoint(ema_unet, ema_text, step + 1)
+    return ema_unet.eval(), ema_text.eval(), losses, attention_shares
 
 
 # ----------------------------------------------------------------------------- saving
@@ -404,7 +468,8 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     assert not check_single_tokens(tok, world.vocabulary())
 
     t = time.time()
-    scenes, targets, index, texts = training_edits(cfg.n_train_scenes, cfg.data_seed)
+    edits = training_edits(cfg.n_train_scenes, cfg.data_seed)
+    scenes, targets, index, texts = edits.scenes, edits.targets, edits.index, edits.texts
     times["data_s"] = time.time() - t
     logger.info("data: %d scenes, %d edits (%.0fs)", len(scenes), len(targets), times["data_s"])
 
@@ -455,8 +520,11 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         logger.info("checkpoint at step %d", step)
 
     t = time.time()
-    unet, text, losses = train_denoiser(
-        cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint
+    grid = tuple(src_lat.shape[-2:])
+    masks = F.interpolate(torch.from_numpy(edits.object_masks).float()[:, None], size=grid, mode="area")[:, 0]
+    unet, text, losses, shares = train_denoiser(
+        cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint,
+        object_masks=masks, object_tokens=torch.from_numpy(edits.object_words).long() + 1,  # +1: BOS
     )
     times["unet_train_s"] = time.time() - t
     info = {
@@ -469,4 +537,7 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         "loss_last100": float(np.mean(losses[-100:])) if losses else float("nan"),
         "loss_curve_every50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
     }
+    if shares:
+        info["object_attention_share_last100"] = float(np.mean(shares[-100:]))
+        info["object_attention_share_every50"] = [float(np.mean(shares[i : i + 50])) for i in range(0, len(shares), 50)]
     return save_editor(out / "editor", vae, unet, text, tok, info, cfg.prediction_type)
