@@ -6,7 +6,7 @@ Each candidate is an AttackConfig change (or the ``fast`` profile). For each one
   and every iteration (evaluation/bench.count_photo_flops), on the full-size InstructPix2Pix
   architecture at 512² (on the "meta" device: counted, not run) and on the micro-editor at 64²;
 - **efficacy**: DANP with that config on the micro benchmark (evaluation/micro_suite.py): edit success
-  on clean vs protected held-out scenes, own wording, unseen wording and transfer to micro-ip2p-b.
+  on clean vs protected held-out scenes, own wording, unseen wording and transfer to the other editor.
 
 Outputs JSON, a Markdown table and an SVG Pareto plot (reduction vs TFLOP per photo at 512²) under --out.
 The micro-editors are proxies trained in this project, not Stable Diffusion. Usage:

@@ -300,7 +300,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                         help=f"micro: processes sharing the scenes, one torch thread each; in jobs/evaluate.py: "
                              f"evaluator actors (default {m.workers})")
     parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
-                        help="micro: protect against the first, edit with each (default micro-ip2p-b,micro-ip2p)")
+                        help="micro: protect against the first, edit with each (default micro-ip2p,micro-ip2p-b)")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
                         help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
     parser.add_argument("--revision", default=None)

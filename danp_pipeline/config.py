@@ -69,7 +69,7 @@ EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
 #: (steps, text guidance, image guidance). MICRO_SAMPLER serves editors trained into a directory.
 MICRO_SAMPLER: tuple[int, float, float] = (20, 3.0, 1.2)
 MICRO_EDITORS_DIR = Path(__file__).parent / "assets" / "editors"
-MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": (20, 3.0, 1.2), "micro-ip2p-b": (20, 5.0, 1.2)}
+MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": (20, 5.0, 1.5), "micro-ip2p-b": (20, 5.0, 1.2)}
 
 #: The attacker's SD img2img strength (EditConfig) and the attack's timestep range for sd editors.
 SD_EDIT_STRENGTH = 0.8
@@ -415,9 +415,10 @@ class MicroSuiteConfig:
     """``danp-protect eval --suite micro`` (evaluation/micro_suite.py): held-out scenes of the micro world,
     protected against ``editors[0]``, edited by every editor (the others: transfer)."""
 
-    # Protected against micro-ip2p-b: of the two shipped editors it is the one that passes the 80 % clean-edit
-    # bar on held-out scenes (82 %; micro-ip2p 72 %); micro-ip2p is the transfer editor.
-    editors: tuple[str, ...] = ("micro-ip2p-b", "micro-ip2p")
+    # Protected against micro-ip2p: its object words attend to their objects as SD's do (trained in, see
+    # micro/training.py EditorConfig.attention_loss), so DANP's attention term has something to act on;
+    # micro-ip2p-b (trained without it) is the independent transfer editor.
+    editors: tuple[str, ...] = ("micro-ip2p", "micro-ip2p-b")
     scenes: int = 24
     scene_seed: int = 0
     methods: tuple[str, ...] = tuple(EVAL_METHODS)

@@ -4,12 +4,13 @@ The micro edit world (micro/world.py) knows the correct edit of every held-out s
 "does the protection stop the edit?" has a measured answer: the edit of the clean photo succeeds
 (the named object takes the asked colour or shape, or disappears, and the rest stays) or not, and the
 same for the edit of the protected photo. Every method protects each scene against the first editor
-(by default ``micro-ip2p-b``, the shipped editor that passes the 80 % clean-edit bar) and its instruction at the same budget; the attacker then edits with the real
+(by default ``micro-ip2p``, whose object words attend to their objects) and its instruction at the same
+budget; the attacker then edits with the real
 diffusers InstructPix2Pix pipeline in three settings:
 
 - ``own``: the protected editor, the instruction protected against;
 - ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
-- transfer: another, independently trained editor (``micro-ip2p``), the instruction protected against.
+- transfer: another, independently trained editor (``micro-ip2p-b``), the instruction protected against.
 
 With ``view="attacker"`` the scene is a full-size photo (4× the editor's size) protected at full
 size and resized by the attacker (Pillow Lanczos) before the edit; ``transforms`` adds a JPEG
