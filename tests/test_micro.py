@@ -153,3 +153,41 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     summary = (out / "summary.md").read_text()
     assert "proxy for Stable Diffusion" in summary and "| danp |" in summary
     assert (out / "grids" / "case-0.png").is_file()
+
+
+def test_a_suite_worker_exits_when_its_parent_is_killed(tmp_path) -> None:
+    """Killing `eval --suite micro` (no pool shutdown) must not leave its workers running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "from danp_pipeline.evaluation.micro_suite import exit_with_parent\n"
+        "def child(parent):\n"
+        "    exit_with_parent(parent, poll_s=0.1)\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    import os\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=child, args=(os.getpid(),))\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    status = f"/proc/{child_pid}/status"
+    for _ in range(600):                        # up to 60 s (the child may still be importing); an exited
+        try:                                    # child nobody reaped yet is a zombie: gone as well
+            state = next(line for line in open(status) if line.startswith("State:"))
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if "Z" in state.split()[1]:
+            return
+        time.sleep(0.1)
+    os.kill(child_pid, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed parent")

@@ -22,6 +22,8 @@ method does against a real editor.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -227,11 +229,28 @@ def write_report(rows: list[dict], grids: dict[str, list[list[np.ndarray]]], out
 _WORKER_SUITE: MicroSuite | None = None
 
 
-def _start_worker(config: MicroSuiteConfig, log_level: int) -> None:
+def exit_with_parent(parent: int, poll_s: float = 2.0) -> threading.Thread:
+    """Exit this process once ``parent`` (its parent's pid, taken in the parent) is no longer its parent.
+    A worker of a killed suite (SIGTERM/SIGKILL skip the pool's shutdown) would otherwise keep protecting
+    scenes for nobody, on the cores of the next run."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _start_worker(config: MicroSuiteConfig, log_level: int, parent: int) -> None:
     """Pool initializer: one torch thread and one copy of the editors per worker process; its log lines
-    (one per scene and method) go to stderr like the parent's."""
+    (one per scene and method) go to stderr like the parent's. It exits if the parent dies."""
     global _WORKER_SUITE
     import torch
+
+    exit_with_parent(parent)
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -256,7 +275,7 @@ def run(config: MicroSuiteConfig, output_dir) -> dict:
 
         level = logging.getLogger().getEffectiveLevel()
         with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), initializer=_start_worker,
-                                 initargs=(config, level), mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 initargs=(config, level, os.getpid()), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = []
             for result in pool.map(_run_case, todo):
                 results.append(result)
