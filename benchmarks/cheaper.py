@@ -105,7 +105,7 @@ def measure_flops(row: dict, cfg: AttackConfig, micro, full, prompt: str) -> Non
 
 
 def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Namespace, out: Path) -> None:
-    suite_dir = out / name.replace(" ", "_").replace("/", "-").replace(",", "").replace("(", "").replace(")", "")
+    suite_dir = out / name.replace("α", "alpha").replace(" ", "_").replace("/", "-").replace(",", "").replace("(", "").replace(")", "")
     if name == "paper" and args.paper_from:
         df = pd.read_parquet(Path(args.paper_from) / "results.parquet")
         df = df[(df["method"] == "danp") & (df["transform"] == "none")]
@@ -115,6 +115,7 @@ def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Nam
         micro_suite.run(suite.validate(), suite_dir)
         df = pd.read_parquet(suite_dir / "results.parquet")
     row["efficacy"] = efficacy(df)
+    row["efficacy_editors"] = list(dict.fromkeys([df["editor"].iloc[0], *df["attack_editor"].unique()]))
     row["scenes"] = int(df["case"].nunique())
     row["seconds_per_photo_micro"] = float(df.drop_duplicates("case")["seconds"].mean())
 
