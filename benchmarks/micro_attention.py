@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from danp_pipeline.micro import world
+from danp_pipeline.micro.training import object_token_positions, share_inside
 from danp_pipeline.protect.attention import AttentionStore, capture_cross_attention
 from danp_pipeline.protect.diffusion import add_noise, encode_mean, latents_and_condition, predict_noise
 from danp_pipeline.protect.models import load_editor
@@ -40,15 +41,11 @@ def word_weights(ids: list[int], positions: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def object_attention(bundle, sample: world.EditSample, words: list[str], timesteps: list[int], seed: int):
-    """Mean cross-attention map [h, w] of ``words`` of the sample's instruction."""
+def object_attention(bundle, sample: world.EditSample, positions: list[int], timesteps: list[int], seed: int):
+    """Mean cross-attention map [h, w] of the instruction's tokens at ``positions`` (BOS is 0)."""
     tok = bundle.tokenizer(sample.instruction, padding="max_length", max_length=bundle.tokenizer.model_max_length,
                            truncation=True, return_tensors="pt")
     ids = tok.input_ids[0].tolist()
-    instruction_words = sample.instruction.split()
-    positions = [1 + i for i, w in enumerate(instruction_words) if w in words]   # one token per word (+BOS)
-    if not positions:
-        return None
     embeds = bundle.text_encoder(tok.input_ids)[0]
     x = torch.from_numpy(sample.source).permute(2, 0, 1)[None].float() / 255
     z, cond = latents_and_condition(bundle, encode_mean(bundle, x))
@@ -79,17 +76,15 @@ def main() -> None:
     rows, panels = [], []
     for sample in world.make_split("heldout", args.scenes, seed=11):
         obj = sample.source_object
-        words = [obj.color, obj.shape]
-        att = object_attention(bundle, sample, words, timesteps, seed=sample.scene_seed)
-        other = object_attention(bundle, sample, [sample.instruction.split()[0]], timesteps, seed=sample.scene_seed)
-        if att is None:
-            continue
+        att = object_attention(bundle, sample, list(object_token_positions(sample.instruction, obj)), timesteps,
+                               seed=sample.scene_seed)
+        other = object_attention(bundle, sample, [1], timesteps, seed=sample.scene_seed)   # the first word
         h, w = att.shape
         mask = F.interpolate(torch.from_numpy(sample.source_mask.astype(np.float32))[None, None], size=(h, w),
                              mode="area")[0, 0]
-        inside = float((att * mask).sum() / att.sum())
-        inside_other = float((other * mask).sum() / other.sum()) if other is not None else float("nan")
-        rows.append({"scene": sample.scene_seed, "instruction": sample.instruction, "words": " ".join(words),
+        inside = float(share_inside(att, mask))
+        inside_other = float(share_inside(other, mask))
+        rows.append({"scene": sample.scene_seed, "instruction": sample.instruction, "words": obj.name,
                      "mass_inside_object": inside, "object_area_share": float(mask.mean()),
                      "first_word_mass_inside": inside_other})
         if len(panels) < 8:

@@ -60,13 +60,13 @@ def test_object_words_are_located_in_their_instruction() -> None:
     from danp_pipeline.micro import training
 
     edits = training.training_edits(5, seed=0)
-    assert len(edits.texts) == 5 * len(world.EDIT_KINDS) == len(edits.object_words) == len(edits.object_masks)
-    for text, (i, j), mask in zip(edits.texts, edits.object_words, edits.object_masks):
-        words = text.split()
+    assert len(edits.texts) == 5 * len(world.EDIT_KINDS) == len(edits.object_tokens) == len(edits.object_masks)
+    for text, (i, j), mask in zip(edits.texts, edits.object_tokens, edits.object_masks):
+        words = ["<bos>", *text.split()]
         assert words[i] in world.PALETTE and words[j] in world.SHAPES and j == i + 1
         assert 0 < mask.mean() < 0.5
     with pytest.raises(ValueError, match="does not name"):
-        training.object_word_positions("remove the blue square", world.WorldObject("red", "circle", 9, 9, 5))
+        training.object_token_positions("remove the blue square", world.WorldObject("red", "circle", 9, 9, 5))
 
 
 def test_attention_loss_moves_object_word_attention_onto_the_object(tmp_path) -> None:
@@ -89,7 +89,7 @@ def test_attention_loss_moves_object_word_attention_onto_the_object(tmp_path) ->
     cfg.unet = training.UNetConfig(block_out_channels=(16, 32), cross_attention_dim=32, norm_num_groups=8)
     cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
     ids = training.tokenize(tok, edits.texts)
-    tokens = torch.from_numpy(edits.object_words).long() + 1
+    tokens = torch.from_numpy(edits.object_tokens).long()
     _, _, losses, shares = training.train_denoiser(cfg, tok, src, tgt, torch.from_numpy(edits.index), ids,
                                                    object_masks=masks, object_tokens=tokens)
     area = float(masks.mean())

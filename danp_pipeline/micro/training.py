@@ -159,16 +159,22 @@ class TrainingEdits:
     index: np.ndarray  # int [N]: the edit's scene
     texts: list[str]
     object_masks: np.ndarray  # bool [N, 64, 64]: the named (source) object
-    object_words: np.ndarray  # int [N, 2]: word positions of the object's colour and shape in the instruction
+    object_tokens: np.ndarray  # int [N, 2]: token positions of the object's colour and shape (BOS is token 0)
 
 
-def object_word_positions(instruction: str, obj: world.WorldObject) -> tuple[int, int]:
-    """Word indices of the named object's "<colour> <shape>" in ``instruction``."""
+def object_token_positions(instruction: str, obj: world.WorldObject) -> tuple[int, int]:
+    """Token positions of the named object's "<colour> <shape>" in ``instruction`` as the world's
+    tokenizer encodes it: one token per word, after BOS."""
     words = instruction.split()
     for i in range(len(words) - 1):
         if words[i] == obj.color and words[i + 1] == obj.shape:
-            return i, i + 1
+            return i + 1, i + 2
     raise ValueError(f"instruction {instruction!r} does not name {obj.name!r}")
+
+
+def share_inside(att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of each attention map's mass [..., h, w] that falls inside ``mask`` (same grid)."""
+    return (att * mask).sum(dim=(-2, -1)) / att.sum(dim=(-2, -1))
 
 
 def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
@@ -176,7 +182,7 @@ def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
     lo, hi = world.SCENE_SEED_RANGES["train"]
     rng = np.random.default_rng([seed, 101])
     seeds = rng.choice(hi - lo, size=n_scenes, replace=False) + lo
-    scenes, targets, index, texts, masks, words = [], [], [], [], [], []
+    scenes, targets, index, texts, masks, tokens = [], [], [], [], [], []
     for si, s in enumerate(seeds):
         scene = world.render_scene(int(s))
         scenes.append(scene.image)
@@ -186,9 +192,9 @@ def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
             index.append(si)
             texts.append(smp.instruction)
             masks.append(smp.source_mask)
-            words.append(object_word_positions(smp.instruction, smp.source_object))
+            tokens.append(object_token_positions(smp.instruction, smp.source_object))
     return TrainingEdits(np.stack(scenes), np.stack(targets), np.array(index), texts, np.stack(masks),
-                         np.array(words))
+                         np.array(tokens))
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -397,15 +403,12 @@ def train_denoiser(
             pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
             target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
             loss = F.mse_loss(pred, target)
-            if supervise:
-                att = store.aggregate()  # [B, h, w]
-                share = (att * object_masks[b]).sum(dim=(1, 2)) / att.sum(dim=(1, 2))
-                keep = ~drop_t
-                share_mean = share[keep].mean() if keep.any() else share.new_ones(())
-                attention_shares.append(float(share_mean.detach()))
             denoise_loss = loss.item()
             if supervise:
-                loss = loss + cfg.attention_loss * (1.0 - share_mean)
+                share = share_inside(store.aggregate(), object_masks[b])[~drop_t]   # text-dropped samples left out
+                share = share.mean() if share.numel() else loss.new_ones(())
+                attention_shares.append(float(share.detach()))
+                loss = loss + cfg.attention_loss * (1.0 - share)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -524,7 +527,7 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     masks = F.interpolate(torch.from_numpy(edits.object_masks).float()[:, None], size=grid, mode="area")[:, 0]
     unet, text, losses, shares = train_denoiser(
         cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint,
-        object_masks=masks, object_tokens=torch.from_numpy(edits.object_words).long() + 1,  # +1: BOS
+        object_masks=masks, object_tokens=torch.from_numpy(edits.object_tokens).long(),
     )
     times["unet_train_s"] = time.time() - t
     info = {
