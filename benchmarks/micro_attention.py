@@ -27,9 +27,19 @@ from PIL import Image
 
 from danp_pipeline.micro import world
 from danp_pipeline.micro.training import object_token_positions, share_inside
-from danp_pipeline.protect.attention import AttentionStore, capture_cross_attention
-from danp_pipeline.protect.diffusion import add_noise, encode_mean, latents_and_condition, predict_noise
+from danp_pipeline.protect.attention import (
+    AttentionStore,
+    capture_cross_attention,
+    token_weights,
+)
+from danp_pipeline.protect.diffusion import (
+    add_noise,
+    encode_mean,
+    latents_and_condition,
+    predict_noise,
+)
 from danp_pipeline.protect.models import load_editor
+from danp_pipeline.protect.threshold import kapur_mask
 
 logger = logging.getLogger("micro_attention")
 
@@ -41,24 +51,40 @@ def word_weights(ids: list[int], positions: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def object_attention(bundle, sample: world.EditSample, positions: list[int], timesteps: list[int], seed: int):
-    """Mean cross-attention map [h, w] of the instruction's tokens at ``positions`` (BOS is 0)."""
+def object_attention(bundle, sample: world.EditSample, positions: list[int] | str, timesteps: list[int], seed: int):
+    """Cross-attention maps [timesteps, h, w] of the instruction's tokens at ``positions`` (BOS is 0);
+    ``positions="content"`` or ``"focused"`` weighs the tokens as DANP's DAA does with that
+    ``token_reduction``."""
     tok = bundle.tokenizer(sample.instruction, padding="max_length", max_length=bundle.tokenizer.model_max_length,
                            truncation=True, return_tensors="pt")
     ids = tok.input_ids[0].tolist()
     embeds = bundle.text_encoder(tok.input_ids)[0]
     x = torch.from_numpy(sample.source).permute(2, 0, 1)[None].float() / 255
     z, cond = latents_and_condition(bundle, encode_mean(bundle, x))
-    store, maps = AttentionStore(), []
+    store, maps = AttentionStore(focused=positions == "focused"), []
     g = torch.Generator().manual_seed(seed)
     with capture_cross_attention(bundle.unet, store):
         for t in timesteps:
             tt = torch.tensor([t])
             z_t = add_noise(bundle, z, torch.randn(z.shape, generator=g), tt)
-            store.begin(tuple(z.shape[-2:]), word_weights(ids, positions))
+            weights = (token_weights(tok.attention_mask, positions) if isinstance(positions, str)
+                       else word_weights(ids, positions))
+            store.begin(tuple(z.shape[-2:]), weights)
             predict_noise(bundle, z_t, tt, embeds, cond)
             maps.append(store.aggregate())
-    return torch.stack(maps).mean(0)[0]
+    return torch.cat(maps)
+
+
+def mask_overlap(att_per_t: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """DAA's Kapur mask at each timestep against the object's mask: IoU, precision, recall (means)."""
+    daa = kapur_mask(att_per_t)
+    obj = (mask > 0.5).float().expand_as(daa)
+    inter = (daa * obj).sum(dim=(-2, -1))
+    union = ((daa + obj) > 0).float().sum(dim=(-2, -1))
+    return {"iou": float((inter / union.clamp(min=1)).mean()),
+            "precision": float((inter / daa.sum(dim=(-2, -1)).clamp(min=1)).mean()),
+            "recall": float((inter / obj.sum(dim=(-2, -1)).clamp(min=1)).mean()),
+            "mask_area": float(daa.mean())}
 
 
 def main() -> None:
@@ -66,6 +92,8 @@ def main() -> None:
     ap.add_argument("--model", default="micro-ip2p")
     ap.add_argument("--scenes", type=int, default=48)
     ap.add_argument("--timesteps", type=int, default=5)
+    ap.add_argument("--split", default="heldout", choices=("train", "heldout"),
+                    help="scenes to measure on; choose DAA options on train scenes, report on heldout")
     ap.add_argument("--out", default="benchmarks/results/cpu")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,19 +102,30 @@ def main() -> None:
     T = bundle.num_train_timesteps
     timesteps = [int((i + 0.5) * T / args.timesteps) for i in range(args.timesteps)]
     rows, panels = [], []
-    for sample in world.make_split("heldout", args.scenes, seed=11):
+    for sample in world.make_split(args.split, args.scenes, seed=11):
         obj = sample.source_object
-        att = object_attention(bundle, sample, list(object_token_positions(sample.instruction, obj)), timesteps,
-                               seed=sample.scene_seed)
-        other = object_attention(bundle, sample, [1], timesteps, seed=sample.scene_seed)   # the first word
+        att_t = object_attention(bundle, sample, list(object_token_positions(sample.instruction, obj)), timesteps,
+                                 seed=sample.scene_seed)
+        att = att_t.mean(0)
+        other = object_attention(bundle, sample, [1], timesteps, seed=sample.scene_seed).mean(0)   # the first word
+        content_t = object_attention(bundle, sample, "content", timesteps, seed=sample.scene_seed)
+        focused_t = object_attention(bundle, sample, "focused", timesteps, seed=sample.scene_seed)
         h, w = att.shape
         mask = F.interpolate(torch.from_numpy(sample.source_mask.astype(np.float32))[None, None], size=(h, w),
                              mode="area")[0, 0]
         inside = float(share_inside(att, mask))
         inside_other = float(share_inside(other, mask))
+        daa_content = mask_overlap(content_t, mask)
+        daa_focused = mask_overlap(focused_t, mask)
+        daa_words = mask_overlap(att_t, mask)
         rows.append({"scene": sample.scene_seed, "instruction": sample.instruction, "words": obj.name,
                      "mass_inside_object": inside, "object_area_share": float(mask.mean()),
-                     "first_word_mass_inside": inside_other})
+                     "first_word_mass_inside": inside_other,
+                     "content_tokens_mass_inside": float(share_inside(content_t.mean(0), mask)),
+                     "focused_tokens_mass_inside": float(share_inside(focused_t.mean(0), mask)),
+                     **{f"daa_mask_content_{k}": v for k, v in daa_content.items()},
+                     **{f"daa_mask_focused_{k}": v for k, v in daa_focused.items()},
+                     **{f"daa_mask_object_words_{k}": v for k, v in daa_words.items()}})
         if len(panels) < 8:
             heat = (att / att.max()).numpy()
             heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((world.SIZE, world.SIZE),
@@ -97,22 +136,28 @@ def main() -> None:
     inside = np.array([r["mass_inside_object"] for r in rows])
     area = np.array([r["object_area_share"] for r in rows])
     other = np.array([r["first_word_mass_inside"] for r in rows])
-    result = {"model": args.model, "scenes": len(rows), "timesteps": timesteps,
+    daa_keys = [k for k in rows[0] if k.startswith(("daa_mask_", "content_tokens_", "focused_tokens_"))]
+    result = {"model": args.model, "split": args.split, "scenes": len(rows), "timesteps": timesteps,
+              **{k: float(np.mean([r[k] for r in rows])) for k in daa_keys},
               "object_words_mass_inside_object": float(inside.mean()),
               "object_area_share": float(area.mean()),
               "first_word_mass_inside_object": float(np.nanmean(other)),
               "ratio_to_uniform": float((inside / area).mean()),
               "share_of_scenes_above_uniform": float((inside > area).mean()), "rows": rows,
               "note": "trained micro-editor: a proxy for Stable Diffusion, not a substitute"}
-    out = Path(args.out)
+    out, suffix = Path(args.out), "" if args.split == "heldout" else f"_{args.split}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"micro_attention_{args.model}.json").write_text(json.dumps(result, indent=2))
+    (out / f"micro_attention_{args.model}{suffix}.json").write_text(json.dumps(result, indent=2))
     picture = np.concatenate(panels, axis=0)
     Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2), Image.Resampling.NEAREST).save(
-        out / f"micro_attention_{args.model}.png")
+        out / f"micro_attention_{args.model}{suffix}.png")
     logger.info("object words: %.1f%% of attention inside the object (area %.1f%%; first word %.1f%%), %d scenes",
                 100 * result["object_words_mass_inside_object"], 100 * result["object_area_share"],
                 100 * result["first_word_mass_inside_object"], len(rows))
+    for tokens in ("content", "focused", "object_words"):
+        logger.info("DAA's Kapur mask vs the object, %s tokens: IoU %.2f precision %.2f recall %.2f area %.1f%%",
+                    tokens, *(result[f"daa_mask_{tokens}_{k}"] * (100 if k == "mask_area" else 1)
+                              for k in ("iou", "precision", "recall", "mask_area")))
 
 
 if __name__ == "__main__":

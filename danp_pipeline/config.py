@@ -34,6 +34,7 @@ EVAL_METHODS: dict[str, dict[str, Any]] = {
     "danp-no-daa": {"method": "danp", "use_daa": False, "init": "uniform"},   # NBA is flat at δ = 0
     "danp-no-nba": {"method": "danp", "use_nba": False},
     "danp-fixed-mask": {"method": "danp", "mask": "fixed"},
+    "danp-focused": {"method": "danp", "token_reduction": "focused"},   # DAA on the words that localize
     **{name: {"method": name} for name in METHODS if name != "danp"},
 }
 
@@ -128,7 +129,8 @@ class AttackConfig:
     timesteps: str = "centres"          # "centres" of equal bins, or "random" draw per bin per iteration
     strength: float | None = None       # img2img strength s: timesteps in [0, s·T); None: the editor's own
                                         # (1.0 for ip2p, which edits from pure noise; SD_EDIT_STRENGTH for sd)
-    token_reduction: str = "content"    # "content" tokens only, or "all" 77 positions
+    token_reduction: str = "content"    # "content" tokens only, "all" 77 positions, or "focused": the content
+                                        # tokens whose attention is at least as concentrated as their mean
     upsample: str = "bilinear"          # how per-layer maps reach the largest grid
     threshold_bins: int = 128           # L, Kapur histogram bins
     mask: str = "dynamic"               # "dynamic" (Eq. 7-10 every step) or "fixed" (from the clean photo once)
@@ -179,7 +181,7 @@ class AttackConfig:
             _positive("strength", self.strength)
             if self.strength > 1:
                 raise ValueError(f"strength must be in (0, 1], got {self.strength!r}")
-        _choice("token_reduction", self.token_reduction, ("content", "all"))
+        _choice("token_reduction", self.token_reduction, ("content", "all", "focused"))
         _choice("upsample", self.upsample, ("bilinear", "nearest"))
         _integer("threshold_bins", self.threshold_bins, 2)
         _choice("mask", self.mask, ("dynamic", "fixed"))

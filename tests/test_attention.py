@@ -81,3 +81,33 @@ def test_maps_carry_gradient_to_the_input(tiny_ip2p):
         tiny_ip2p.unet(sample, t, encoder_hidden_states=prompts.embeds)
     store.aggregate().pow(2).sum().backward()
     assert sample.grad is not None and sample.grad.abs().sum() > 0
+
+
+def test_focused_weights_keep_the_tokens_whose_maps_concentrate():
+    from danp_pipeline.protect.attention import focused_weights
+
+    blob = torch.zeros(6, 6)
+    blob[1:3, 1:3] = 1.0
+    flat = torch.ones(6, 6)
+    other_blob = torch.roll(blob, shifts=(3, 3), dims=(0, 1)) + 0.01
+    maps = torch.stack([blob + 0.01, flat, other_blob, blob])[None]     # [1, 4 tokens, 6, 6]
+    weights = torch.tensor([[0.25, 0.25, 0.25, 0.0]])                   # token 3 is no content token
+    assert focused_weights(maps, weights).tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    # every map equally spread: all stay; a single content token always stays
+    assert torch.allclose(focused_weights(flat.expand(1, 3, 6, 6), torch.full((1, 3), 1 / 3)), torch.full((1, 3), 1 / 3))
+    assert focused_weights(maps[:, :2], torch.tensor([[0.0, 1.0]])).tolist() == [[0.0, 1.0]]
+
+
+def test_focused_store_reduces_to_a_weighted_map_with_gradient(tiny_ip2p):
+    sample, t, prompts = unet_inputs(tiny_ip2p)
+    sample.requires_grad_(True)
+    store = AttentionStore(focused=True)
+    store.begin(tuple(sample.shape[-2:]), prompts.token_weights)
+    with capture_cross_attention(tiny_ip2p.unet, store):
+        tiny_ip2p.unet(sample, t, encoder_hidden_states=prompts.embeds)
+    att = store.aggregate()
+    assert att.shape == (2, *sample.shape[-2:])
+    # a convex combination of per-token probability maps: each pixel within [0, 1]
+    assert float(att.min()) >= 0 and float(att.max()) <= 1
+    att.pow(2).sum().backward()
+    assert sample.grad is not None and sample.grad.abs().sum() > 0

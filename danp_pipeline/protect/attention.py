@@ -26,13 +26,21 @@ class AttentionStore:
     Before each forward, :meth:`begin` is told the latent grid (h, w) and per-sample token weights
     [B, T] (summing to 1 over tokens). Each layer's softmax [B·heads, h_l·w_l, T] becomes a map
     [B, h_l, w_l]: mean over heads, weighted sum over tokens.
+
+    ``focused=True`` (``token_reduction="focused"``) keeps one map per weighted token instead and
+    reduces in :meth:`aggregate`: only the tokens whose layer-averaged map is at least as concentrated
+    as their prompt's average weighted token (entropy at or below the mean) are kept, with equal weights.
+    Words that name something in the picture localize; instruction words ("make", "the") spread out
+    and would blur the mask (benchmarks/micro_attention.py measures both).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, focused: bool = False) -> None:
         self.maps: list[torch.Tensor] = []
         self.latent_hw: tuple[int, int] | None = None
         self.token_weights: torch.Tensor | None = None
         self.recording = False
+        self.focused = focused
+        self.kept_tokens: torch.Tensor | None = None
 
     def begin(self, latent_hw: tuple[int, int], token_weights: torch.Tensor) -> None:
         self.maps = []
@@ -47,8 +55,12 @@ class AttentionStore:
         n_query, n_tokens = probs.shape[-2:]
         grid = _grid(self.latent_hw, n_query)
         probs = probs.reshape(batch, heads, n_query, n_tokens).mean(dim=1)
-        weights = self.token_weights.to(probs.dtype)[:, :, None]
-        layer_map = torch.bmm(probs, weights).reshape(batch, *grid)
+        if self.focused:   # [B, K, h, w] for the K tokens weighted in any sample
+            self.kept_tokens = (self.token_weights > 0).any(dim=0).nonzero()[:, 0]
+            layer_map = probs[:, :, self.kept_tokens].transpose(1, 2).reshape(batch, -1, *grid)
+        else:
+            weights = self.token_weights.to(probs.dtype)[:, :, None]
+            layer_map = torch.bmm(probs, weights).reshape(batch, *grid)
         if self.recording:  # not during activation recomputation (gradient checkpointing) after aggregate()
             self.maps.append(layer_map)
 
@@ -59,8 +71,28 @@ class AttentionStore:
             raise RuntimeError("no cross-attention was captured: is the processor installed on attn2?")
         size = max((m.shape[-2:] for m in self.maps), key=lambda s: s[0] * s[1])
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        ups = [F.interpolate(m[:, None].float(), size=tuple(size), mode=mode, **kwargs)[:, 0] for m in self.maps]
-        return torch.stack(ups).mean(dim=0)
+        if not self.focused:
+            ups = [F.interpolate(m[:, None].float(), size=tuple(size), mode=mode, **kwargs)[:, 0] for m in self.maps]
+            return torch.stack(ups).mean(dim=0)
+        ups = [F.interpolate(m.float(), size=tuple(size), mode=mode, **kwargs) for m in self.maps]
+        per_token = torch.stack(ups).mean(dim=0)                       # [B, K, H, W]
+        weights = focused_weights(per_token.detach(), self.token_weights[:, self.kept_tokens].float())
+        return torch.einsum("bkhw,bk->bhw", per_token, weights.to(per_token.device))
+
+
+def focused_weights(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Equal weights [B, K] over the tokens (weight > 0) whose map [B, K, H, W] has an entropy at or
+    below the mean entropy of that sample's weighted tokens; the most concentrated map always stays."""
+    p = per_token.flatten(2).clamp(min=0)
+    p = p / p.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    entropy = -(p * torch.log(p.clamp(min=1e-30))).sum(dim=-1)                          # [B, K]
+    active = weights > 0
+    mean = (entropy * active).sum(dim=1, keepdim=True) / active.sum(dim=1, keepdim=True).clamp(min=1)
+    keep = active & (entropy <= mean + 1e-6)
+    fallback = torch.zeros_like(keep)
+    fallback[torch.arange(len(keep)), entropy.masked_fill(~active, torch.inf).argmin(dim=1)] = True
+    keep = torch.where(keep.any(dim=1, keepdim=True), keep, fallback & active)
+    return keep.float() / keep.float().sum(dim=1, keepdim=True).clamp(min=1)
 
 
 def _grid(latent_hw: tuple[int, int], n_query: int) -> tuple[int, int]:
@@ -142,7 +174,8 @@ def token_weights(attention_mask: torch.Tensor, reduction: str) -> torch.Tensor:
     """Per-sample weights over the 77 text positions that sum to 1.
 
     ``content``: the prompt's own tokens (no BOS, EOS or padding); a prompt that tokenizes to
-    nothing falls back to ``all``. ``all``: uniform over every position.
+    nothing falls back to ``all``. ``all``: uniform over every position. ``focused`` starts from the
+    content weights; the store narrows them per map (:class:`AttentionStore`).
     """
     batch, length = attention_mask.shape
     uniform = torch.full((batch, length), 1.0 / length)

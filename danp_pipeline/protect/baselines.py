@@ -36,7 +36,9 @@ name           source                                               objective he
 =============  ===================================================  =================================================
 
 DANP ablations are not objectives but configurations (:data:`danp_pipeline.config.EVAL_METHODS`): ``danp-no-daa``
-(use_daa=False; starts from the ``random`` baseline's δ, because NBA alone is flat at δ = 0), ``danp-no-nba`` (use_nba=False), ``danp-fixed-mask`` (mask="fixed").
+(use_daa=False; starts from the ``random`` baseline's δ, because NBA alone is flat at δ = 0), ``danp-no-nba``
+(use_nba=False), ``danp-fixed-mask`` (mask="fixed"), ``danp-focused`` (token_reduction="focused": DAA's map
+from the prompt's words whose attention localizes, not from every content word).
 """
 
 from __future__ import annotations

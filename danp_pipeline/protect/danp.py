@@ -385,7 +385,7 @@ class DanpObjective(DiffusionObjective):
             self.weights["daa"] = 1.0
         if cfg.use_nba:
             self.weights["nba"] = cfg.lambda_nba
-        self.store = AttentionStore()
+        self.store = AttentionStore(focused=cfg.token_reduction == "focused")
         self.x0 = x0
         self.clean_z: torch.Tensor | None = None
         self.clean_cond: torch.Tensor | None = None
