@@ -146,6 +146,35 @@ def test_fan_out_and_list_files_give_todays_listing(tmp_path, ray_local):
                 for r in found} == expected, name
 
 
+def test_list_files_are_read_one_task_each_in_bounded_tables_and_empty_ones_add_nothing(tmp_path, ray_local,
+                                                                                      monkeypatch):
+    from danp_pipeline.job import inventory
+
+    tree(tmp_path / "in", KEYS)
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    uris = [f"file://{tmp_path}/in/{k}" for k in KEYS]
+    for fmt in ("parquet", "csv", "jsonl"):
+        folder = tmp_path / f"list-{fmt}"
+        folder.mkdir()
+        parts = [uris[:2], uris[2:5], uris[5:], []]          # the last file has no rows
+        for i, part in enumerate(parts):
+            table = pa.table({"uri": pa.array(part, pa.string())})
+            if fmt == "parquet":
+                pq.write_table(table, folder / f"{i}.parquet")
+            elif fmt == "csv":
+                (folder / f"{i}.csv").write_text("uri\n" + "".join(u + "\n" for u in part))
+            else:
+                (folder / f"{i}.jsonl").write_text("".join(json.dumps({"uri": u}) + "\n" for u in part))
+        ds = listing.dataset(cfg.replace(input_list=str(folder)), {}).materialize()
+        assert sorted(r["source_key"] for r in objects(ds)) == sorted(KEYS), fmt
+        assert ds.num_blocks() >= len(parts), fmt          # one read task (and block) per list file
+    # a task streams its file in tables of LIST_READ_ROWS rows, never the whole file at once
+    monkeypatch.setattr(inventory, "LIST_READ_ROWS", 2)
+    reader_ = inventory._ListReader(str(tmp_path / "list-parquet"), {}, "parquet", None)
+    sizes = [t.num_rows for t in reader_(pa.table({"list_file": [str(tmp_path / "list-parquet" / "1.parquet")]}))]
+    assert sizes == [2, 1]
+
+
 @pytest.mark.integration
 def test_s3_inventory_and_s3_fan_out_list_the_same_objects(s3_endpoint, ray_local, tmp_path):
     options = s3_options(s3_endpoint)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import ray
 
 from .. import storage
@@ -29,11 +31,21 @@ LIST_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv", ".jsonl
 INVENTORY_MANIFEST = "manifest.json"
 
 
+#: Rows per table a list-reading task yields: its memory is bounded by one batch, not by one file.
+LIST_READ_ROWS = 131_072
+#: Bytes per block the CSV and JSON-lines readers parse at a time (about LIST_READ_ROWS short rows).
+LIST_READ_BYTES = 16 << 20
+
+
 def read_list(uri: str, options: Mapping[str, Any], num_cpus: float) -> tuple[ray.data.Dataset, bool]:
     """The list's files as a Ray Dataset (read in parallel by Ray tasks, never on the driver), and
-    whether its keys are URL-encoded (S3 Inventory CSV)."""
+    whether its keys are URL-encoded (S3 Inventory CSV).
+
+    The driver learns only which files make up the list (a folder's listing or the manifest's
+    ``files``); one Ray task per file streams it in tables of :data:`LIST_READ_ROWS` rows. (Ray Data's
+    own ``read_parquet`` put all of a small list's files in one read task and costs seconds of
+    start-up on a fresh cluster: benchmarks/listing_scale.py.)"""
     fs, path = storage.filesystem(uri, options)
-    arrow_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     if posixpath.basename(path) == INVENTORY_MANIFEST:
         fmt, files, names = _inventory_files(fs, path)
     else:
@@ -47,17 +59,54 @@ def read_list(uri: str, options: Mapping[str, Any], num_cpus: float) -> tuple[ra
                              f"got {sorted(map(str, formats))}")
         fmt, files, names = formats.pop(), found, None
     logger.info("input list %s: %d %s file(s)", uri, len(files), fmt)
-    common = {"filesystem": arrow_fs, "num_cpus": num_cpus}
-    if fmt == "parquet":
-        return ray.data.read_parquet(files, **common), False
-    if fmt == "json":
-        return ray.data.read_json(files, file_extensions=None, **common), False   # Arrow reads JSON lines
-    import pyarrow.csv as pacsv
+    reader = _ListReader(uri, dict(options), fmt, names)
+    ds = ray.data.from_items([{"list_file": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(reader, batch_size=1, batch_format="pyarrow", num_cpus=num_cpus), names is not None
 
-    read = pacsv.ReadOptions(column_names=names) if names else pacsv.ReadOptions()
-    text = {n: pa.string() for n in names or ("uri", "key", "etag", "prompts")}
-    return ray.data.read_csv(files, read_options=read, convert_options=pacsv.ConvertOptions(
-        column_types=text, strings_can_be_null=True), **common), names is not None
+
+class _ListReader:
+    """Ray task body: the rows of each list file named in the batch, as Arrow tables. A file with no
+    rows yields one empty table with its columns (listing turns it into a placeholder row)."""
+
+    def __init__(self, uri: str, options: dict[str, Any], fmt: str, names: list[str] | None) -> None:
+        self.uri, self.options, self.fmt, self.names = uri, options, fmt, names
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        fs = storage.filesystem(self.uri, self.options)[0]
+        for path in batch["list_file"].to_pylist():
+            with storage.retrying(fs.open, path, "rb", compression="infer" if self.fmt != "parquet" else None,
+                                  what=f"reading input list file {path}") as f:
+                yield from self._tables(f, path)
+
+    def _tables(self, f: Any, path: str) -> Iterator[pa.Table]:
+        if self.fmt == "parquet":
+            parquet = pq.ParquetFile(f)
+            batches, schema = parquet.iter_batches(batch_size=LIST_READ_ROWS), parquet.schema_arrow
+        elif self.fmt == "json":   # JSON lines
+            try:
+                stream = pajson.open_json(f, read_options=pajson.ReadOptions(block_size=LIST_READ_BYTES))
+            except pa.ArrowInvalid as exc:
+                if "Empty JSON" not in str(exc):
+                    raise
+                logger.info("input list file %s has no rows", path)
+                yield pa.table({})
+                return
+            batches, schema = stream, stream.schema
+        else:
+            names = self.names
+            text = {n: pa.string() for n in names or ("uri", "key", "etag", "prompts")}
+            stream = pacsv.open_csv(
+                f, read_options=pacsv.ReadOptions(column_names=names, block_size=LIST_READ_BYTES),
+                convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True))
+            batches, schema = stream, stream.schema
+        empty = True
+        for record_batch in batches:
+            if record_batch.num_rows:
+                empty = False
+                yield pa.Table.from_batches([record_batch])
+        if empty:
+            logger.info("input list file %s has no rows", path)
+            yield schema.empty_table()
 
 
 def _format(path: str) -> str | None:

@@ -49,8 +49,12 @@ LISTING_SCHEMA = pa.schema([
     ("source_etag", pa.string()),
     ("read_error", pa.string()),
 ])
-#: Listing tasks are I/O-bound: a quarter CPU each (see pipeline.READ_CPUS).
+#: Fan-out listing tasks are I/O-bound (LIST calls): a quarter CPU each (see pipeline.READ_CPUS).
 LIST_CPUS = 0.25
+#: Reading a list file is decoding Parquet/CSV/JSON: one CPU per file. (At a quarter CPU, a fresh
+#: 2-CPU cluster started up to 8 worker processes for 8 list files, and 1 M keys took 2-11 s instead
+#: of 2.5-4: benchmarks/listing_scale.py.)
+LIST_FILE_CPUS = 1.0
 #: Rows per batch a fan-out listing task yields (its memory is bounded by one directory's listing).
 LIST_BATCH_ROWS = 10_000
 
@@ -59,8 +63,8 @@ def dataset(cfg: PipelineConfig, prompts: Mapping[str, tuple[str, ...]], counter
     """Every object under INPUT (from ``cfg.input_list`` or by fan-out) as LISTING_SCHEMA rows."""
     scope = _Scope.of(cfg, prompts, counter)
     if cfg.input_list:
-        ds, url_encoded = inventory.read_list(cfg.input_list, cfg.storage_options, LIST_CPUS)
-        return ds.map_batches(_normalize, batch_format="pyarrow", num_cpus=LIST_CPUS,
+        ds, url_encoded = inventory.read_list(cfg.input_list, cfg.storage_options, LIST_FILE_CPUS)
+        return ds.map_batches(_normalize, batch_format="pyarrow", num_cpus=LIST_FILE_CPUS,
                               fn_kwargs={"scope": scope, "url_encoded": url_encoded})
     units = fan_out_units(cfg.input_uri, cfg.storage_options, cfg.list_fanout_depth, scope.excluded)
     logger.info("listing %s in %d task(s) (fan-out depth %d)", cfg.input_uri, len(units), cfg.list_fanout_depth)
@@ -177,6 +181,8 @@ def _unit_entries(fs: Any, unit: dict) -> Iterator[tuple[str, dict]]:
 def _normalize(batch: pa.Table, *, scope: _Scope, url_encoded: bool) -> pa.Table:
     """Ray task: a batch of list rows (user list or inventory) as LISTING_SCHEMA rows (vectorized,
     but for URL-decoding, sidecar prompts and URIs not already in canonical form)."""
+    if not batch.num_rows:          # an empty list file
+        return _placeholder()
     names = set(batch.column_names)
     if "is_latest" in names:        # a versioned inventory: current versions only, no delete markers
         batch = batch.filter(pc.equal(_boolean(batch["is_latest"]), True))
