@@ -16,9 +16,9 @@ third process on the same inputs, and both plans are compared by an order-free d
 
 ``speed``: N empty files in a 1000-directory tree; today's serial listing (reader.list_inputs, the
 driver alone) against reading the same N URIs from Parquet list files (125,000 rows each, as an
-inventory comes in several files) with Ray Data, and against
-the fan-out listing of the tree by Ray tasks — each in a fresh process (serial twice, list file three
-times), with and without Ray's start-up time. Not a test: the figures depend on the machine and on what else runs on it.
+inventory comes in several files) with Ray Data, and against the fan-out listing of the tree by Ray
+tasks — each in a fresh process (serial twice, list file three times), with and without Ray's
+start-up time. Not a test: the figures depend on the machine and on what else runs on it.
 JSON goes to benchmarks/results/cpu/listing_*.json.
 """
 

@@ -26,65 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from danp_pipeline.micro import world
+from danp_pipeline.micro.probe import attention_maps, mask_overlap
 from danp_pipeline.micro.training import object_token_positions, share_inside
-from danp_pipeline.protect.attention import (
-    AttentionStore,
-    capture_cross_attention,
-    token_weights,
-)
-from danp_pipeline.protect.diffusion import (
-    add_noise,
-    encode_mean,
-    latents_and_condition,
-    predict_noise,
-)
 from danp_pipeline.protect.models import load_editor
-from danp_pipeline.protect.threshold import kapur_mask
 
 logger = logging.getLogger("micro_attention")
-
-
-def word_weights(ids: list[int], positions: list[int]) -> torch.Tensor:
-    w = torch.zeros(1, len(ids))
-    w[0, positions] = 1.0 / len(positions)
-    return w
-
-
-@torch.no_grad()
-def object_attention(bundle, sample: world.EditSample, positions: list[int] | str, timesteps: list[int], seed: int):
-    """Cross-attention maps [timesteps, h, w] of the instruction's tokens at ``positions`` (BOS is 0);
-    ``positions="content"`` or ``"focused"`` weighs the tokens as DANP's DAA does with that
-    ``token_reduction``."""
-    tok = bundle.tokenizer(sample.instruction, padding="max_length", max_length=bundle.tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-    ids = tok.input_ids[0].tolist()
-    embeds = bundle.text_encoder(tok.input_ids)[0]
-    x = torch.from_numpy(sample.source).permute(2, 0, 1)[None].float() / 255
-    z, cond = latents_and_condition(bundle, encode_mean(bundle, x))
-    store, maps = AttentionStore(focused=positions == "focused"), []
-    g = torch.Generator().manual_seed(seed)
-    with capture_cross_attention(bundle.unet, store):
-        for t in timesteps:
-            tt = torch.tensor([t])
-            z_t = add_noise(bundle, z, torch.randn(z.shape, generator=g), tt)
-            weights = (token_weights(tok.attention_mask, positions) if isinstance(positions, str)
-                       else word_weights(ids, positions))
-            store.begin(tuple(z.shape[-2:]), weights)
-            predict_noise(bundle, z_t, tt, embeds, cond)
-            maps.append(store.aggregate())
-    return torch.cat(maps)
-
-
-def mask_overlap(att_per_t: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """DAA's Kapur mask at each timestep against the object's mask: IoU, precision, recall (means)."""
-    daa = kapur_mask(att_per_t)
-    obj = (mask > 0.5).float().expand_as(daa)
-    inter = (daa * obj).sum(dim=(-2, -1))
-    union = ((daa + obj) > 0).float().sum(dim=(-2, -1))
-    return {"iou": float((inter / union.clamp(min=1)).mean()),
-            "precision": float((inter / daa.sum(dim=(-2, -1)).clamp(min=1)).mean()),
-            "recall": float((inter / obj.sum(dim=(-2, -1)).clamp(min=1)).mean()),
-            "mask_area": float(daa.mean())}
 
 
 def main() -> None:
@@ -104,12 +50,13 @@ def main() -> None:
     rows, panels = [], []
     for sample in world.make_split(args.split, args.scenes, seed=11):
         obj = sample.source_object
-        att_t = object_attention(bundle, sample, list(object_token_positions(sample.instruction, obj)), timesteps,
-                                 seed=sample.scene_seed)
+        def maps(tokens, sample=sample):
+            return attention_maps(bundle, sample.instruction, sample.source, tokens, timesteps, seed=sample.scene_seed)
+
+        att_t = maps(list(object_token_positions(sample.instruction, obj)))
         att = att_t.mean(0)
-        other = object_attention(bundle, sample, [1], timesteps, seed=sample.scene_seed).mean(0)   # the first word
-        content_t = object_attention(bundle, sample, "content", timesteps, seed=sample.scene_seed)
-        focused_t = object_attention(bundle, sample, "focused", timesteps, seed=sample.scene_seed)
+        other = maps([1]).mean(0)   # the first word
+        content_t, focused_t = maps("content"), maps("focused")
         h, w = att.shape
         mask = F.interpolate(torch.from_numpy(sample.source_mask.astype(np.float32))[None, None], size=(h, w),
                              mode="area")[0, 0]

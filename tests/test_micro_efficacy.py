@@ -110,31 +110,18 @@ def test_shipped_editor_edits_held_out_scenes(name):
     assert np.mean(ok) >= 0.5, ok
 
 
-@torch.no_grad()
 def test_focused_daa_mask_sits_on_the_named_object():
     """DAA's Kapur mask from the words that localize ("focused") lies mostly on the edited object;
     from every content word ("content", the default) it spreads over the picture. Training scenes."""
-    from danp_pipeline.protect.attention import AttentionStore, capture_cross_attention
-    from danp_pipeline.protect.diffusion import add_noise, encode_prompts, latents_and_condition, predict_noise
-    from danp_pipeline.protect.threshold import kapur_mask
+    from danp_pipeline.micro.probe import attention_maps, mask_overlap
 
     bundle = load_editor(EDITOR)
     precision = {"content": [], "focused": []}
     for sample in world.make_split("train", 8, seed=5):
-        prompts = encode_prompts(bundle, [[sample.instruction]])
-        x = torch.from_numpy(sample.source).permute(2, 0, 1)[None].float() / 255
-        z, cond = latents_and_condition(bundle, encode_mean(bundle, x))
         for reduction in precision:
-            store = AttentionStore(focused=reduction == "focused")
-            for t_value in (250, 500, 750):
-                t = torch.tensor([t_value])
-                z_t = add_noise(bundle, z, torch.randn(z.shape, generator=torch.Generator().manual_seed(t_value)), t)
-                store.begin(tuple(z.shape[-2:]), prompts.token_weights)
-                with capture_cross_attention(bundle.unet, store):
-                    predict_noise(bundle, z_t, t, prompts.embeds, cond)
-                mask = kapur_mask(store.aggregate())[0]
-                obj = torch.nn.functional.interpolate(torch.from_numpy(sample.source_mask.astype(np.float32))[None, None],
-                                                      size=mask.shape, mode="area")[0, 0] > 0.5
-                precision[reduction].append(float((mask * obj).sum() / mask.sum().clamp(min=1)))
+            maps = attention_maps(bundle, sample.instruction, sample.source, reduction, [250, 500, 750], seed=0)
+            obj = torch.nn.functional.interpolate(torch.from_numpy(sample.source_mask.astype(np.float32))[None, None],
+                                                  size=maps.shape[-2:], mode="area")[0, 0]
+            precision[reduction].append(mask_overlap(maps, obj)["precision"])
     focused, content = np.mean(precision["focused"]), np.mean(precision["content"])
     assert focused > 0.6 and focused > content + 0.3, (focused, content)

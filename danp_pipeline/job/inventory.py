@@ -85,18 +85,15 @@ class _ListReader:
         elif self.fmt == "json":   # JSON lines
             try:
                 stream = pajson.open_json(f, read_options=pajson.ReadOptions(block_size=LIST_READ_BYTES))
-            except pa.ArrowInvalid as exc:
+                batches, schema = stream, stream.schema
+            except pa.ArrowInvalid as exc:   # Arrow refuses a JSON-lines file without a line
                 if "Empty JSON" not in str(exc):
                     raise
-                logger.info("input list file %s has no rows", path)
-                yield pa.table({})
-                return
-            batches, schema = stream, stream.schema
+                batches, schema = [], pa.schema([])
         else:
-            names = self.names
-            text = {n: pa.string() for n in names or ("uri", "key", "etag", "prompts")}
+            text = {n: pa.string() for n in self.names or ("uri", "key", "etag", "prompts")}
             stream = pacsv.open_csv(
-                f, read_options=pacsv.ReadOptions(column_names=names, block_size=LIST_READ_BYTES),
+                f, read_options=pacsv.ReadOptions(column_names=self.names, block_size=LIST_READ_BYTES),
                 convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True))
             batches, schema = stream, stream.schema
         empty = True

@@ -47,6 +47,8 @@ class AttentionStore:
         self.latent_hw = latent_hw
         self.token_weights = token_weights
         self.recording = True
+        if self.focused:   # the tokens weighted in any sample: their maps are kept one by one
+            self.kept_tokens = (token_weights > 0).any(dim=0).nonzero()[:, 0]
 
     def add(self, probs: torch.Tensor, heads: int) -> None:
         if self.latent_hw is None or self.token_weights is None:
@@ -55,8 +57,7 @@ class AttentionStore:
         n_query, n_tokens = probs.shape[-2:]
         grid = _grid(self.latent_hw, n_query)
         probs = probs.reshape(batch, heads, n_query, n_tokens).mean(dim=1)
-        if self.focused:   # [B, K, h, w] for the K tokens weighted in any sample
-            self.kept_tokens = (self.token_weights > 0).any(dim=0).nonzero()[:, 0]
+        if self.focused:   # [B, K, h, w] for the K kept tokens
             layer_map = probs[:, :, self.kept_tokens].transpose(1, 2).reshape(batch, -1, *grid)
         else:
             weights = self.token_weights.to(probs.dtype)[:, :, None]
@@ -77,7 +78,7 @@ class AttentionStore:
         ups = [F.interpolate(m.float(), size=tuple(size), mode=mode, **kwargs) for m in self.maps]
         per_token = torch.stack(ups).mean(dim=0)                       # [B, K, H, W]
         weights = focused_weights(per_token.detach(), self.token_weights[:, self.kept_tokens].float())
-        return torch.einsum("bkhw,bk->bhw", per_token, weights.to(per_token.device))
+        return torch.einsum("bkhw,bk->bhw", per_token, weights)
 
 
 def focused_weights(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
