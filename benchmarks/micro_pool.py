@@ -31,8 +31,11 @@ def pooled(run_dirs: list[Path], methods: list[str] | None) -> pd.DataFrame:
         df["run"] = run.name
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
+    if "variant" not in df:             # runs before size variants: every scene was square
+        df["variant"] = "4x-1:1"
+    df["variant"] = df["variant"].fillna("4x-1:1")
     df["case"] = df["scene"]            # scenes are the unit: the suite's case index restarts in every run
-    df = df.drop_duplicates(["method", "scene", "attack_editor", "prompt_set", "transform", "seed"])
+    df = df.drop_duplicates(["method", "scene", "variant", "attack_editor", "prompt_set", "transform", "seed"])
     scenes = df["scene"].nunique()
     per_method = df.groupby("method")["scene"].nunique()
     complete = [m for m in (methods or list(dict.fromkeys(df["method"]))) if per_method.get(m, 0) == scenes]
@@ -46,7 +49,7 @@ def pooled(run_dirs: list[Path], methods: list[str] | None) -> pd.DataFrame:
 
 def paired(df: pd.DataFrame, a: str, b: str) -> list[dict]:
     """Per setting: edits stopped by ``a`` but not ``b`` and the reverse (clean edit succeeded)."""
-    key = ["scene", "attack_editor", "prompt_set", "transform", "seed"]
+    key = ["scene", "variant", "attack_editor", "prompt_set", "transform", "seed"]
     both = df[df["method"] == a].merge(df[df["method"] == b], on=key, suffixes=("_a", "_b"))
     both = both[both["edit_success_clean_a"]]
     out = []

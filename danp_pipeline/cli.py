@@ -320,8 +320,10 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                              "protected at full size, then resized by the attacker (default editor)")
     parser.add_argument("--attacker-filters", type=_csv_list(str), default=_default(EvalConfig, "attacker_filters"),
                         help="attacker view: the attacker's Pillow resize filters (default lanczos,bicubic,bilinear)")
-    parser.add_argument("--size-variants", type=_csv_list(str), default=C.EVAL_SIZE_VARIANTS,
-                        help=f"attacker view: full-size photos (default {','.join(C.EVAL_SIZE_VARIANTS)})")
+    parser.add_argument("--size-variants", type=_csv_list(str), default=None,
+                        help=f"full-size photos, from {','.join(C.SIZE_VARIANTS)} (attacker view; default "
+                             f"{','.join(C.EVAL_SIZE_VARIANTS)}); micro: the scenes' sizes and aspects in either "
+                             f"view (default {','.join(m.size_variants)})")
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
@@ -345,7 +347,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
                       edit=edit, seeds=tuple(args.seeds), transforms=transforms,
                       protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
                       device=args.device, view=args.view, attacker_filters=tuple(args.attacker_filters),
-                      size_variants=tuple(args.size_variants)).validate()
+                      size_variants=tuple(args.size_variants or C.EVAL_SIZE_VARIANTS)).validate()
 
 
 def _eval_paths(args: argparse.Namespace) -> None:
@@ -366,8 +368,8 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
     transforms = ("none",) if args.transforms is None else tuple(args.transforms)
     return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
                             methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
-                            transforms=transforms, view=args.view, device=args.device,
-                            workers=args.workers).validate()
+                            transforms=transforms, view=args.view, device=args.device, workers=args.workers,
+                            size_variants=tuple(args.size_variants or MicroSuiteConfig.size_variants)).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:

@@ -41,8 +41,10 @@ EVAL_METHODS: dict[str, dict[str, Any]] = {
 #: Robustness transforms the evaluation applies to a protected photo before the edit ("none": efficacy).
 ROBUSTNESS_TRANSFORMS: tuple[str, ...] = ("none", "jpeg95", "jpeg75", "jpeg50", "resize", "blur")
 
-#: Full-size photos of the evaluation's attacker view (evaluation/attacker.py): 4× the editor's size at
+#: Full-size photos of the attacker view (evaluation/attacker.py): 4× the editor's size, square and at
 #: three aspect ratios, and one smaller than the editor's size.
+SIZE_VARIANTS: tuple[str, ...] = ("4x-1:1", "4x-3:2", "4x-16:9", "4x-4:5", "small-3:2")
+#: The evaluation's default set (the square one is the micro benchmark's default, see MicroSuiteConfig).
 EVAL_SIZE_VARIANTS: tuple[str, ...] = ("4x-3:2", "4x-16:9", "4x-4:5", "small-3:2")
 
 #: Schedulers the attacker's edit can use ("auto": euler-ancestral for ip2p, pndm for sd).
@@ -392,8 +394,7 @@ class EvalConfig:
         _choice("view", self.view, ("editor", "attacker"))
         _tuple("attacker_filters", self.attacker_filters, lambda v: v in RESIZE_FILTERS,
                f"names from {list(RESIZE_FILTERS)}")
-        _tuple("size_variants", self.size_variants, lambda v: v in EVAL_SIZE_VARIANTS,
-               f"names from {list(EVAL_SIZE_VARIANTS)}")
+        _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
         return self
 
     def settings(self) -> dict:
@@ -428,7 +429,9 @@ class MicroSuiteConfig:
     seeds: tuple[int, ...] = (0, 1, 2)          # the attacker's edit seeds
     transforms: tuple[str, ...] = ("none",)     # robustness transforms of the protected file (none, jpeg75, …)
     view: str = "editor"                        # "attacker": full-size scenes, resized by the attacker
-    full_size_factor: int = 4                   # attacker view: the photo's side in editor sizes
+    # The scenes' sizes and aspects (config.SIZE_VARIANTS): in the attacker view the full-size photo; in the
+    # editor view the attacker's copy of it (the same scene in the same frame, protected at the editor's size).
+    size_variants: tuple[str, ...] = ("4x-1:1",)
     device: str | None = None
     workers: int = 1                            # processes, each with one torch thread and its own editors
 
@@ -446,7 +449,7 @@ class MicroSuiteConfig:
         _tuple("transforms", self.transforms, lambda v: v in ROBUSTNESS_TRANSFORMS,
                f"names from {list(ROBUSTNESS_TRANSFORMS)}")
         _choice("view", self.view, ("editor", "attacker"))
-        _integer("full_size_factor", self.full_size_factor, 1)
+        _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
         _integer("workers", self.workers, 1)
         return self
 

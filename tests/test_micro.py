@@ -18,6 +18,38 @@ def test_render_is_deterministic_and_named_uniquely() -> None:
         assert 2 <= len(names) <= 3 and len(set(names)) == len(names)
 
 
+@pytest.mark.parametrize("variant", ["4x-3:2", "4x-16:9", "4x-4:5", "small-3:2"])
+def test_a_scene_in_another_frame_is_the_attackers_copy_of_its_full_size_photo(variant: str) -> None:
+    """Ground truth in the attacker's frame: the Pillow copy of the full-size photo is the frame's window,
+    every object lies whole inside it, and the success rule still separates target from source."""
+    from danp_pipeline.evaluation.attacker import attackers_copy
+    from danp_pipeline.evaluation.metrics import psnr
+    from danp_pipeline.evaluation.micro_suite import variant_frame
+
+    shape, frame = variant_frame(variant)
+    _, _, h, w = frame.window
+    assert (h, w) != (64, 64) and h % world.LATENT_FACTOR == 0 == w % world.LATENT_FACTOR and max(h, w) == 64
+    square = world.make_split("heldout", 6, seed=2)
+    for sample, same_scene in zip(world.make_split("heldout", 6, seed=2, frame=frame), square):
+        assert sample.scene_seed == same_scene.scene_seed      # the same scenes (objects placed in the window)
+        assert sample.source.shape == (h, w, 3) == sample.target.shape and sample.source_mask.shape == (h, w)
+        scene = world.render_scene(sample.scene_seed, frame=frame)
+        for obj in scene.objects:            # whole inside the window: its mask there is all of it
+            whole = world._shape_mask(obj, (frame.height, frame.width), frame) >= 0.5
+            assert world.object_mask(obj, frame).sum() == whole.sum() > 100
+        seen = attackers_copy(world.render_scene(sample.scene_seed, size=shape, frame=frame).image, 64,
+                              world.LATENT_FACTOR, "lanczos", "none")
+        assert seen.shape == sample.source.shape and psnr(seen, sample.source) > 30
+        assert world.edit_success(sample.target, sample)[0] and not world.edit_success(sample.source, sample)[0]
+
+
+def test_a_frame_whose_window_cannot_hold_an_object_is_refused() -> None:
+    with pytest.raises(ValueError, match="window"):
+        world.Frame(36, 64, (0, 0, 20, 64))
+    with pytest.raises(ValueError, match="height, width"):
+        world.render_scene(1, size=128, frame=world.Frame.centred(36, 64, (36, 64)))
+
+
 def test_splits_are_disjoint() -> None:
     tr = {s.scene_seed for s in world.make_split("train", 100)}
     he = {s.scene_seed for s in world.make_split("heldout", 100)}
@@ -153,6 +185,25 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     summary = (out / "summary.md").read_text()
     assert "proxy for Stable Diffusion" in summary and "| danp |" in summary
     assert (out / "grids" / "case-0.png").is_file()
+
+
+def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_editor, tmp_path):
+    import pandas as pd
+
+    from danp_pipeline import cli
+
+    out = tmp_path / "suite"
+    argv = ["eval", "--suite", "micro", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
+            "danp", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--view", "attacker", "--size-variants",
+            "4x-16:9,4x-4:5,small-3:2"]
+    assert cli.entrypoint(argv) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    sizes = dict(zip(df["variant"], df["photo_size"]))
+    assert sizes == {"4x-16:9": "256x144", "4x-4:5": "205x256", "small-3:2": "48x32"}
+    assert len(df) == 3 * 2 and set(df["case"]) == {0, 1, 2}   # variants × (own, unseen); one case per variant
+    assert (df["linf_levels"] <= 8).all()
+    summary = (out / "summary.md").read_text()
+    assert "| danp | 4x-4:5 |" in summary and "| danp | small-3:2 |" in summary
 
 
 def test_a_suite_worker_exits_when_its_parent_is_killed(tmp_path) -> None:

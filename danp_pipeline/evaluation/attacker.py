@@ -6,7 +6,7 @@ of their choice); the diffusers pipelines then need sides that are multiples of 
 centred crop of :func:`danp_pipeline.protect.views.editor_size`). :func:`attackers_copy` does that
 with Pillow, so the evaluation judges protection in the attacker's view, not through our own
 differentiable view of it. :func:`size_variants` makes the full-size photos the evaluation feeds:
-4× the editor size at 3:2, 16:9 and 4:5, and one smaller than the editor size.
+4× the editor size at 3:2, 16:9 and 4:5 (and square), and one smaller than the editor size.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..config import EVAL_SIZE_VARIANTS, ROBUSTNESS_TRANSFORMS
+from ..config import ROBUSTNESS_TRANSFORMS
+from ..config import SIZE_VARIANTS as SIZE_VARIANT_NAMES
 from ..protect.views import editor_size
 
 PIL_FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
@@ -25,7 +26,7 @@ PIL_FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEA
 
 #: Full-size variants: name -> (aspect w:h, long side as a multiple of the editor's size).
 SIZE_VARIANTS: dict[str, tuple[tuple[int, int], float]] = {
-    "4x-3:2": ((3, 2), 4.0), "4x-16:9": ((16, 9), 4.0), "4x-4:5": ((4, 5), 4.0), "small-3:2": ((3, 2), 0.75),
+    "4x-1:1": ((1, 1), 4.0), "4x-3:2": ((3, 2), 4.0), "4x-16:9": ((16, 9), 4.0), "4x-4:5": ((4, 5), 4.0), "small-3:2": ((3, 2), 0.75),
 }
 
 
@@ -55,7 +56,7 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 FULL_SIZE_TRANSFORMS = frozenset({"jpeg95", "jpeg75", "jpeg50"})
 assert tuple(TRANSFORMS) == ROBUSTNESS_TRANSFORMS, "config.ROBUSTNESS_TRANSFORMS names these transforms"
-assert tuple(SIZE_VARIANTS) == EVAL_SIZE_VARIANTS, "config.EVAL_SIZE_VARIANTS names these variants"
+assert tuple(SIZE_VARIANTS) == SIZE_VARIANT_NAMES, "config.SIZE_VARIANTS names these variants"
 
 
 def resize_for_editor(pixels: np.ndarray, resolution: int, multiple: int, filter: str) -> np.ndarray:
@@ -80,20 +81,26 @@ def attackers_copy(pixels: np.ndarray, resolution: int, multiple: int, filter: s
     return seen if transform in FULL_SIZE_TRANSFORMS else TRANSFORMS[transform](seen)
 
 
+def variant_shape(name: str, resolution: int) -> tuple[int, int]:
+    """(height, width) of the full-size variant ``name`` for an editor of size ``resolution``."""
+    if name not in SIZE_VARIANTS:
+        raise ValueError(f"size variant must be one of {list(SIZE_VARIANTS)}, got {name!r}")
+    (aw, ah), factor = SIZE_VARIANTS[name]
+    long_side = round(resolution * factor)
+    return (round(long_side * ah / aw), long_side) if aw >= ah else (long_side, round(long_side * aw / ah))
+
+
 def size_variants(pixels: np.ndarray, resolution: int, names: tuple[str, ...] = tuple(SIZE_VARIANTS)
                   ) -> dict[str, np.ndarray]:
     """Full-size photos made from ``pixels``: a centred crop to each aspect, resized (Lanczos) so that
     its long side is the variant's multiple of the editor's ``resolution``."""
     out = {}
     for name in names:
-        if name not in SIZE_VARIANTS:
-            raise ValueError(f"size variant must be one of {list(SIZE_VARIANTS)}, got {name!r}")
-        (aw, ah), factor = SIZE_VARIANTS[name]
+        height, width = variant_shape(name, resolution)
+        (aw, ah), _ = SIZE_VARIANTS[name]
         h, w = pixels.shape[:2]
         cw, ch = (w, round(w * ah / aw)) if w * ah <= h * aw else (round(h * aw / ah), h)
         top, left = (h - ch) // 2, (w - cw) // 2
         crop = Image.fromarray(pixels[top:top + ch, left:left + cw])
-        long_side = round(resolution * factor)
-        size = (long_side, round(long_side * ah / aw)) if aw >= ah else (round(long_side * aw / ah), long_side)
-        out[name] = np.asarray(crop.resize(size, Image.Resampling.LANCZOS))
+        out[name] = np.asarray(crop.resize((width, height), Image.Resampling.LANCZOS))
     return out

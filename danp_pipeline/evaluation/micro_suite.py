@@ -12,9 +12,12 @@ diffusers InstructPix2Pix pipeline in three settings:
 - ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
 - transfer: another, independently trained editor (``micro-ip2p-b``), the instruction protected against.
 
-With ``view="attacker"`` the scene is a full-size photo (4× the editor's size) protected at full
-size and resized by the attacker (Pillow Lanczos) before the edit; ``transforms`` adds a JPEG
-re-encoding of the protected file first. The micro-editors are small proxies trained in this
+With ``view="attacker"`` the scene is a full-size photo (``size_variants``: 4× the editor's size,
+square or at 3:2, 16:9, 4:5, or smaller than the editor) protected at full size and resized by the
+attacker (Pillow Lanczos, long side = the editor's size, aspect kept, centred crop to the VAE factor)
+before the edit; the ground truth is the same scene drawn in that copy's frame. In the editor view
+the same frame's scene is protected at the editor's size (the reference the attacker's view is
+measured against). ``transforms`` adds a JPEG re-encoding of the protected file first. The micro-editors are small proxies trained in this
 project, not Stable Diffusion: their numbers rank methods on a known task, they do not promise how a
 method does against a real editor.
 """
@@ -33,7 +36,8 @@ from ..config import MicroSuiteConfig, method_config, micro_edit_config
 from ..micro import world
 from ..protect.immunizer import Immunizer
 from ..protect.models import load_editor
-from .attacker import attackers_copy
+from ..protect.views import editor_size
+from .attacker import attackers_copy, variant_shape
 from .editing import Editor
 from .metrics import psnr, ssim
 from .report import amplify
@@ -43,22 +47,39 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Case:
-    """One held-out scene and edit, in the training wording and in a held-out wording."""
+    """One held-out scene and edit, in the training wording and in a held-out wording, at one size variant:
+    the full-size photo's (height, width) and the frame of the attacker's copy of it."""
 
     index: int
     own: world.EditSample
     unseen: world.EditSample
+    variant: str = "4x-1:1"
+    full_shape: tuple[int, int] = (world.SIZE * 4, world.SIZE * 4)
+    frame: world.Frame = world.SQUARE
+
+
+def variant_frame(variant: str) -> tuple[tuple[int, int], world.Frame]:
+    """The full-size photo's (height, width) for ``variant`` and the frame of the attacker's copy of it:
+    long side = the editor's size, aspect kept, centred crop to the editors' VAE factor."""
+    shape = variant_shape(variant, world.SIZE)
+    resized, crop = editor_size(*shape, world.SIZE, world.LATENT_FACTOR)
+    return shape, world.Frame.centred(*resized, crop)
 
 
 def cases(config: MicroSuiteConfig) -> list[Case]:
-    """Held-out scenes, one edit each (kinds balanced); the same edit in both wordings."""
-    own = world.make_split("heldout", config.scenes, config.scene_seed, wordings="train")
-    unseen = world.make_split("heldout", config.scenes, config.scene_seed, wordings="heldout")
-    for a, b in zip(own, unseen):
-        if (a.scene_seed, a.kind, a.source_object, a.target_object) != (b.scene_seed, b.kind, b.source_object,
-                                                                        b.target_object):
-            raise RuntimeError("the world drew different edits for the two wordings of one scene")
-    return [Case(i, a, b) for i, (a, b) in enumerate(zip(own, unseen))]
+    """Held-out scenes, one edit each (kinds balanced); the same edit in both wordings; every scene at every
+    size variant (variant-major: case index = variant's position × scenes + scene's)."""
+    out = []
+    for variant in config.size_variants:
+        shape, frame = variant_frame(variant)
+        own = world.make_split("heldout", config.scenes, config.scene_seed, wordings="train", frame=frame)
+        unseen = world.make_split("heldout", config.scenes, config.scene_seed, wordings="heldout", frame=frame)
+        for a, b in zip(own, unseen):
+            if (a.scene_seed, a.kind, a.source_object, a.target_object) != (b.scene_seed, b.kind, b.source_object,
+                                                                            b.target_object):
+                raise RuntimeError("the world drew different edits for the two wordings of one scene")
+        out += [Case(len(out) + i, a, b, variant, shape, frame) for i, (a, b) in enumerate(zip(own, unseen))]
+    return out
 
 
 class MicroSuite:
@@ -68,6 +89,10 @@ class MicroSuite:
         self.config = config.validate()
         self.bundles = {name: load_editor(name, device=config.device) for name in config.editors}
         self.editors = {name: Editor(bundle, micro_edit_config(name)) for name, bundle in self.bundles.items()}
+        for name, bundle in self.bundles.items():
+            if world.LATENT_FACTOR % bundle.vae_scale_factor:
+                raise ValueError(f"editor {name!r} needs sides that are multiples of {bundle.vae_scale_factor}; the "
+                                 f"micro world's frames are multiples of {world.LATENT_FACTOR}")
         self.protected_editor = config.editors[0]
         bundle = self.bundles[self.protected_editor]
         self.immunizers = {m: Immunizer(bundle, method_config(m, config.attack)) for m in config.methods}
@@ -81,13 +106,13 @@ class MicroSuite:
     def photo(self, case: Case) -> np.ndarray:
         """The file the owner protects: the scene at the editor's size, or at full size (attacker view)."""
         if self.config.view == "attacker":
-            return world.render_scene(case.own.scene_seed, size=world.SIZE * self.config.full_size_factor).image
+            return world.render_scene(case.own.scene_seed, size=case.full_shape, frame=case.frame).image
         return case.own.source
 
     def seen(self, pixels: np.ndarray, transform: str) -> np.ndarray:
         """What the editor gets from a file (the attacker's resize and JPEG in the attacker view)."""
         if self.config.view == "attacker" or transform != "none":
-            return attackers_copy(pixels, world.SIZE, 1, "lanczos", transform)
+            return attackers_copy(pixels, world.SIZE, world.LATENT_FACTOR, "lanczos", transform)
         return pixels
 
     def __call__(self, case: Case) -> tuple[list[dict], list[list[np.ndarray]]]:
@@ -105,7 +130,8 @@ class MicroSuite:
             result = immunizer.protect([full], prompts=[case.own.instruction], seeds=[cfg.attack.seed])[0]
             seconds = time.perf_counter() - start
             base = {"scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
-                    "editor": self.protected_editor, "view": cfg.view, "seconds": seconds,
+                    "editor": self.protected_editor, "view": cfg.view, "variant": case.variant,
+                    "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
             for transform in cfg.transforms:
                 seen = self.seen(result.pixels, transform)
@@ -125,13 +151,14 @@ class MicroSuite:
                             levels = immunizer.config.linf_levels_bound
                             panels.append([clean_seen, seen, amplify(clean_seen, seen, levels), clean_edit, edit,
                                            case.own.target])
-            logger.info("scene %d (%s) / %s: %.1fs", case.own.scene_seed, case.own.kind, method, seconds)
+            logger.info("scene %d (%s, %s) / %s: %.1fs", case.own.scene_seed, case.own.kind, case.variant, method,
+                        seconds)
         return rows, panels
 
 
 # -- the report ------------------------------------------------------------------------------------
 
-GROUP = ["method", "editor", "attack_editor", "prompt_set", "transform"]
+GROUP = ["method", "editor", "variant", "attack_editor", "prompt_set", "transform"]
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -159,7 +186,8 @@ def _rate(flags) -> str:
 
 
 def summary_table(df) -> list[dict]:
-    """One record per (method, editor, attack editor, prompt set, transform), the method order kept."""
+    """One record per (method, editor, size variant, attack editor, prompt set, transform), the method order
+    kept."""
     records = []
     for key, sub in df.groupby(GROUP, sort=False):
         clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
@@ -175,7 +203,7 @@ def summary_table(df) -> list[dict]:
 
 def summary_markdown(df, settings: dict) -> str:
     records = summary_table(df)
-    header = ["method", "attack editor", "prompts", "transform", "n", "edit success clean",
+    header = ["method", "size", "attack editor", "prompts", "transform", "n", "edit success clean",
               "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
               "fidelity PSNR", "s/photo"]
     lines = ["# Micro benchmark: protection against trained micro-editors, with ground truth", "",
@@ -188,7 +216,7 @@ def summary_markdown(df, settings: dict) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         lines.append("| " + " | ".join(str(v) for v in (
-            r["method"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"], r["edit_success_clean"],
+            r["method"], r["variant"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"], r["edit_success_clean"],
             r["edit_success_protected"], r["success_reduction"], r["edits_psnr"], r["edits_ssim"],
             r["target_psnr_protected"], r["fidelity_psnr"], r["seconds"])) + " |")
     import json

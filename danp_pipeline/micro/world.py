@@ -9,6 +9,11 @@ edited object's source/target masks, so an edit's success can be judged exactly
 
 Everything is deterministic from integer seeds and uses numpy + PIL only.
 
+A scene lives in a :class:`Frame`: by default the 64x64 square the editors were trained on; other
+frames (the attacker's resized copy of a 3:2, 16:9 or 4:5 photo, cropped to the editor's multiple) place
+the same scene's objects inside the window the editor gets, and :func:`render_scene` draws the scene
+at any pixel size (a full-size photo of it) in the frame's coordinates.
+
 Splits: scenes for ``"train"`` use seeds ``[0, 10**6)``, ``"heldout"`` scenes use seeds
 ``[10**6, 2*10**6)``; instruction wordings are split into ``"train"`` and ``"heldout"`` templates.
 """
@@ -27,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 SIZE = 64
 SUPERSAMPLE = 4
+#: The micro-editors' VAE factor: what an editor gets has sides that are multiples of it.
+LATENT_FACTOR = 4
+#: A frame's window must hold the largest object (radius 11) with its 2-pixel margin, and a bit more.
+MIN_WINDOW = 30
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -85,14 +94,48 @@ class WorldObject:
         return f"{self.color} {self.shape}"
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where a scene lives, in editor pixels: the attacker's resized copy of the photo (``height`` x
+    ``width``) and the ``window`` (top, left, height, width) of it the editor gets after the crop to its
+    multiple. Objects keep inside the window; ground truth (:class:`EditSample`) is the window."""
+
+    height: int = SIZE
+    width: int = SIZE
+    window: tuple[int, int, int, int] = (0, 0, SIZE, SIZE)
+
+    def __post_init__(self) -> None:
+        top, left, h, w = self.window
+        if self.height < 1 or self.width < 1 or top < 0 or left < 0 or top + h > self.height \
+                or left + w > self.width or min(h, w) < MIN_WINDOW:
+            raise ValueError(f"frame {self.height}x{self.width} with window {self.window}: the window must lie "
+                             f"inside the frame and be at least {MIN_WINDOW} pixels on each side (the objects' size)")
+
+    @classmethod
+    def centred(cls, height: int, width: int, crop: tuple[int, int]) -> Frame:
+        """A ``height`` x ``width`` frame whose window is its centred ``crop`` = (h, w)."""
+        ch, cw = crop
+        return cls(height, width, ((height - ch) // 2, (width - cw) // 2, ch, cw))
+
+    def crop(self, pixels: np.ndarray) -> np.ndarray:
+        """The window of an image rendered at the frame's size."""
+        top, left, h, w = self.window
+        return pixels[top:top + h, left:left + w]
+
+
+SQUARE = Frame()
+
+
 @dataclass
 class Scene:
-    """A rendered scene: its seed, objects, background image and composite image (uint8 HxWx3)."""
+    """A rendered scene: its seed, objects, background image and composite image (uint8 HxWx3), and the
+    frame its object coordinates are in."""
 
     seed: int
     objects: list[WorldObject]
     background: np.ndarray
     image: np.ndarray
+    frame: Frame = SQUARE
 
 
 @dataclass
@@ -103,11 +146,11 @@ class EditSample:
     kind: EditKind
     instruction: str
     wording: Wordings
-    source: np.ndarray  # uint8 (64, 64, 3)
-    target: np.ndarray  # uint8 (64, 64, 3)
-    background: np.ndarray  # uint8 (64, 64, 3), the scene without any object
-    source_mask: np.ndarray  # bool (64, 64): edited object in the source
-    target_mask: np.ndarray  # bool (64, 64): edited object in the target (empty for remove)
+    source: np.ndarray  # uint8 (h, w, 3): the frame's window, (64, 64, 3) in the square frame
+    target: np.ndarray  # uint8 (h, w, 3)
+    background: np.ndarray  # uint8 (h, w, 3), the scene without any object
+    source_mask: np.ndarray  # bool (h, w): edited object in the source
+    target_mask: np.ndarray  # bool (h, w): edited object in the target (empty for remove)
     source_object: WorldObject
     target_object: WorldObject | None
     extra: dict[str, str] = field(default_factory=dict)
@@ -121,9 +164,11 @@ class EditSample:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+def _background(rng: np.random.Generator, shape: tuple[int, int] = (SIZE, SIZE), frame: Frame = SQUARE
+                ) -> np.ndarray:
     """Light, low-saturation background: solid, linear gradient or soft stripes (float HxWx3), drawn at
-    ``size`` pixels (the same picture at every size)."""
+    ``shape`` = (h, w) pixels of ``frame`` (the same picture at every size; coordinates in units of the
+    square frame's side)."""
 
     def pale() -> np.ndarray:
         hue = rng.uniform(0, 1)
@@ -131,11 +176,13 @@ def _background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
         val = rng.uniform(0.6, 0.95)
         return np.array(colorsys.hsv_to_rgb(hue, sat, val), dtype=np.float64) * 255.0
 
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / (size - 1)
+    h, w = shape
+    yy = (np.arange(h, dtype=np.float64) / max(h - 1, 1) * ((frame.height - 1) / (SIZE - 1)))[:, None]
+    xx = (np.arange(w, dtype=np.float64) / max(w - 1, 1) * ((frame.width - 1) / (SIZE - 1)))[None, :]
     kind = rng.choice(["solid", "gradient", "stripes"], p=[0.35, 0.4, 0.25])
     a = pale()
     if kind == "solid":
-        bg = np.broadcast_to(a, (size, size, 3)).copy()
+        bg = np.broadcast_to(a, (h, w, 3)).copy()
     elif kind == "gradient":
         b = pale()
         ang = rng.uniform(0, 2 * np.pi)
@@ -152,40 +199,44 @@ def _background(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     return np.clip(bg, 0, 255)
 
 
-def _shape_mask(obj: WorldObject, size: int = SIZE) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] (float HxW, ``size`` pixels) of one object, by 4x supersampling."""
-    big = size * SUPERSAMPLE
-    img = Image.new("L", (big, big), 0)
+def _shape_mask(obj: WorldObject, shape: tuple[int, int] = (SIZE, SIZE), frame: Frame = SQUARE) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] (float HxW, ``shape`` pixels of ``frame``) of one object, by 4x
+    supersampling."""
+    h, w = shape
+    img = Image.new("L", (w * SUPERSAMPLE, h * SUPERSAMPLE), 0)
     d = ImageDraw.Draw(img)
-    cx, cy, r = (v * SUPERSAMPLE * size / SIZE for v in (obj.cx, obj.cy, obj.r))
+    cx, rx = (v * SUPERSAMPLE * w / frame.width for v in (obj.cx, obj.r))
+    cy, ry = (v * SUPERSAMPLE * h / frame.height for v in (obj.cy, obj.r))
     if obj.shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
     elif obj.shape == "square":
-        q = r * 0.88  # equal-area-ish to the circle, so shape is not confounded with size
-        d.rectangle([cx - q, cy - q, cx + q, cy + q], fill=255)
+        qx, qy = rx * 0.88, ry * 0.88  # equal-area-ish to the circle, so shape is not confounded with size
+        d.rectangle([cx - qx, cy - qy, cx + qx, cy + qy], fill=255)
     elif obj.shape == "triangle":
-        d.polygon([(cx, cy - r * 1.05), (cx - r * 1.1, cy + r * 0.85), (cx + r * 1.1, cy + r * 0.85)], fill=255)
+        d.polygon([(cx, cy - ry * 1.05), (cx - rx * 1.1, cy + ry * 0.85), (cx + rx * 1.1, cy + ry * 0.85)], fill=255)
     else:
         raise ValueError(f"shape must be one of {SHAPES}, got {obj.shape!r}")
-    small = img.resize((size, size), Image.BOX)
+    small = img.resize((w, h), Image.BOX)
     return np.asarray(small, dtype=np.float64) / 255.0
 
 
-def compose(background: np.ndarray, objects: list[WorldObject]) -> np.ndarray:
-    """Paint ``objects`` in order over a float background (of any size); returns uint8 HxWx3."""
+def compose(background: np.ndarray, objects: list[WorldObject], frame: Frame = SQUARE) -> np.ndarray:
+    """Paint ``objects`` (coordinates in ``frame``) in order over a float background of any size; returns
+    uint8 HxWx3."""
     out = background.astype(np.float64).copy()
     for obj in objects:
-        cov = _shape_mask(obj, out.shape[0])[..., None]
+        cov = _shape_mask(obj, out.shape[:2], frame)[..., None]
         out = out * (1 - cov) + np.array(PALETTE[obj.color], dtype=np.float64) * cov
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def object_mask(obj: WorldObject) -> np.ndarray:
-    """Boolean mask (coverage >= 0.5) of one object."""
-    return _shape_mask(obj) >= 0.5
+def object_mask(obj: WorldObject, frame: Frame = SQUARE) -> np.ndarray:
+    """Boolean mask (coverage >= 0.5) of one object in the frame's window."""
+    return frame.crop(_shape_mask(obj, (frame.height, frame.width), frame) >= 0.5)
 
 
-def _place_objects(rng: np.random.Generator, n: int) -> list[WorldObject]:
+def _place_objects(rng: np.random.Generator, n: int, frame: Frame = SQUARE) -> list[WorldObject]:
+    top, left, height, width = frame.window
     combos = [(c, s) for c in PALETTE for s in SHAPES]
     picks = rng.choice(len(combos), size=n, replace=False)
     objs: list[WorldObject] = []
@@ -193,8 +244,8 @@ def _place_objects(rng: np.random.Generator, n: int) -> list[WorldObject]:
         color, shape = combos[int(idx)]
         for _ in range(200):
             r = float(rng.uniform(8.0, 11.0))
-            cx = float(rng.uniform(r + 2, SIZE - r - 2))
-            cy = float(rng.uniform(r + 2, SIZE - r - 2))
+            cx = float(rng.uniform(left + r + 2, left + width - r - 2))
+            cy = float(rng.uniform(top + r + 2, top + height - r - 2))
             # Clearance accounts for the largest footprint of any shape (triangle ~1.1 r).
             if all(np.hypot(cx - o.cx, cy - o.cy) > 1.25 * (r + o.r) + 2 for o in objs):
                 objs.append(WorldObject(color, shape, cx, cy, r))
@@ -202,16 +253,26 @@ def _place_objects(rng: np.random.Generator, n: int) -> list[WorldObject]:
     return objs
 
 
-def render_scene(seed: int, size: int = SIZE) -> Scene:
-    """Render the scene for ``seed`` (2-3 non-overlapping objects, unique colour+shape names); ``size``
-    renders the same scene at another resolution (a full-size photo of it)."""
+def render_scene(seed: int, size: int | tuple[int, int] | None = None, frame: Frame = SQUARE) -> Scene:
+    """Render the scene for ``seed`` (2-3 non-overlapping objects, unique colour+shape names) in ``frame``,
+    at the frame's size or at ``size`` pixels ((h, w), or a side for the square frame): a full-size photo
+    of the same scene."""
+    if size is None:
+        shape = (frame.height, frame.width)
+    elif isinstance(size, int):
+        if frame.height != frame.width:
+            raise ValueError(f"size must be (height, width) for a {frame.height}x{frame.width} frame, got {size}")
+        shape = (size, size)
+    else:
+        shape = (int(size[0]), int(size[1]))
     rng = np.random.default_rng([seed, 7])
-    bg = _background(rng, size)
+    bg = _background(rng, shape, frame)
     n = int(rng.integers(2, 4))
-    objs = _place_objects(rng, n)
-    while len(objs) < 2:  # extremely unlikely; re-place deterministically
-        objs = _place_objects(rng, n)
-    return Scene(seed=seed, objects=objs, background=np.round(bg).astype(np.uint8), image=compose(bg, objs))
+    objs = _place_objects(rng, n, frame)
+    while len(objs) < 2:  # unlikely (a narrow window can fail a third object's clearance); re-place deterministically
+        objs = _place_objects(rng, n, frame)
+    return Scene(seed=seed, objects=objs, background=np.round(bg).astype(np.uint8), image=compose(bg, objs, frame),
+                 frame=frame)
 
 
 # ----------------------------------------------------------------------------- edits
@@ -223,7 +284,8 @@ def sample_edit(
     wordings: Wordings = "train",
     kind: EditKind | None = None,
 ) -> EditSample:
-    """Draw one edit of ``scene``: object, edit kind (unless given), parameters and wording."""
+    """Draw one edit of ``scene`` (rendered at its frame's size): object, edit kind (unless given),
+    parameters and wording; images and masks are the frame's window."""
     if wordings not in TEMPLATES:
         raise ValueError(f"wordings must be 'train' or 'heldout', got {wordings!r}")
     kind = kind or EDIT_KINDS[int(rng.integers(len(EDIT_KINDS)))]
@@ -251,27 +313,34 @@ def sample_edit(
     # Painting order is kept: the edited object stays at its index (or is dropped on remove).
     new_objs = [tgt if j == i else o for j, o in enumerate(scene.objects)]
     new_objs = [o for o in new_objs if o is not None]
-    target = compose(scene.background.astype(np.float64), new_objs)
+    frame = scene.frame
+    if scene.image.shape[:2] != (frame.height, frame.width):
+        raise ValueError(f"edits are drawn on a scene rendered at its frame's size {frame.height}x{frame.width}, "
+                         f"got an image of {scene.image.shape[0]}x{scene.image.shape[1]}")
+    target = compose(scene.background.astype(np.float64), new_objs, frame)
+    source_mask = object_mask(src, frame)
     return EditSample(
         scene_seed=scene.seed,
         kind=kind,
         instruction=instruction,
         wording=wordings,
-        source=scene.image,
-        target=target,
-        background=scene.background,
-        source_mask=object_mask(src),
-        target_mask=object_mask(tgt) if tgt else np.zeros((SIZE, SIZE), dtype=bool),
+        source=frame.crop(scene.image),
+        target=frame.crop(target),
+        background=frame.crop(scene.background),
+        source_mask=source_mask,
+        target_mask=object_mask(tgt, frame) if tgt else np.zeros_like(source_mask),
         source_object=src,
         target_object=tgt,
     )
 
 
-def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None) -> list[EditSample]:
+def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None,
+               frame: Frame = SQUARE) -> list[EditSample]:
     """``n`` edit samples on scenes of ``split`` (disjoint seed ranges), one edit per scene.
 
     ``seed`` selects which scenes of the split are used and the edits drawn; ``wordings``
-    defaults to the split's own wording set.
+    defaults to the split's own wording set; ``frame`` places the scenes in another frame (the same
+    seeds and edit kinds, objects placed inside its window).
     """
     if split not in SCENE_SEED_RANGES:
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
@@ -283,7 +352,7 @@ def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = 
     for k, s in enumerate(scene_seeds):
         edit_rng = np.random.default_rng([int(s), seed, 13])
         kind = EDIT_KINDS[k % len(EDIT_KINDS)]  # balanced edit kinds
-        out.append(sample_edit(render_scene(int(s)), edit_rng, w, kind))
+        out.append(sample_edit(render_scene(int(s), frame=frame), edit_rng, w, kind))
     return out
 
 
