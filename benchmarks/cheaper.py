@@ -6,12 +6,15 @@ Each candidate is an AttackConfig change (or the ``fast`` profile). For each one
   and every iteration (evaluation/bench.count_photo_flops), on the full-size InstructPix2Pix
   architecture at 512² (on the "meta" device: counted, not run) and on the micro-editor at 64²;
 - **efficacy**: DANP with that config on the micro benchmark (evaluation/micro_suite.py): edit success
-  on clean vs protected held-out scenes, own wording, unseen wording and transfer to the other editor.
+  on clean vs protected held-out scenes, own wording, unseen wording and transfer to the other editor;
+  with ``--view attacker`` the same in the attacker's view (full-size square scenes protected at full size,
+  resized by the attacker with Pillow), kept beside the editor-view figures.
 
 Outputs JSON, a Markdown table and an SVG Pareto plot (reduction vs TFLOP per photo at 512²) under --out.
 The micro-editors are proxies trained in this project, not Stable Diffusion. Usage:
 
     python benchmarks/cheaper.py --scenes 24 --seeds 0,1 --workers 2 [--paper-from DIR] [--only flops|efficacy]
+                                 [--view attacker]
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from danp_pipeline.config import MICRO_ATTACK, AttackConfig, MicroSuiteConfig, profile_config
+from danp_pipeline.config import (
+    DEFAULT_PROMPTS,
+    MICRO_ATTACK,
+    AttackConfig,
+    MicroSuiteConfig,
+    profile_config,
+)
 from danp_pipeline.evaluation import micro_suite
 from danp_pipeline.evaluation.bench import count_photo_flops
 from danp_pipeline.micro import world
@@ -40,6 +49,8 @@ CANDIDATES: dict[str, dict] = {
     "half the timesteps": {"timestep_subset": 5},
     "30 steps α 2/255 cosine": {"steps": 30, "step_size": 2 / 255, "step_decay": "cosine"},
     "fast profile": "fast",
+    # Several prompts per photo: each iteration a random one of them (efficacy: --protect-set kinds, 3 prompts).
+    "one prompt per iteration": {"prompt_subset": 1},
 }
 
 
@@ -47,13 +58,14 @@ def candidate_config(change, base: AttackConfig) -> AttackConfig:
     return profile_config(change, base) if isinstance(change, str) else base.replace(**change)
 
 
-def flops(cfg: AttackConfig, bundle, size: int, prompt: str) -> float:
+def flops(cfg: AttackConfig, bundle, size: int, prompt: str | list[str]) -> float:
     gen = torch.Generator().manual_seed(0)
     x0 = torch.rand(1, 3, size, size, generator=gen)
     # counted at a mid-run photo (δ ≠ 0): at δ = 0 NBA is exactly zero and balance_every re-measures every time
     x = (x0 + cfg.eps * (2 * torch.rand(x0.shape, generator=gen) - 1)).clamp(0, 1)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     return count_photo_flops(bundle, cfg.replace(resolution=size), x0.to(bundle.device), x.to(bundle.device),
-                             [[prompt]], [0])["tflop_per_photo"]
+                             [prompts], [0])["tflop_per_photo"]
 
 
 def efficacy(df: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -98,7 +110,13 @@ def pareto_svg(points: list[tuple[str, float, float]], path: Path) -> None:
     path.write_text("\n".join(parts))
 
 
-def measure_flops(row: dict, cfg: AttackConfig, micro, full, prompt: str) -> None:
+def measure_flops(row: dict, cfg: AttackConfig, micro, full, prompt: str, prompts: int = 1) -> None:
+    """FLOPs per photo with one prompt; with ``prompts`` > 1, at 512² with that many of the default prompts
+    (``tflop_per_photo_512_k{prompts}``)."""
+    if prompts > 1:
+        if full is not None:
+            row[f"tflop_per_photo_512_k{prompts}"] = flops(cfg, full, 512, list(DEFAULT_PROMPTS[:prompts]))
+        return
     row["tflop_per_photo_micro"] = flops(cfg, micro, world.SIZE, prompt)
     if full is not None:
         row["tflop_per_photo_512"] = flops(cfg, full, 512, "make it snow")
@@ -106,14 +124,20 @@ def measure_flops(row: dict, cfg: AttackConfig, micro, full, prompt: str) -> Non
 
 def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Namespace, out: Path) -> None:
     suite_dir = out / name.replace("α", "alpha").replace(" ", "_").replace("/", "-").replace(",", "").replace("(", "").replace(")", "")
+    if args.view == "attacker":
+        suite_dir = suite_dir.with_name(suite_dir.name + "_attacker")
     if name == "paper" and args.paper_from:
         df = pd.read_parquet(Path(args.paper_from) / "results.parquet")
         df = df[(df["method"] == "danp") & (df["transform"] == "none")]
     else:
         suite = MicroSuiteConfig(editors=tuple(args.editors.split(",")), scenes=args.scenes, methods=("danp",), attack=cfg,
-                                 seeds=tuple(int(s) for s in args.seeds.split(",")), workers=args.workers)
+                                 seeds=tuple(int(s) for s in args.seeds.split(",")), workers=args.workers,
+                                 view=args.view)
         micro_suite.run(suite.validate(), suite_dir)
         df = pd.read_parquet(suite_dir / "results.parquet")
+    if args.view == "attacker":
+        row["efficacy_attacker"] = efficacy(df)
+        return
     row["efficacy"] = efficacy(df)
     row["efficacy_editors"] = list(dict.fromkeys([df["editor"].iloc[0], *df["attack_editor"].unique()]))
     row["scenes"] = int(df["case"].nunique())
@@ -123,7 +147,8 @@ def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Nam
 def table(results: dict) -> list[str]:
     paper = results.get("paper")
     lines = ["| candidate | TFLOP/photo 512² | share of paper | TFLOP/photo micro | own: reduction (kept) | "
-             "unseen: reduction (kept) | transfer: reduction (kept) | s/photo micro |", "|" + "---|" * 8]
+             "unseen: reduction (kept) | transfer: reduction (kept) | attacker's view: own / unseen / transfer | "
+             "s/photo micro |", "|" + "---|" * 9]
     for name, row in results.items():
         cells = [name]
         key = "tflop_per_photo_512"
@@ -139,6 +164,8 @@ def table(results: dict) -> list[str]:
             if paper and setting in paper.get("efficacy", {}) and paper["efficacy"][setting]["reduction"] > 0:
                 kept = f" ({100 * e['reduction'] / paper['efficacy'][setting]['reduction']:.0f}%)"
             cells.append(f"{e['reduction']:.0f} pts{kept}")
+        seen = row.get("efficacy_attacker", {})
+        cells.append(" / ".join(f"{seen[k]['reduction']:.0f}" for k in ("own", "unseen", "transfer") if k in seen) or "—")
         cells.append(f"{row['seconds_per_photo_micro']:.1f}" if "seconds_per_photo_micro" in row else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -153,6 +180,11 @@ def main() -> None:
     ap.add_argument("--only", choices=("flops", "efficacy"), default=None,
                     help="measure one half; the other half's figures already in --out/cheaper.json are kept")
     ap.add_argument("--paper-from", default=None, help="a micro-suite output whose danp rows are the paper config")
+    ap.add_argument("--prompts", type=int, default=1, choices=range(1, len(DEFAULT_PROMPTS) + 1),
+                    help="count FLOPs at 512² with this many of the default prompts per photo (kept beside the "
+                         "one-prompt figures)")
+    ap.add_argument("--view", choices=("editor", "attacker"), default="editor",
+                    help="efficacy at the editor's size, or in the attacker's view (kept as efficacy_attacker)")
     ap.add_argument("--skip-512", action="store_true", help="do not count FLOPs at 512² (minutes per candidate)")
     ap.add_argument("--editors", default=",".join(MicroSuiteConfig().editors),
                     help="the micro suite's editors: protect against the first, the rest are transfer")
@@ -176,9 +208,9 @@ def main() -> None:
         cfg = candidate_config(CANDIDATES[name], MICRO_ATTACK)
         row = results.setdefault(name, {})
         row["config"] = {k: getattr(cfg, k) for k in ("steps", "step_size", "step_decay", "num_timesteps",
-                                                        "timestep_subset", "noise", "balance_every")}
+                                                        "timestep_subset", "prompt_subset", "noise", "balance_every")}
         if args.only != "efficacy":
-            measure_flops(row, cfg, micro, full, prompt)
+            measure_flops(row, cfg, micro, full, prompt, args.prompts)
         if args.only != "flops":
             measure_efficacy(row, name, cfg, args, out)
         logger.info("%s: %s", name, json.dumps(row))

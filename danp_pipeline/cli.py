@@ -324,6 +324,9 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                         help=f"full-size photos, from {','.join(C.SIZE_VARIANTS)} (attacker view; default "
                              f"{','.join(C.EVAL_SIZE_VARIANTS)}); micro: the scenes' sizes and aspects in either "
                              f"view (default {','.join(m.size_variants)})")
+    parser.add_argument("--protect-set", choices=("own", "kinds"), default=m.protect_set,
+                        help="micro: protect against the attacker's instruction (own) or it and one edit of every "
+                             "other kind on the same object (kinds: several prompts per photo; default own)")
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
@@ -369,7 +372,8 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
     return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
                             methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
                             transforms=transforms, view=args.view, device=args.device, workers=args.workers,
-                            size_variants=tuple(args.size_variants or MicroSuiteConfig.size_variants)).validate()
+                            size_variants=tuple(args.size_variants or MicroSuiteConfig.size_variants),
+                            protect_set=args.protect_set).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:

@@ -146,6 +146,7 @@ class AttackConfig:
     # Cheaper protection (issue 14); the defaults are the paper's method, `--profile fast` changes them.
     step_decay: str = "none"            # "none": α every iteration; "cosine": α·½(1+cos(π·i/N)), larger early steps
     timestep_subset: int = 0            # 0: every |𝒯| timestep each iteration; m: a seeded random m of the |𝒯| bins
+    prompt_subset: int = 0              # 0: every prompt of a photo each iteration; m: a seeded random m of them
     noise: str = "fresh"                # "fresh" noise every iteration, or "fixed": one draw per (photo, prompt, bin),
                                         # so NBA's clean branch ε_θ(z_t^clean) is computed once and reused
     balance_every: int = 1              # balance="grad": per-term gradient norms measured every k iterations; in
@@ -199,6 +200,7 @@ class AttackConfig:
         if self.timestep_subset > self.num_timesteps:
             raise ValueError(f"timestep_subset must be at most num_timesteps ({self.num_timesteps}), "
                              f"got {self.timestep_subset!r}")
+        _integer("prompt_subset", self.prompt_subset, 0)
         _choice("noise", self.noise, ("fresh", "fixed"))
         if self.noise == "fixed" and self.timesteps == "random":
             raise ValueError("noise='fixed' reuses the clean branch per timestep bin and needs timesteps='centres', "
@@ -432,6 +434,9 @@ class MicroSuiteConfig:
     # The scenes' sizes and aspects (config.SIZE_VARIANTS): in the attacker view the full-size photo; in the
     # editor view the attacker's copy of it (the same scene in the same frame, protected at the editor's size).
     size_variants: tuple[str, ...] = ("4x-1:1",)
+    # What each photo is protected against: "own" = the attacker's instruction; "kinds" = it and one edit of
+    # every other kind on the same object (micro/world.edits_of_object): several prompts per photo.
+    protect_set: str = "own"
     device: str | None = None
     workers: int = 1                            # processes, each with one torch thread and its own editors
 
@@ -450,6 +455,7 @@ class MicroSuiteConfig:
                f"names from {list(ROBUSTNESS_TRANSFORMS)}")
         _choice("view", self.view, ("editor", "attacker"))
         _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
+        _choice("protect_set", self.protect_set, ("own", "kinds"))
         _integer("workers", self.workers, 1)
         return self
 

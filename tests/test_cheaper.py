@@ -113,3 +113,48 @@ def test_fast_profile_protects_within_the_budget(tiny_ip2p, photos):
     result = pgd(x0, obj, cfg)
     assert float(result.delta.abs().max()) <= cfg.eps + 1e-6
     assert float(result.delta.abs().max()) > 0.5 * cfg.eps
+
+
+FOUR = [["put her in a prison cell", "make it snow", "turn him into a clown", "add fire in the background"]]
+
+
+def test_prompt_subset_draws_m_of_a_photos_prompts_per_iteration(tiny_ip2p, photos):
+    x0, x = photos
+    obj = DanpObjective(tiny_ip2p, config(prompt_subset=1, noise="fixed"), FOUR, [5], x0)
+    seen = set()
+    for _ in range(8):
+        _, values = obj.gradients(x)
+        assert obj.prompts.counts == [1] and len(obj.pair_ids) == 1 and float(obj.prompts.pair_weight) == 1.0
+        assert torch.equal(obj.prompts.embeds[0], obj.all_prompts.embeds[int(obj.pair_ids[0])])
+        assert torch.isfinite(values["nba"]).all()
+        seen.add(int(obj.pair_ids[0]))
+    assert seen == {0, 1, 2, 3}                                   # every prompt gets its turn
+    assert {slot % 4 for slot in obj.clean_cache} == seen          # cached per (bin, prompt of all four)
+    # m at least the number of prompts keeps them all and draws nothing: the same gradients as m = 0.
+    every = DanpObjective(tiny_ip2p, config(prompt_subset=4), FOUR, [5], x0).gradients(x)[0]
+    plain = DanpObjective(tiny_ip2p, config(), FOUR, [5], x0).gradients(x)[0]
+    for name in plain:
+        torch.testing.assert_close(every[name], plain[name])
+
+
+def test_prompt_subset_cuts_the_work_of_k_prompts(tiny_ip2p, photos):
+    x0, x = photos
+
+    def flops(**changes):
+        obj = DanpObjective(tiny_ip2p, config(noise="fixed", **changes), FOUR, [5], x0)
+        obj.gradients(x)
+        return count_flops_of(lambda: obj.gradients(x))
+
+    four, one = flops(), flops(prompt_subset=1)
+    assert one < 0.4 * four          # a quarter of the UNet work (0.35 here: the VAE encode is one per photo anyway)
+
+
+def test_photoguard_diffusion_attack_uses_the_prompt_subset(tiny_ip2p, photos):
+    from danp_pipeline.protect.baselines import DiffusionAttack
+
+    x0, x = photos
+    attack = DiffusionAttack(tiny_ip2p, config(prompt_subset=2), FOUR, [5], x0, steps=2)
+    grads, values = attack.gradients(x)
+    assert torch.isfinite(values["pgd_e2e"]).all() and float(grads["pgd_e2e"].abs().sum()) > 0
+    with pytest.raises(ValueError, match="prompt_subset"):
+        config(prompt_subset=-1)

@@ -50,6 +50,20 @@ def test_a_frame_whose_window_cannot_hold_an_object_is_refused() -> None:
         world.render_scene(1, size=128, frame=world.Frame.centred(36, 64, (36, 64)))
 
 
+def test_edits_of_an_object_are_one_per_kind_in_training_wordings() -> None:
+    def kind(instruction: str) -> str:
+        if instruction.startswith(("remove", "erase")):
+            return "remove"
+        return "recolor" if instruction.split()[-1] in world.PALETTE else "reshape"
+
+    for sample in world.make_split("heldout", 30, seed=4, wordings="train"):
+        edits = world.edits_of_object(sample)
+        assert edits[0] == sample.instruction and kind(edits[0]) == sample.kind and 2 <= len(edits) <= 3
+        assert len({kind(e) for e in edits}) == len(edits)              # one edit per kind
+        assert all(f"the {sample.source_object.name} " in e + " " for e in edits)   # all of the same object
+        assert "remove" in {kind(e) for e in edits}
+
+
 def test_splits_are_disjoint() -> None:
     tr = {s.scene_seed for s in world.make_split("train", 100)}
     he = {s.scene_seed for s in world.make_split("heldout", 100)}
@@ -195,13 +209,13 @@ def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_
     out = tmp_path / "suite"
     argv = ["eval", "--suite", "micro", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
             "danp", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--view", "attacker", "--size-variants",
-            "4x-16:9,4x-4:5,small-3:2"]
+            "4x-16:9,4x-4:5,small-3:2", "--protect-set", "kinds"]
     assert cli.entrypoint(argv) == 0
     df = pd.read_parquet(out / "results.parquet")
     sizes = dict(zip(df["variant"], df["photo_size"]))
     assert sizes == {"4x-16:9": "256x144", "4x-4:5": "205x256", "small-3:2": "48x32"}
     assert len(df) == 3 * 2 and set(df["case"]) == {0, 1, 2}   # variants × (own, unseen); one case per variant
-    assert (df["linf_levels"] <= 8).all()
+    assert (df["linf_levels"] <= 8).all() and set(df["protected_against"]) <= {2, 3}
     summary = (out / "summary.md").read_text()
     assert "| danp | 4x-4:5 |" in summary and "| danp | small-3:2 |" in summary
 

@@ -137,7 +137,7 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
 def _knobs(cfg: AttackConfig) -> dict[str, Any]:
     """The config fields that change how much work an iteration does or how it is laid out."""
     return {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile", "gradient_checkpointing",
-                                         "vae_recompute", "steps", "num_timesteps", "timestep_subset", "noise",
+                                         "vae_recompute", "steps", "num_timesteps", "timestep_subset", "prompt_subset", "noise",
                                          "balance_every", "step_decay", "step_size")}
 
 

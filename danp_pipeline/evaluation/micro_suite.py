@@ -17,9 +17,9 @@ square or at 3:2, 16:9, 4:5, or smaller than the editor) protected at full size 
 attacker (Pillow Lanczos, long side = the editor's size, aspect kept, centred crop to the VAE factor)
 before the edit; the ground truth is the same scene drawn in that copy's frame. In the editor view
 the same frame's scene is protected at the editor's size (the reference the attacker's view is
-measured against). ``transforms`` adds a JPEG re-encoding of the protected file first. The micro-editors are small proxies trained in this
-project, not Stable Diffusion: their numbers rank methods on a known task, they do not promise how a
-method does against a real editor.
+measured against). ``transforms`` adds a JPEG re-encoding of the protected file first. The
+micro-editors are small proxies trained in this project, not Stable Diffusion: their numbers rank
+methods on a known task, they do not promise how a method does against a real editor.
 """
 
 from __future__ import annotations
@@ -109,6 +109,12 @@ class MicroSuite:
             return world.render_scene(case.own.scene_seed, size=case.full_shape, frame=case.frame).image
         return case.own.source
 
+    def protected_against(self, case: Case) -> list[str]:
+        """The instructions the photo is protected against (``protect_set``); the attacker's own comes first."""
+        if self.config.protect_set == "kinds":
+            return world.edits_of_object(case.own, case.frame)
+        return [case.own.instruction]
+
     def seen(self, pixels: np.ndarray, transform: str) -> np.ndarray:
         """What the editor gets from a file (the attacker's resize and JPEG in the attacker view)."""
         if self.config.view == "attacker" or transform != "none":
@@ -127,10 +133,11 @@ class MicroSuite:
         rows, panels = [], []
         for method, immunizer in self.immunizers.items():
             start = time.perf_counter()
-            result = immunizer.protect([full], prompts=[case.own.instruction], seeds=[cfg.attack.seed])[0]
+            result = immunizer.protect([full], prompts=[self.protected_against(case)], seeds=[cfg.attack.seed])[0]
             seconds = time.perf_counter() - start
             base = {"scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
                     "editor": self.protected_editor, "view": cfg.view, "variant": case.variant,
+                    "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
             for transform in cfg.transforms:

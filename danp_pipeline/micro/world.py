@@ -334,6 +334,28 @@ def sample_edit(
     )
 
 
+def edits_of_object(sample: EditSample, frame: Frame = SQUARE) -> list[str]:
+    """The sample's instruction, then one instruction of every other edit kind on the same object (the
+    training wordings' first template; the first colour or shape in palette order that names no other object
+    of the scene; no reshape when every other shape of that colour exists): the set of edits an owner might
+    protect one photo against. ``frame`` is the frame the sample was drawn in."""
+    scene = render_scene(sample.scene_seed, frame=frame)
+    src = sample.source_object
+    names = {o.name for o in scene.objects}
+    if src.name not in names:
+        raise ValueError(f"the {src.name} is not in scene {sample.scene_seed} drawn in {frame}")
+    out = [sample.instruction]
+    for kind in EDIT_KINDS:
+        if kind == sample.kind:
+            continue
+        c2 = next(c for c in PALETTE if c != src.color and f"{c} {src.shape}" not in names)
+        s2 = next((s for s in SHAPES if s != src.shape and f"{src.color} {s}" not in names), None)
+        if kind == "reshape" and s2 is None:
+            continue
+        out.append(TEMPLATES["train"][kind][0].format(c=src.color, s=src.shape, c2=c2, s2=s2 or ""))
+    return out
+
+
 def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None,
                frame: Frame = SQUARE) -> list[EditSample]:
     """``n`` edit samples on scenes of ``split`` (disjoint seed ranges), one edit per scene.

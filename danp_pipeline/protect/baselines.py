@@ -52,6 +52,7 @@ from .danp import DanpObjective, DiffusionObjective, Objective
 from .diffusion import (
     add_noise,
     attack_strength,
+    draw_prompts,
     encode_mean,
     encode_prompts,
     latents_and_condition,
@@ -132,16 +133,16 @@ class DiffusionAttack(PixelObjective):
         self.uncond = encode_prompts(bundle, [[""]], cfg.token_reduction).embeds
 
     def losses(self, x):
-        pairs = self.prompts.image_index
+        prompts, _ = draw_prompts(self.prompts, self.cfg.prompt_subset, self.generators)
+        pairs = prompts.image_index
         z, cond = latents_and_condition(self.bundle, encode_mean(self.bundle, x))
-        counts = self.prompts.counts
-        noise = torch.cat([torch.randn((c, *z.shape[1:]), generator=g) for g, c in zip(self.generators, counts)])
-        latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], self.prompts.embeds,
+        noise = torch.cat([torch.randn((c, *z.shape[1:]), generator=g) for g, c in zip(self.generators, prompts.counts)])
+        latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], prompts.embeds,
                                 self.uncond, noise.to(z.device), self.steps,
                                 attack_strength(self.bundle, self.cfg))
         decoded = self.bundle.vae.decode((latents / self.bundle.vae.config.scaling_factor).to(self.bundle.dtype)).sample
         image = (decoded.float() + 1) / 2
-        per_pair = (image - GREY).pow(2).flatten(1).mean(1) * self.prompts.pair_weight
+        per_pair = (image - GREY).pow(2).flatten(1).mean(1) * prompts.pair_weight
         return {"pgd_e2e": torch.zeros(len(self.generators), device=x.device).index_add(0, pairs, per_pair)}
 
 

@@ -25,6 +25,7 @@ from .diffusion import (
     add_noise,
     attack_strength,
     attack_timesteps,
+    draw_prompts,
     encode_mean,
     encode_prompts,
     fast_path_setup,
@@ -173,7 +174,9 @@ class DiffusionObjective:
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompt lists for {len(seeds)} images")
         self.bundle, self.cfg = bundle, cfg
-        self.prompts: PromptBatch = encode_prompts(bundle, prompts, cfg.token_reduction)
+        self.all_prompts: PromptBatch = encode_prompts(bundle, prompts, cfg.token_reduction)
+        self.prompts = self.all_prompts              # this iteration's pairs (``prompt_subset``: a random m per image)
+        self.pair_ids = torch.arange(sum(self.all_prompts.counts))   # host: this iteration's pairs in all_prompts
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.strength = attack_strength(bundle, cfg)
         self.scale = loss_scale(bundle, cfg)
@@ -191,10 +194,14 @@ class DiffusionObjective:
     def sample(self, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Timesteps [B, m] and noise [m, P, C, h, w] (m = ``timestep_subset`` or |𝒯|), per-image generators.
 
-        Each image draws its timesteps (one per bin, or the bin centres), then with ``timestep_subset`` a
-        random m of the |𝒯| bins, then noise for every bin and prompt; ``noise="fixed"`` draws the noise on
-        the first call only. The chosen bins are kept in ``self.bins``."""
+        With ``prompt_subset`` each image first draws which of its prompts this iteration uses (``self.prompts``,
+        P pairs). Each image draws its timesteps (one per bin, or the bin centres), then with
+        ``timestep_subset`` a random m of the |𝒯| bins, then noise for every bin and every one of its prompts
+        (the chosen ones are kept); ``noise="fixed"`` draws the noise on the first call only. The chosen bins
+        are kept in ``self.bins``."""
         n, m = self.cfg.num_timesteps, self.per_iteration
+        self.prompts, self.pair_ids = draw_prompts(self.all_prompts, self.cfg.prompt_subset, self.generators)
+        self.pair_images = torch.tensor([i for i, c in enumerate(self.prompts.counts) for _ in range(c)])   # host
         ts, bins = [], []
         for gen in self.generators:
             if self.cfg.timesteps == "random":
@@ -202,7 +209,7 @@ class DiffusionObjective:
             else:
                 ts.append(self.fixed_timesteps)
             bins.append(torch.randperm(n, generator=gen)[:m].sort().values if m < n else torch.arange(n))
-        counts = self.prompts.counts
+        counts = self.all_prompts.counts
         if self.fixed_noise is None or self.cfg.noise == "fresh":
             noises = [torch.randn((n, count, *latent_shape), generator=gen)
                       for gen, count in zip(self.generators, counts)]
@@ -212,7 +219,8 @@ class DiffusionObjective:
             noises = self.fixed_noise
         self.bins = torch.stack(bins)                                                         # [B, m], host
         timesteps = torch.stack([t[b] for t, b in zip(ts, bins)]).to(self.bundle.device)     # [B, m]
-        noise = torch.cat([nz[b] for nz, b in zip(noises, bins)], dim=1).to(self.bundle.device)  # [m, P, C, h, w]
+        noise = torch.cat([nz[b] for nz, b in zip(noises, bins)], dim=1)[:, self.pair_ids]       # [m, P, C, h, w]
+        noise = noise.to(self.bundle.device)
         return timesteps, noise
 
     def chunks(self) -> Iterator[list[int]]:
@@ -390,7 +398,7 @@ class DanpObjective(DiffusionObjective):
         self.clean_z: torch.Tensor | None = None
         self.clean_cond: torch.Tensor | None = None
         self.fixed_masks: torch.Tensor | None = None
-        self.clean_cache: dict[int, torch.Tensor] = {}   # noise="fixed": bin·P + pair -> clean ε_θ
+        self.clean_cache: dict[int, torch.Tensor] = {}   # noise="fixed": bin·P + pair (in all_prompts) -> clean ε_θ
 
     @torch.no_grad()
     def prepare(self) -> None:
@@ -445,7 +453,7 @@ class DanpObjective(DiffusionObjective):
         with capture_cross_attention(self.bundle.unet, None):
             if self.cfg.noise != "fixed":
                 return predict(slice(None))
-            slots = (self.chunk_bins * len(pairs) + torch.arange(len(pairs)).repeat(k)).tolist()
+            slots = (self.chunk_bins * sum(self.all_prompts.counts) + self.pair_ids.repeat(k)).tolist()
             missing = [i for i, slot in enumerate(slots) if slot not in self.clean_cache]
             if missing:
                 for i, value in zip(missing, predict(torch.tensor(missing, device=t.device))):
@@ -458,7 +466,8 @@ class DanpObjective(DiffusionObjective):
         losses: dict[str, torch.Tensor] = {}
         extras: dict[str, torch.Tensor] = {}
         if self.cfg.use_daa:
-            mask = self.pair_tensor(self.fixed_masks, k) if self.fixed_masks is not None else \
+            mask = self.pair_tensor(self.fixed_masks[self.pair_ids.to(self.fixed_masks.device)], k) \
+                if self.fixed_masks is not None else \
                 kapur_mask(att.detach(), self.cfg.threshold_bins)
             inside = (att * mask).pow(2).flatten(1).sum(1)
             outside = (att * (1 - mask)).pow(2).flatten(1).sum(1)

@@ -47,6 +47,26 @@ def encode_prompts(bundle: EditorBundle, prompts: list[list[str]], reduction: st
     )
 
 
+def draw_prompts(batch: PromptBatch, m: int, generators: list[torch.Generator]) -> tuple[PromptBatch, torch.Tensor]:
+    """A seeded random ``m`` of each image's prompts (one draw from the image's generator) as a batch whose
+    pair weights are 1/m per image, and the chosen pairs' indices in ``batch`` (host). With ``m`` = 0, or
+    ``m`` at least an image's number of prompts, that image keeps them all and draws nothing."""
+    chosen, start = [], 0
+    for gen, count in zip(generators, batch.counts):
+        pick = torch.randperm(count, generator=gen)[:m].sort().values if 0 < m < count else torch.arange(count)
+        chosen.append(pick + start)
+        start += count
+    ids = torch.cat(chosen)
+    if len(ids) == len(batch.image_index):
+        return batch, ids
+    counts = [len(pick) for pick in chosen]
+    index = ids.to(batch.image_index.device)
+    weight = torch.tensor([1.0 / c for c in counts for _ in range(c)], device=batch.pair_weight.device,
+                          dtype=torch.float32)
+    return PromptBatch(embeds=batch.embeds[index], token_weights=batch.token_weights[index],
+                       image_index=batch.image_index[index], pair_weight=weight, counts=counts), ids
+
+
 def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
     """VAE posterior mean (= mode) of photos x in [0,1], unscaled, float32 out."""
     posterior = bundle.vae.encode((2 * x - 1).to(bundle.dtype)).latent_dist
