@@ -218,6 +218,7 @@ def test_attackers_copy_is_resized_with_the_filter_after_a_full_size_jpeg():
     variants = size_variants(photo("astronaut", (300, 300)), 64)
     assert {k: v.shape[:2] for k, v in variants.items()} == {
         "4x-3:2": (171, 256), "4x-16:9": (144, 256), "4x-4:5": (256, 205), "small-3:2": (32, 48)}
+    assert size_variants(photo("astronaut", (300, 300)), 64, ("4x-1:1",))["4x-1:1"].shape[:2] == (256, 256)
     full = variants["4x-3:2"]
     lanczos = resize_for_editor(full, 64, 8, "lanczos")
     assert lanczos.shape == (40, 64, 3)                                    # 64x43 cropped to multiples of 8

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..config import ROBUSTNESS_TRANSFORMS
+from ..config import EVAL_SIZE_VARIANTS, ROBUSTNESS_TRANSFORMS
 from ..config import SIZE_VARIANTS as SIZE_VARIANT_NAMES
 from ..protect.views import editor_size
 
@@ -90,10 +90,10 @@ def variant_shape(name: str, resolution: int) -> tuple[int, int]:
     return (round(long_side * ah / aw), long_side) if aw >= ah else (long_side, round(long_side * aw / ah))
 
 
-def size_variants(pixels: np.ndarray, resolution: int, names: tuple[str, ...] = tuple(SIZE_VARIANTS)
+def size_variants(pixels: np.ndarray, resolution: int, names: tuple[str, ...] = EVAL_SIZE_VARIANTS
                   ) -> dict[str, np.ndarray]:
-    """Full-size photos made from ``pixels``: a centred crop to each aspect, resized (Lanczos) so that
-    its long side is the variant's multiple of the editor's ``resolution``."""
+    """Full-size photos made from ``pixels`` (by default the evaluation's set): a centred crop to each
+    aspect, resized (Lanczos) so that its long side is the variant's multiple of the editor's ``resolution``."""
     out = {}
     for name in names:
         height, width = variant_shape(name, resolution)
