@@ -35,8 +35,8 @@ from danp_pipeline.evaluation.attacker import (
     size_variants,
 )
 from danp_pipeline.evaluation.editing import Editor
+from danp_pipeline.evaluation.objective_probe import ObjectiveProbe
 from danp_pipeline.imaging.codec import decode_image
-from danp_pipeline.protect.danp import DanpObjective
 from danp_pipeline.protect.immunizer import Immunizer
 from danp_pipeline.protect.models import load_editor
 
@@ -74,7 +74,7 @@ def main() -> None:
     cfg = AttackConfig(steps=args.steps, num_timesteps=args.timesteps, resolution=args.resolution)
     immunizer, editor = Immunizer(bundle, cfg), Editor(bundle, EditConfig(steps=args.edit_steps))
     multiple, prompts = bundle.vae_scale_factor, [args.prompt]
-    probe_cfg = cfg.replace(timesteps="centres")
+    probe = ObjectiveProbe(bundle, cfg)
     results = []
     for path in sample_photos()[: args.photos]:
         source = decode_image(path.read_bytes()).rgb
@@ -91,13 +91,12 @@ def main() -> None:
                 for filt in FILTERS:
                     clean = own_clean if name == "own-size" else resize_for_editor(full, args.resolution, multiple, filt)
                     seen = file if name == "own-size" else attackers_copy(file, args.resolution, multiple, filt, "none")
-                    probe = DanpObjective(bundle, probe_cfg, [prompts], [1234], tensor(clean))
-                    values = probe.gradients(tensor(seen))[1]
+                    values = probe(clean, seen, prompts)
                     mse = np.mean([np.mean(((editor(seen, args.prompt, s).astype(np.float32)
                                              - editor(clean, args.prompt, s)) / 255) ** 2) for s in range(args.seeds)])
                     results.append({"photo": path.stem, "variant": variant, "size": list(full.shape[:2]),
-                                    "arm": name, "filter": filt, "nba": float(values["nba"][0]),
-                                    "daa": float(values["daa"][0]), "edit_mse": float(mse),
+                                    "arm": name, "filter": filt, "nba": values["nba"],
+                                    "daa": values["daa"], "edit_mse": float(mse),
                                     "seconds": own_s if name == "own-size" else new_s if name == "full-size" else 0.0})
             print(f"{path.stem} {variant} {full.shape[1]}x{full.shape[0]} done", flush=True)
     summary = {}

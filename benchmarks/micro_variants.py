@@ -7,7 +7,8 @@ reference). A variant is matched to the editor-view variant whose frame is the s
 attacker copy has the 4× 3:2 photo's frame). Per variant and setting (own wording, unseen wording,
 transfer editor): edit success clean → protected and its reduction in both views, and the edit deviation
 (mean squared difference between the edits of the clean and the protected photo, in [0, 1]² units) with
-the share of the reference's that survives the attacker's path; the same after a JPEG of the full-size
+the share of the reference's that survives the attacker's path, and (runs that recorded it) DANP's NBA term on the
+protected editor's copy as a share of the reference's; the same after a JPEG of the full-size
 file when the attacker-view run has it. The micro-editors are proxies trained in this project, not
 Stable Diffusion.
 
@@ -47,8 +48,19 @@ def deviation(edits_psnr: pd.Series) -> float:
 
 def cell(sub: pd.DataFrame) -> dict:
     clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
-    return {"n": len(sub), "clean": float(clean.mean()), "protected": float(protected.mean()),
-            "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": deviation(sub["edits_psnr"])}
+    out = {"n": len(sub), "clean": float(clean.mean()), "protected": float(protected.mean()),
+           "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": deviation(sub["edits_psnr"])}
+    if "nba" in sub:           # the objective on the protected editor's copy, once per scene (runs since stop 23)
+        out["nba"] = float(sub.drop_duplicates("case")["nba"].mean())
+    return out
+
+
+def shares(cell_: dict, reference: dict) -> dict:
+    """What survives the attacker's path, as shares of the reference (the attacker's copy protected directly)."""
+    out = {"deviation_share": cell_["deviation"] / reference["deviation"]}
+    if "nba" in cell_ and "nba" in reference:
+        out["nba_share"] = cell_["nba"] / reference["nba"]
+    return out
 
 
 def compare(attacker: pd.DataFrame, editor: pd.DataFrame, method: str) -> list[dict]:
@@ -71,16 +83,17 @@ def compare(attacker: pd.DataFrame, editor: pd.DataFrame, method: str) -> list[d
                    "scenes": len(scenes), "own_size": cell(own_size)}
             for transform, sub in att[(att["attack_editor"] == editor_name) & (att["prompt_set"] == prompts)
                                       ].groupby("transform", sort=False):
-                row[f"attacker_{transform}"] = {**cell(sub), "deviation_share": cell(sub)["deviation"]
-                                                / row["own_size"]["deviation"]}
+                row[f"attacker_{transform}"] = {**cell(sub), **shares(cell(sub), row["own_size"])}
             rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], transforms: list[str]) -> str:
+    objective = all("nba_share" in r[f"attacker_{t}"] for r in rows for t in transforms)
     head = ["photo", "attacker's copy from", "setting", "own size: clean → protected (reduction)",
             *[f"attacker {t}: clean → protected (reduction)" for t in transforms],
-            *[f"edit deviation kept, {t}" for t in transforms]]
+            *[f"edit deviation kept, {t}" for t in transforms],
+            *([f"NBA kept, {t}" for t in transforms] if objective else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         setting = r["prompt_set"] if r["attack_editor"] == rows[0]["attack_editor"] else f"transfer ({r['attack_editor']})"
@@ -91,7 +104,8 @@ def markdown(rows: list[dict], transforms: list[str]) -> str:
         lines.append("| " + " | ".join([
             f"{r['variant']} ({r['photo_size']})", r["reference_variant"], setting, rate(r["own_size"]),
             *[rate(r[f"attacker_{t}"]) for t in transforms],
-            *[f"{100 * r[f'attacker_{t}']['deviation_share']:.0f} %" for t in transforms]]) + " |")
+            *[f"{100 * r[f'attacker_{t}']['deviation_share']:.0f} %" for t in transforms],
+            *([f"{100 * r[f'attacker_{t}']['nba_share']:.0f} %" for t in transforms] if objective else [])]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,8 +130,10 @@ def main() -> None:
     text = markdown(rows, transforms)
     (out / "variants.md").write_text(text)
     print(text)
-    shares = [r[f"attacker_{t}"]["deviation_share"] for r in rows for t in transforms]
-    logger.info("edit deviation kept: %.0f-%.0f %% over %d cells", 100 * np.min(shares), 100 * np.max(shares), len(shares))
+    for key, what in (("deviation_share", "edit deviation"), ("nba_share", "NBA objective")):
+        kept = [r[f"attacker_{t}"][key] for r in rows for t in transforms if key in r[f"attacker_{t}"]]
+        if kept:
+            logger.info("%s kept: %.0f-%.0f %% over %d cells", what, 100 * np.min(kept), 100 * np.max(kept), len(kept))
 
 
 if __name__ == "__main__":

@@ -193,11 +193,14 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     assert set(df["case"]) == {0, 1}
     assert set(df["prompt_set"]) == {"own", "unseen"} and df["edit_success_clean"].dtype == bool
     assert (df["linf_levels"] <= 8).all()
+    # DANP's terms on the protected editor's copy: one value per (case, method, transform), never positive
+    assert df["nba"].notna().all() and (df["nba"] <= 0).all()
+    assert (df.groupby(["case", "method", "transform"])["nba"].nunique() == 1).all()
     unseen = df[df.prompt_set == "unseen"]["instruction"].tolist()
     own = df[df.prompt_set == "own"]["instruction"].tolist()
     assert not set(unseen) & set(own)                # held-out wordings are never the protected ones
     summary = (out / "summary.md").read_text()
-    assert "proxy for Stable Diffusion" in summary and "| danp |" in summary
+    assert "proxy for Stable Diffusion" in summary and "| danp |" in summary and "NBA on the copy" in summary
     assert (out / "grids" / "case-0.png").is_file()
 
 

@@ -33,26 +33,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..config import EvalConfig, method_config, validate_prompts
 from ..imaging.codec import decode_image, working_size
-from ..protect.danp import DanpObjective
 from ..protect.immunizer import Immunizer
 from ..protect.models import load_editor
 from .attacker import TRANSFORMS, attackers_copy, size_variants
 from .editing import Editor
 from .memory import MEANING, peak_memory
 from .metrics import LPIPS, MetricUnavailable, compare, psnr, ssim
+from .objective_probe import ObjectiveProbe
 from .report import amplify, grid, write_report
 
 logger = logging.getLogger(__name__)
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIFP_MIN_SIDE = 64
-#: Seed of the fixed draw (timesteps, noise) on which DANP's objective is read in every view.
-PROBE_SEED = 1234
 
 
 @dataclass
@@ -139,7 +136,7 @@ class Evaluator:
         self.bundle = load_editor(config.model, config.revision, device=config.device, precision=config.attack.precision)
         self.editor = Editor(self.bundle, config.edit)
         self.immunizers = {m: Immunizer(self.bundle, method_config(m, config.attack)) for m in config.methods}
-        self.probe_config = config.attack.replace(method="danp", timesteps="centres", use_daa=True, use_nba=True)
+        self.probe = ObjectiveProbe(self.bundle, config.attack)
 
     def __call__(self, pair: Pair) -> tuple[str, list[dict], dict[str, np.ndarray]]:
         if self.config.view == "attacker":
@@ -188,7 +185,7 @@ class Evaluator:
             for view in views:
                 for name in cfg.transforms:
                     seen = self.seen(files[view], view, name)
-                    probe = self._objective(clean_seen[view], seen, prompts)
+                    probe = self.probe(clean_seen[view], seen, prompts)
                     for seed in seeds:
                         edit = self.editor(seen, pair.prompt, seed)
                         reference = clean[(view, seed)]
@@ -204,16 +201,6 @@ class Evaluator:
             logger.info("%s %s / %s: %.1fs, fidelity %.2f dB", pair.name, variant, method, seconds,
                         base["fidelity_psnr"])
         return rows, grid(panels)
-
-    def _objective(self, clean_seen: np.ndarray, seen: np.ndarray, prompts: list[str]) -> dict[str, float]:
-        """DANP's terms on the editor's copy (fixed draw): how much of the objective reaches the editor."""
-        if seen.shape != clean_seen.shape:
-            return {"nba": float("nan"), "daa": float("nan")}
-        to = lambda a: torch.from_numpy(np.array(a, dtype=np.float32)).permute(2, 0, 1)[None].div(255)  # noqa: E731
-        objective = DanpObjective(self.bundle, self.probe_config, [prompts], [PROBE_SEED],
-                                  to(clean_seen).to(self.bundle.device))
-        _, values = objective.gradients(to(seen).to(self.bundle.device))
-        return {"nba": float(values["nba"][0]), "daa": float(values["daa"][0])}
 
 
 def _metrics_for(image: np.ndarray) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from ..protect.views import editor_size
 from .attacker import attackers_copy, variant_shape
 from .editing import Editor
 from .metrics import psnr, ssim
+from .objective_probe import ObjectiveProbe
 from .report import amplify
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class MicroSuite:
         self.protected_editor = config.editors[0]
         bundle = self.bundles[self.protected_editor]
         self.immunizers = {m: Immunizer(bundle, method_config(m, config.attack)) for m in config.methods}
+        self.probe = ObjectiveProbe(bundle, config.attack)
 
     def settings(self, case: Case) -> list[tuple[str, str, world.EditSample]]:
         """(attack editor, prompt set, sample) triples the attacker plays."""
@@ -142,12 +144,15 @@ class MicroSuite:
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
             for transform in cfg.transforms:
                 seen = self.seen(result.pixels, transform)
+                # DANP's terms on the protected editor's copy against the clean copy (the edits' reference)
+                objective = self.probe(clean_seen, seen, [case.own.instruction])
                 for editor_name, prompt_set, sample in self.settings(case):
                     for seed in cfg.seeds:
                         edit = self.editors[editor_name](seen, sample.instruction, seed)
                         clean_edit, clean_ok = clean[(editor_name, prompt_set, seed)]
                         rows.append({**base, "attack_editor": editor_name, "prompt_set": prompt_set,
                                      "transform": transform, "seed": seed, "instruction": sample.instruction,
+                                     **objective,
                                      "edit_success_clean": clean_ok,
                                      "edit_success_protected": world.edit_success(edit, sample)[0],
                                      "edits_psnr": psnr(clean_edit, edit), "edits_ssim": ssim(clean_edit, edit),
@@ -204,6 +209,7 @@ def summary_table(df) -> list[dict]:
                         "success_reduction": f"{100 * (clean.mean() - protected.mean()):.0f} pts",
                         "edits_psnr": _mean_ci(sub["edits_psnr"]), "edits_ssim": _mean_ci(sub["edits_ssim"]),
                         "target_psnr_protected": _mean_ci(sub["target_psnr_protected"]),
+                        "nba": _mean_ci(once["nba"]) if "nba" in once else "n/a",
                         "fidelity_psnr": _mean_ci(once["fidelity_psnr"]), "seconds": _mean_ci(once["seconds"])})
     return records
 
@@ -212,20 +218,22 @@ def summary_markdown(df, settings: dict) -> str:
     records = summary_table(df)
     header = ["method", "size", "attack editor", "prompts", "transform", "n", "edit success clean",
               "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
-              "fidelity PSNR", "s/photo"]
+              "NBA on the copy↓", "fidelity PSNR", "s/photo"]
     lines = ["# Micro benchmark: protection against trained micro-editors, with ground truth", "",
              "The micro-editors are small InstructPix2Pix-architecture editors trained in this project on a "
              "procedural world; they are a proxy for Stable Diffusion editors, not a substitute. Edit success "
              "follows micro/world.py's rule (the named object takes the asked colour/shape or disappears, the "
              "rest stays). Rates: % [95 % Wilson interval]; means ± 95 % interval over scenes × edit seeds. "
              "PSNR/SSIM edits compare the edit of the protected photo with the edit of the clean photo (lower: "
-             "the protection moved the edit more).", "",
+             "the protection moved the edit more). NBA on the copy: DANP's noise term on the protected editor's "
+             "copy of the protected photo against the clean copy, one fixed draw (evaluation/objective_probe.py; "
+             "more negative: more of the objective reached the editor).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         lines.append("| " + " | ".join(str(v) for v in (
             r["method"], r["variant"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"], r["edit_success_clean"],
             r["edit_success_protected"], r["success_reduction"], r["edits_psnr"], r["edits_ssim"],
-            r["target_psnr_protected"], r["fidelity_psnr"], r["seconds"])) + " |")
+            r["target_psnr_protected"], r["nba"], r["fidelity_psnr"], r["seconds"])) + " |")
     import json
 
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",
