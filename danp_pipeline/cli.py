@@ -294,8 +294,11 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                         help="micro: the built-in benchmark with ground truth on the trained micro-editors "
                              "(held-out scenes of the micro world; INPUT, --model and --prompt do not apply)")
     m = MicroSuiteConfig()
-    parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: held-out scenes (default {m.scenes})")
-    parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which held-out scenes")
+    parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: scenes (default {m.scenes})")
+    parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which scenes of the split")
+    parser.add_argument("--split", choices=("heldout", "train"), default=m.split,
+                        help="micro: held-out scenes and wordings (the benchmark; default), or training scenes with "
+                             "the other training wording as the unseen one (development: choose methods here)")
     parser.add_argument("--workers", type=int, default=m.workers,
                         help=f"micro: processes sharing the scenes, one torch thread each; in jobs/evaluate.py: "
                              f"evaluator actors (default {m.workers})")
@@ -373,7 +376,7 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
                             methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
                             transforms=transforms, view=args.view, device=args.device, workers=args.workers,
                             size_variants=tuple(args.size_variants or MicroSuiteConfig.size_variants),
-                            protect_set=args.protect_set).validate()
+                            protect_set=args.protect_set, split=args.split).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:

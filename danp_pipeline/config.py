@@ -437,6 +437,9 @@ class MicroSuiteConfig:
     # What each photo is protected against: "own" = the attacker's instruction; "kinds" = it and one edit of
     # every other kind on the same object (micro/world.edits_of_object): several prompts per photo.
     protect_set: str = "own"
+    # "heldout": the benchmark; "train": training scenes, for choosing methods and presets (the "unseen" wording
+    # is then the edit's other training wording), so that nothing is tuned on held-out scenes or wordings.
+    split: str = "heldout"
     device: str | None = None
     workers: int = 1                            # processes, each with one torch thread and its own editors
 
@@ -456,6 +459,7 @@ class MicroSuiteConfig:
         _choice("view", self.view, ("editor", "attacker"))
         _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
         _choice("protect_set", self.protect_set, ("own", "kinds"))
+        _choice("split", self.split, ("heldout", "train"))
         _integer("workers", self.workers, 1)
         return self
 

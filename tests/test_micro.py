@@ -77,6 +77,25 @@ def test_wordings_are_disjoint() -> None:
         assert not set(world.TEMPLATES["train"][kind]) & set(world.TEMPLATES["heldout"][kind])
 
 
+def test_the_development_split_uses_training_scenes_and_the_other_training_wording() -> None:
+    """Presets are chosen on split="train": no held-out scene or wording is touched there."""
+    from danp_pipeline.config import MicroSuiteConfig
+    from danp_pipeline.evaluation.micro_suite import cases
+
+    dev = cases(MicroSuiteConfig(scenes=6, split="train", size_variants=("4x-1:1", "4x-3:2")))
+    assert len(dev) == 12
+    lo, hi = world.SCENE_SEED_RANGES["train"]
+    train_wordings = {k: {t.split(" {")[0] for t in ts} for k, ts in world.TEMPLATES["train"].items()}
+    for case in dev:
+        assert lo <= case.own.scene_seed < hi
+        assert case.unseen.instruction != case.own.instruction
+        for sample in (case.own, case.unseen):   # both wordings are training templates of the same edit
+            assert any(sample.instruction.startswith(w) for w in train_wordings[sample.kind])
+        assert case.unseen.target is case.own.target and case.unseen.kind == case.own.kind
+    with pytest.raises(ValueError, match="split"):
+        MicroSuiteConfig(split="test").validate()
+
+
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_success_rule_on_ground_truth(split: str) -> None:
     for s in world.make_split(split, 150, seed=3):

@@ -12,6 +12,10 @@ diffusers InstructPix2Pix pipeline in three settings:
 - ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
 - transfer: another, independently trained editor (``micro-ip2p-b``), the instruction protected against.
 
+Results are reported on held-out scenes. ``split="train"`` runs the same benchmark on training scenes, where
+the "unseen" wording is the edit's other training wording: a development set on which a method or a preset
+is chosen before it is measured once on the held-out scenes and wordings.
+
 With ``view="attacker"`` the scene is a full-size photo (``size_variants``: 4× the editor's size,
 square or at 3:2, 16:9, 4:5, or smaller than the editor) protected at full size and resized by the
 attacker (Pillow Lanczos, long side = the editor's size, aspect kept, centred crop to the VAE factor)
@@ -68,13 +72,17 @@ def variant_frame(variant: str) -> tuple[tuple[int, int], world.Frame]:
 
 
 def cases(config: MicroSuiteConfig) -> list[Case]:
-    """Held-out scenes, one edit each (kinds balanced); the same edit in both wordings; every scene at every
-    size variant (variant-major: case index = variant's position × scenes + scene's)."""
+    """Scenes of ``config.split``, one edit each (kinds balanced); the same edit in a training wording and in an
+    unseen one; every scene at every size variant (variant-major: case index = variant's position × scenes +
+    scene's)."""
     out = []
     for variant in config.size_variants:
         shape, frame = variant_frame(variant)
-        own = world.make_split("heldout", config.scenes, config.scene_seed, wordings="train", frame=frame)
-        unseen = world.make_split("heldout", config.scenes, config.scene_seed, wordings="heldout", frame=frame)
+        own = world.make_split(config.split, config.scenes, config.scene_seed, wordings="train", frame=frame)
+        if config.split == "train":      # development: the other training wording stands in for an unseen one
+            unseen = [world.reworded(sample) for sample in own]
+        else:
+            unseen = world.make_split("heldout", config.scenes, config.scene_seed, wordings="heldout", frame=frame)
         for a, b in zip(own, unseen):
             if (a.scene_seed, a.kind, a.source_object, a.target_object) != (b.scene_seed, b.kind, b.source_object,
                                                                             b.target_object):
@@ -137,7 +145,7 @@ class MicroSuite:
             start = time.perf_counter()
             result = immunizer.protect([full], prompts=[self.protected_against(case)], seeds=[cfg.attack.seed])[0]
             seconds = time.perf_counter() - start
-            base = {"scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
+            base = {"split": cfg.split, "scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
                     "editor": self.protected_editor, "view": cfg.view, "variant": case.variant,
                     "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import colorsys
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -306,10 +306,7 @@ def sample_edit(
     else:
         raise ValueError(f"kind must be one of {EDIT_KINDS}, got {kind!r}")
     templates = TEMPLATES[wordings][kind]
-    template = templates[int(rng.integers(len(templates)))]
-    instruction = template.format(
-        c=src.color, s=src.shape, c2=tgt.color if tgt else "", s2=tgt.shape if tgt else ""
-    )
+    instruction = _instruction(templates[int(rng.integers(len(templates)))], src, tgt)
     # Painting order is kept: the edited object stays at its index (or is dropped on remove).
     new_objs = [tgt if j == i else o for j, o in enumerate(scene.objects)]
     new_objs = [o for o in new_objs if o is not None]
@@ -354,6 +351,21 @@ def edits_of_object(sample: EditSample, frame: Frame = SQUARE) -> list[str]:
             continue
         out.append(TEMPLATES["train"][kind][0].format(c=src.color, s=src.shape, c2=c2, s2=s2 or ""))
     return out
+
+
+def _instruction(template: str, src: WorldObject, tgt: WorldObject | None) -> str:
+    return template.format(c=src.color, s=src.shape, c2=tgt.color if tgt else "", s2=tgt.shape if tgt else "")
+
+
+def reworded(sample: EditSample) -> EditSample:
+    """The same edit in the other template of its own wording set (the development split's stand-in for an
+    unseen wording: the training wordings that the protection was not given)."""
+    options = [_instruction(t, sample.source_object, sample.target_object)
+               for t in TEMPLATES[sample.wording][sample.kind]]
+    others = [o for o in options if o != sample.instruction]
+    if len(others) != len(options) - 1:
+        raise ValueError(f"{sample.instruction!r} is not one of the {sample.wording} wordings {options}")
+    return replace(sample, instruction=others[0])
 
 
 def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None,
