@@ -48,14 +48,24 @@ CANDIDATES: dict[str, dict] = {
     "fixed noise (clean reused)": {"noise": "fixed"},
     "half the timesteps": {"timestep_subset": 5},
     "30 steps α 2/255 cosine": {"steps": 30, "step_size": 2 / 255, "step_decay": "cosine"},
+    # The first fast profile (stop 18): it held the noise fixed and lost the unseen wordings (stop 23).
+    "first fast profile (fixed noise)": ("fast", {"noise": "fixed"}),
     "fast profile": "fast",
+    # The other preset candidate of stop 23's choice on training scenes (--split train).
+    "30 steps cosine + one-backward (k=5)": {"steps": 30, "step_size": 2 / 255, "step_decay": "cosine",
+                                            "balance_every": 5},
     # Several prompts per photo: each iteration a random one of them (efficacy: --protect-set kinds, 3 prompts).
     "one prompt per iteration": {"prompt_subset": 1},
 }
 
 
 def candidate_config(change, base: AttackConfig) -> AttackConfig:
-    return profile_config(change, base) if isinstance(change, str) else base.replace(**change)
+    """A candidate: a profile name, a dict of AttackConfig changes, or (profile, changes on top of it)."""
+    if isinstance(change, str):
+        return profile_config(change, base)
+    if isinstance(change, tuple):
+        return profile_config(change[0], base).replace(**change[1])
+    return base.replace(**change)
 
 
 def flops(cfg: AttackConfig, bundle, size: int, prompt: str | list[str]) -> float:
@@ -122,6 +132,16 @@ def measure_flops(row: dict, cfg: AttackConfig, micro, full, prompt: str, prompt
         row["tflop_per_photo_512"] = flops(cfg, full, 512, "make it snow")
 
 
+def check_run(suite_dir: Path, expected: dict) -> None:
+    """Refuse a run whose attack settings (its summary.md) are not the candidate's: a renamed or redefined
+    candidate must not inherit another configuration's figures."""
+    text = (suite_dir / "summary.md").read_text()
+    attack = json.loads(text.split("```json", 1)[1].split("```", 1)[0])["attack"]
+    wrong = {k: (attack[k], v) for k, v in expected.items() if k in attack and attack[k] != v}
+    if wrong:
+        raise SystemExit(f"{suite_dir} was run with other settings (run, candidate): {wrong}")
+
+
 def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Namespace, out: Path) -> None:
     suite_dir = out / name.replace("α", "alpha").replace(" ", "_").replace("/", "-").replace(",", "").replace("(", "").replace(")", "")
     if args.view == "attacker":
@@ -130,11 +150,14 @@ def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Nam
         df = pd.read_parquet(Path(args.paper_from) / "results.parquet")
         df = df[(df["method"] == "danp") & (df["transform"] == "none")]
     else:
-        suite = MicroSuiteConfig(editors=tuple(args.editors.split(",")), scenes=args.scenes, methods=("danp",), attack=cfg,
-                                 seeds=tuple(int(s) for s in args.seeds.split(",")), workers=args.workers,
-                                 view=args.view)
-        micro_suite.run(suite.validate(), suite_dir)
+        if not (args.reuse and (suite_dir / "results.parquet").exists()):
+            suite = MicroSuiteConfig(editors=tuple(args.editors.split(",")), scenes=args.scenes, methods=("danp",),
+                                     attack=cfg, seeds=tuple(int(s) for s in args.seeds.split(",")),
+                                     workers=args.workers, view=args.view)
+            micro_suite.run(suite.validate(), suite_dir)
+        check_run(suite_dir, row["config"])
         df = pd.read_parquet(suite_dir / "results.parquet")
+        df = df[(df["method"] == "danp") & (df["transform"] == "none")]
     if args.view == "attacker":
         row["efficacy_attacker"] = efficacy(df)
         return
@@ -152,7 +175,11 @@ def table(results: dict) -> list[str]:
     for name, row in results.items():
         cells = [name]
         key = "tflop_per_photo_512"
-        cells.append(f"{row[key]:.0f}" if key in row else "—")
+        several = sorted(k for k in row if k.startswith("tflop_per_photo_512_k"))
+        if key not in row and several:      # a candidate about several prompts: counted with k of them
+            key = several[-1]
+        suffix = f" ({key.rsplit('_k', 1)[1]} prompts)" if key != "tflop_per_photo_512" else ""
+        cells.append(f"{row[key]:.0f}{suffix}" if key in row else "—")
         cells.append(f"{100 * row[key] / paper[key]:.0f}%" if paper and key in row and key in paper else "—")
         cells.append(f"{row['tflop_per_photo_micro']:.3f}" if "tflop_per_photo_micro" in row else "—")
         for setting in ("own", "unseen", "transfer"):
@@ -180,6 +207,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("flops", "efficacy"), default=None,
                     help="measure one half; the other half's figures already in --out/cheaper.json are kept")
     ap.add_argument("--paper-from", default=None, help="a micro-suite output whose danp rows are the paper config")
+    ap.add_argument("--reuse", action="store_true",
+                    help="read a candidate's efficacy from its run directory when it exists (settings checked)")
     ap.add_argument("--prompts", type=int, default=1, choices=range(1, len(DEFAULT_PROMPTS) + 1),
                     help="count FLOPs at 512² with this many of the default prompts per photo (kept beside the "
                          "one-prompt figures)")

@@ -315,6 +315,10 @@ FAST_STEPS_FRACTION = 0.3        # iterations kept, with a larger first step tha
 FAST_STEP_SIZE = 2 / 255
 FAST_BALANCE_EVERY = 5           # per-term gradient norms measured every 5th iteration, one backward between
 FAST_TIMESTEP_FRACTION = 0.5     # of the |𝒯| bins, a random half each iteration
+# Fresh noise every iteration, as the paper: the first fast profile (stop 18) held the noise fixed to reuse the
+# clean branch (-21 % FLOPs) and lost the unseen wordings (held-out: 0.9 vs 9.3 pts in the attacker's view); it
+# was replaced by this one, chosen on training scenes (`eval --suite micro --split train`), in stop 23.
+FAST_NOISE = "fresh"
 
 
 def profile_config(name: str, base: AttackConfig) -> AttackConfig:
@@ -324,7 +328,7 @@ def profile_config(name: str, base: AttackConfig) -> AttackConfig:
     if name == "paper":
         return base
     return base.replace(steps=max(1, round(base.steps * FAST_STEPS_FRACTION)), step_size=FAST_STEP_SIZE,
-                        step_decay="cosine", noise="fixed", timesteps="centres",
+                        step_decay="cosine", noise=FAST_NOISE, timesteps="centres",
                         balance_every=FAST_BALANCE_EVERY,
                         timestep_subset=max(1, round(base.num_timesteps * FAST_TIMESTEP_FRACTION)))
 
