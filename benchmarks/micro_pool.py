@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from danp_pipeline.evaluation.micro_suite import summary_markdown, summary_table
+from danp_pipeline.evaluation.micro_suite import GROUP, summary_markdown, summary_table
 
 logger = logging.getLogger("micro_pool")
 
@@ -78,6 +78,12 @@ def paired(df: pd.DataFrame, a: str, b: str) -> list[dict]:
                     f"stopped_by_{b}_only": int((stopped_b & ~stopped_a).sum()),
                     "stopped_by_both": int((stopped_a & stopped_b).sum())})
     return out
+
+
+def deviations(df: pd.DataFrame) -> list[dict]:
+    """Mean squared difference between the clean and the protected edit (images in [0, 1]), per cell."""
+    return [{**dict(zip(GROUP, key)), "mean_squared_difference": float((10 ** (-sub["edits_psnr"] / 10)).mean())}
+            for key, sub in df.groupby(GROUP, sort=False)]
 
 
 def reductions(df: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -140,7 +146,8 @@ def main() -> None:
                 "scenes": int(df["scene"].nunique()),
                 "note": "pooled by benchmarks/micro_pool.py; each run's own settings are in its summary.md"}
     text = summary_markdown(df, settings)
-    result = {"scenes": settings["scenes"], "runs": settings["runs"], "table": summary_table(df)}
+    result = {"scenes": settings["scenes"], "runs": settings["runs"], "table": summary_table(df),
+              "edit_deviation": deviations(df)}
     if args.pair:
         a, b = args.pair.split(",")
         result["paired"] = paired(df, a, b)
