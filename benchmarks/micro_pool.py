@@ -44,7 +44,8 @@ def pooled(runs: list[tuple[str | None, Path]], methods: list[str] | None, label
         df = pd.read_parquet(run / "results.parquet")
         if label is not None:
             if label_method not in set(df["method"]):
-                raise SystemExit(f"{run} has no {label_method!r} rows to label {label!r} (methods: {sorted(set(df['method']))})")
+                raise SystemExit(f"{run} has no {label_method!r} rows to label {label!r} "
+                                 f"(methods: {sorted(set(df['method']))})")
             df = df[df["method"] == label_method].assign(method=label)
         df["run"] = run.name
         frames.append(df)
@@ -119,7 +120,8 @@ def bootstrap(df: pd.DataFrame, a: str, b: str, draws: int = BOOTSTRAP, seed: in
         point_a, point_b = float(red(cells[0])), float(red(cells[1]))
         out.append({"transform": transform, "attack_editor": editor, "prompt_set": prompts,
                     "scenes": int(cells[0].shape[1]),
-                    "edits": int(cells[0][2].sum()), f"reduction_{a}": round(point_a, 1), f"reduction_{b}": round(point_b, 1),
+                    "edits": int(cells[0][2].sum()), f"reduction_{a}": round(point_a, 1),
+                    f"reduction_{b}": round(point_b, 1),
                     "difference": round(point_a - point_b, 1),
                     "difference_95": [round(float(v), 1) for v in np.percentile(ba - bb, [2.5, 97.5])],
                     "kept": round(point_a / point_b, 3) if point_b > 0 else None,

@@ -30,4 +30,5 @@ def test_probe_measures_every_configuration_with_the_full_objective(tiny_ip2p):
     clean = photo(size=(64, 64))
     noisy = np.clip(clean.astype(int) + np.random.default_rng(1).integers(-8, 9, clean.shape), 0, 255).astype(np.uint8)
     prompts = PROMPTS + ["turn it into a painting"]
-    assert ObjectiveProbe(tiny_ip2p, cheap)(clean, noisy, prompts) == ObjectiveProbe(tiny_ip2p, paper)(clean, noisy, prompts)
+    measured = [ObjectiveProbe(tiny_ip2p, cfg)(clean, noisy, prompts) for cfg in (cheap, paper)]
+    assert measured[0] == measured[1]

@@ -145,8 +145,8 @@ class MicroSuite:
             start = time.perf_counter()
             result = immunizer.protect([full], prompts=[self.protected_against(case)], seeds=[cfg.attack.seed])[0]
             seconds = time.perf_counter() - start
-            base = {"split": cfg.split, "scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind, "method": method,
-                    "editor": self.protected_editor, "view": cfg.view, "variant": case.variant,
+            base = {"split": cfg.split, "scene": case.own.scene_seed, "case": case.index, "kind": case.own.kind,
+                    "method": method, "editor": self.protected_editor, "view": cfg.view, "variant": case.variant,
                     "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
