@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from danp_pipeline.evaluation.micro_suite import GROUP, summary_markdown, summary_table
+from danp_pipeline.evaluation.micro_suite import GROUP, edit_deviation, summary_markdown, summary_table
 
 logger = logging.getLogger("micro_pool")
 
@@ -83,7 +83,7 @@ def paired(df: pd.DataFrame, a: str, b: str) -> list[dict]:
 
 def deviations(df: pd.DataFrame) -> list[dict]:
     """Mean squared difference between the clean and the protected edit (images in [0, 1]), per cell."""
-    return [{**dict(zip(GROUP, key)), "mean_squared_difference": float((10 ** (-sub["edits_psnr"] / 10)).mean())}
+    return [{**dict(zip(GROUP, key)), "mean_squared_difference": edit_deviation(sub["edits_psnr"])}
             for key, sub in df.groupby(GROUP, sort=False)]
 
 

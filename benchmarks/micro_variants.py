@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from danp_pipeline.evaluation.attacker import variant_shape
-from danp_pipeline.evaluation.micro_suite import variant_frame
+from danp_pipeline.evaluation.micro_suite import edit_deviation, variant_frame
 from danp_pipeline.micro import world
 
 logger = logging.getLogger("micro_variants")
@@ -41,15 +41,10 @@ def load(run: Path) -> pd.DataFrame:
     return df
 
 
-def deviation(edits_psnr: pd.Series) -> float:
-    """Mean squared difference between clean and protected edits, from their PSNR (images in [0, 1])."""
-    return float((10 ** (-edits_psnr.to_numpy(float) / 10)).mean())
-
-
 def cell(sub: pd.DataFrame) -> dict:
     clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
     out = {"n": len(sub), "clean": float(clean.mean()), "protected": float(protected.mean()),
-           "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": deviation(sub["edits_psnr"])}
+           "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": edit_deviation(sub["edits_psnr"])}
     if "nba" in sub:           # the objective on the protected editor's copy, once per scene (runs since stop 23)
         out["nba"] = float(sub.drop_duplicates("case")["nba"].mean())
     return out

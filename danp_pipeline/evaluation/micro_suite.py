@@ -205,6 +205,11 @@ def _rate(flags) -> str:
     return f"{100 * flags.mean():.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
+def edit_deviation(edits_psnr) -> float:
+    """Mean squared difference between the clean and the protected edit (images in [0, 1]), from their PSNRs."""
+    return float((10 ** (-np.asarray(edits_psnr, dtype=float) / 10)).mean())
+
+
 def summary_table(df) -> list[dict]:
     """One record per (method, editor, size variant, attack editor, prompt set, transform), the method order
     kept."""
