@@ -95,7 +95,7 @@ def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
     driver_before = rss_mb(os.getpid())
     sampler = TreeSampler()
     sampler.start()
-    cfg = PipelineConfig(input_uri=str(work / "in"), output_uri=str(work / "out"),
+    cfg = PipelineConfig(input_uri=str(work / "in"), output_uri=str(work / "out"), model="tiny-ip2p",
                          attack=AttackConfig(resolution=resolution, steps=steps, num_timesteps=timesteps))
     summary = pipeline.run(cfg)
     sampler.stop.set()

@@ -49,26 +49,40 @@ def _csv_list(kind: type) -> Callable[[str], tuple]:
 def add_attack_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs the immunizer; defaults come from AttackConfig."""
     d = AttackConfig()
-    g = parser.add_argument_group("attack (DANP_SPEC.md)")
-    g.add_argument("--method", default=d.method, help=f"objective (default {d.method})")
+    g = parser.add_argument_group("attack (docs/method.md)")
+    g.add_argument("--method", default=d.method, choices=C.METHODS, help=f"objective (default {d.method})")
     g.add_argument("--eps", type=float, default=d.eps, help=f"L∞ budget γ on the [0,1] scale (default {d.eps})")
     g.add_argument("--steps", type=int, default=d.steps, help=f"PGD iterations N (default {d.steps})")
-    g.add_argument("--step-size", type=float, default=d.step_size, help="PGD step α (default 1/255)")
+    g.add_argument("--step-size", type=float, default=None,
+                   help="PGD step α (default 1/255; --profile fast: a fixed fraction of --eps). An explicit "
+                        "value is always kept")
     g.add_argument("--timesteps", type=int, default=d.num_timesteps, help=f"|𝒯| per iteration (default {d.num_timesteps})")
-    g.add_argument("--timestep-mode", choices=("centres", "random"), default=d.timesteps)
+    g.add_argument("--timestep-mode", choices=("centres", "random"), default=d.timesteps,
+                   help="the |𝒯| timesteps of an iteration: the centres of equal bins, or a random draw per bin "
+                        f"(default {d.timesteps})")
     g.add_argument("--resolution", type=int, default=d.resolution, help=f"working resolution, longer side (default {d.resolution})")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the attack's noise and timestep draws; recorded in each row (default {d.seed})")
     g.add_argument("--profile", choices=C.PROFILES, default=C.PROFILES[0],
-                   help="paper: the published method; fast: ~30%% of the iterations with a decaying step, fixed "
-                        "noise, half the timesteps per iteration, one backward between norm measurements (scales "
-                        "--steps and --timesteps; --attack-option still overrides)")
+                   help="paper: the published method (default); fast: ~30%% of the iterations with a decaying step "
+                        "(α a fixed fraction of --eps), fresh noise, half the timesteps per iteration, one backward "
+                        "between norm measurements (scales --steps and --timesteps; --attack-option still "
+                        "overrides)")
     g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other AttackConfig field, e.g. nba_target=noise, balance=raw (repeatable)")
+                   help="any other attack setting (repeatable), one of: " + ", ".join(_attack_option_keys()))
+
+
+#: Attack settings with options of their own (not repeated in --attack-option's list).
+_ATTACK_FLAGS = ("method", "eps", "steps", "step_size", "num_timesteps", "timesteps", "resolution", "seed")
+
+
+def _attack_option_keys() -> list[str]:
+    return [name for name in AttackConfig.__dataclass_fields__ if name not in _ATTACK_FLAGS]
 
 
 def attack_config(args: argparse.Namespace) -> AttackConfig:
     fields = {
-        "method": args.method, "eps": args.eps, "steps": args.steps, "step_size": args.step_size,
+        "method": args.method, "eps": args.eps, "steps": args.steps,
         "num_timesteps": args.timesteps, "timesteps": args.timestep_mode, "resolution": args.resolution,
         "seed": args.seed,
     }
@@ -77,10 +91,16 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
     for item in args.attack_option:
         key, sep, raw = item.partition("=")
         if not sep or key not in known:
-            raise ValueError(f"--attack-option expects KEY=VALUE with KEY an AttackConfig field, got {item!r}")
+            raise ValueError(f"--attack-option expects KEY=VALUE with KEY one of {', '.join(_attack_option_keys())}; "
+                             f"got {item!r}")
         options[key] = _parse_value(raw, getattr(AttackConfig(), key))
-    base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields).validate())
-    return base.replace(**options)
+    base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields).validate(),
+                            step_size=args.step_size)
+    cfg = base.replace(**options)
+    warning = cfg.reach_warning()
+    if warning:
+        logger.warning("%s", warning)
+    return cfg
 
 
 def _parse_value(raw: str, default: object) -> object:
@@ -111,35 +131,54 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     p = lambda name: _default(PipelineConfig, name)  # noqa: E731
     parser.add_argument("input", metavar="INPUT", help="fsspec URI or path of the photos (s3://bucket/prefix, ./dir)")
     parser.add_argument("output", metavar="OUTPUT", help="fsspec URI or path for images/ and manifest/")
-    parser.add_argument("--model", default=p("model"), help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
+    parser.add_argument("--model", default=p("model"),
+                        help=f"the editor to protect against: a diffusers repo id (from the local Hugging Face cache, "
+                             f"else downloaded) or local directory, safetensors only (default {p('model')}, "
+                             "InstructPix2Pix). tiny-ip2p, tiny-sd (random weights) and the micro-editors are test "
+                             "editors: outputs protected against them protect against nothing real")
     parser.add_argument("--revision", default=p("revision"), help="model revision (branch, tag or commit)")
     parser.add_argument("--prompt", action="append", default=[], help="edit instruction to protect against (repeatable)")
     parser.add_argument("--prompts-file", default=p("prompts_file"), help="JSON or CSV sidecar mapping object keys to prompts")
-    parser.add_argument("--actors", type=int, default=p("actors"), help="size of the GPU actor pool")
+    parser.add_argument("--actors", type=int, default=p("actors"),
+                        help=f"editor actors (one editor each; default {p('actors')})")
     parser.add_argument("--gpus-per-actor", type=float, default=p("gpus_per_actor"),
                         help="default: 1 when the cluster has a GPU, else 0")
-    parser.add_argument("--cpus-per-actor", type=float, default=p("cpus_per_actor"))
-    parser.add_argument("--batch-size", type=int, default=p("batch_size"), help="photos per immunizer call")
-    parser.add_argument("--max-pixels", type=int, default=p("max_pixels"), help="refuse larger photos")
+    parser.add_argument("--cpus-per-actor", type=float, default=p("cpus_per_actor"),
+                        help=f"CPUs each editor actor asks Ray for; keep it below the node's CPUs so that reads fit "
+                             f"beside it (default {p('cpus_per_actor'):g})")
+    parser.add_argument("--actor-memory", type=int, default=p("actor_memory"), metavar="BYTES",
+                        help="host memory each editor actor asks Ray for (default: the editor's weights plus "
+                             f"{C.ACTOR_BYTES_PER_PIXEL} bytes per pixel of a batch of photos of --max-pixels)")
+    parser.add_argument("--batch-size", type=int, default=p("batch_size"),
+                        help=f"photos per immunizer call (default {p('batch_size')})")
+    parser.add_argument("--max-pixels", type=int, default=p("max_pixels"),
+                        help=f"refuse larger photos (an error row each; default {p('max_pixels'):,})")
     _storage_options(parser)
     parser.add_argument("--retry-errors", action="store_true",
                         help="redo photos whose manifest row is an error (default: a rerun skips them)")
     parser.add_argument("--max-photo-attempts", type=int, default=p("max_photo_attempts"),
                         help="a photo whose protection kills its worker process this many times becomes an "
                              f"error row instead of being retried again (default {p('max_photo_attempts')})")
+    g = parser.add_argument_group("the lease on OUTPUT (one run at a time)")
+    g.add_argument("--lease-ttl", type=float, default=p("lease_ttl_s"),
+                   help="seconds the lease lasts without renewal; a dead holder's lease is taken over after it "
+                        f"(object stores; local paths are freed when the holder exits; default {p('lease_ttl_s'):g})")
+    g.add_argument("--wait", type=float, default=p("lease_wait_s"),
+                   help="seconds to wait for a lease another run holds before giving up (default 0)")
     add_listing_options(parser)
     add_output_options(parser)
     add_attack_options(parser)
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """What the protected files look like: format, metadata, content credentials (issue 13)."""
+    """What the protected files look like: format, metadata, content credentials."""
     p = lambda name: _default(PipelineConfig, name)  # noqa: E731
     g = parser.add_argument_group("outputs")
     g.add_argument("--output-format", choices=C.OUTPUT_FORMATS, default=p("output_format"),
                    help="png (default), webp-lossless and tiff keep every pixel (L∞ guaranteed; png/tiff keep "
-                        "16 bits); jpeg and webp are lossy (L∞ measured and recorded, not bounded); source: the "
-                        "input's own format")
+                        "16 bits); a lossless copy of a JPEG source is several times its size (about 9x as PNG); "
+                        "jpeg and webp are lossy (L∞ measured and recorded, not bounded); source: the input's own "
+                        "format")
     g.add_argument("--quality", type=int, default=p("quality"), help=f"lossy formats, 1..100 (default {p('quality')})")
     g.add_argument("--strip-gps", action="store_true", help="drop GPS from EXIF and XMP (default: keep all metadata)")
     g.add_argument("--strip-metadata", action="store_true",
@@ -186,7 +225,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         c2pa_cert=args.c2pa_cert or os.environ.get(C.C2PA_CERT_ENV) or None,
         c2pa_key=args.c2pa_key or os.environ.get(C.C2PA_KEY_ENV) or None,
         input_list=args.input_list, list_fanout_depth=args.list_fanout_depth, plan_partitions=args.plan_partitions,
-        progress_interval_s=args.progress_interval,
+        progress_interval_s=args.progress_interval, actor_memory=args.actor_memory, lease_ttl_s=args.lease_ttl,
+        lease_wait_s=args.wait,
     ).validate()
 
 
@@ -199,29 +239,40 @@ def checked_config(args: argparse.Namespace) -> PipelineConfig:
     return cfg
 
 
+#: Exit statuses of run and ingest (every command): all done; the run failed; refused before any
+#: work; finished, but some photos ended as error rows. A stop by signal exits 128 + the signal.
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SOME_ERRORS = 0, 1, 2, 3
+
+
 def run_run(args: argparse.Namespace) -> int:
     cfg = checked_config(args)
-    from .job.pipeline import run
+    from .job.pipeline import LockHeld, run
 
-    run(cfg)
-    return 0
+    try:
+        summary = run(cfg)
+    except LockHeld as exc:
+        logger.error("%s: this run does nothing (--wait SECONDS waits for it)", exc)
+        return EXIT_REFUSED
+    return _summary_status(summary)
 
 
 def configure_ingest(parser: argparse.ArgumentParser) -> None:
     configure_run(parser)
-    g = parser.add_argument_group("ingestion")
-    g.add_argument("--lock-ttl", type=float, default=C.INGEST_LOCK_TTL_S,
-                   help=f"seconds a lease lasts without renewal (object stores; default {C.INGEST_LOCK_TTL_S:g})")
-    g.add_argument("--wait", type=float, default=0.0,
-                   help="seconds to wait for a lock held by another run before giving up (default 0)")
 
 
 def run_ingest(args: argparse.Namespace) -> int:
     cfg = checked_config(args)
     from .job.ingest import ingest
 
-    ingest(cfg, lock_ttl_s=args.lock_ttl, wait_s=args.wait)
-    return 0
+    return _summary_status(ingest(cfg))
+
+
+def _summary_status(summary: Any) -> int:
+    """0 when every photo is ok or skipped (or an ingest found the lease held), 3 with error rows."""
+    if summary is None or not summary.errors:
+        return EXIT_OK
+    logger.error("%d photo(s) ended as error rows (reasons above; `--retry-errors` redoes them)", summary.errors)
+    return EXIT_SOME_ERRORS
 
 
 # -- demo, verify, compact -------------------------------------------------------------------------
@@ -563,14 +614,37 @@ def setup_logging(verbose: int = 0) -> None:
 
 
 def run_command(name: str, args: argparse.Namespace) -> int:
-    """Set up logging once and run a subcommand; invalid settings exit 2 with the reason."""
+    """Set up logging once and run a subcommand. Invalid settings exit 2 with the reason in one line; a
+    stop by SIGTERM/SIGINT exits 128 + the signal; any other failure exits 1 with one line (the
+    traceback with -v)."""
     setup_logging(getattr(args, "verbose", 0))
     try:
         return COMMANDS[name].run(args)
     except ValueError as exc:
         logger.error("%s", exc)
         logger.debug("traceback (shown with -v)", exc_info=True)
-        return 2
+        return EXIT_REFUSED
+    except Exception as exc:
+        logger.error("%s failed: %s", name, _one_line(exc))
+        logger.debug("traceback (shown with -v)", exc_info=True)
+        return EXIT_FAILED
+    except BaseException as exc:
+        stop = getattr(exc, "exit_status", None)       # job.pipeline.RunStopped (imported only by run/ingest)
+        if stop is None:
+            raise
+        logger.error("%s: the run stopped cleanly; run the same command again to resume", exc)
+        return int(stop)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The root cause of ``exc`` in one line (Ray wraps a task's exception in its own)."""
+    cause = exc
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:    # ray.exceptions.RayTaskError
+        cause = cause.cause
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
 
 def entrypoint(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Typed, validated configuration: the one place where defaults live.
 
-Every paper setting and every project choice of ../shared/docs/DANP_SPEC.md is a field of
+Every paper setting and every project choice of the method (docs/method.md) is a field of
 :class:`AttackConfig`; :class:`PipelineConfig` adds what the distributed job needs. Configs are
 frozen dataclasses; ``validate()`` raises ``ValueError`` naming the field and the value received,
 and runs before any work starts.
@@ -62,8 +62,22 @@ COMPACT_ROWS = 50_000
 COMPACT_MIN_PARTS = 256
 COMPACT_MIN_PARTS_ON_DEMAND = 2
 
-#: Seconds an ingest lease lasts without renewal on object stores (job/ingest.py).
-INGEST_LOCK_TTL_S = 3600.0
+#: Seconds the lease on OUTPUT (storage/lease.py, held by every run and ingest) lasts without renewal
+#: on object stores; a run whose holder died is taken over after it.
+LEASE_TTL_S = 3600.0
+
+#: The editor a run protects against unless told otherwise: InstructPix2Pix (Brooks et al.), loaded
+#: from the local Hugging Face cache or downloaded. The tiny and micro editors are for tests, the
+#: demo and the benchmark, and are used only when named.
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+
+#: Host memory an actor needs per pixel of the largest photo it may hold: 6.1 full-size float32 RGB
+#: copies at peak (measured on a 24 MP photo, benchmarks/full_size_cost.py) plus the decoded 8-bit
+#: source and output, rounded up.
+ACTOR_BYTES_PER_PIXEL = 80
+#: Host memory of an editor whose weights' size cannot be read from disk (not yet downloaded): an
+#: SD 1.x editor's UNet, VAE and text encoder in float32, rounded up.
+EDITOR_BYTES_UNKNOWN = 4_500_000_000
 
 EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
 
@@ -121,7 +135,7 @@ def _integer(name: str, value: Any, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """How one photo is immunized. Defaults follow DANP_SPEC.md."""
+    """How one photo is immunized. Defaults follow the paper (docs/method.md)."""
 
     method: str = "danp"
     eps: float = 0.03                   # γ, L∞ budget on the [0,1] scale
@@ -143,7 +157,7 @@ class AttackConfig:
     nba_target: str = "clean"           # Eq. 12 "clean" branch, or "noise" (abstract's reading)
     balance: str = "grad"               # "grad": unit-L1 gradient per term; "raw": add raw losses
     init: str = "zero"                  # δ start: "zero" (Algorithm 1) or "uniform" in [−γ, γ] (seeded)
-    # Cheaper protection (issue 14); the defaults are the paper's method, `--profile fast` changes them.
+    # Cheaper protection; the defaults are the paper's method, `--profile fast` changes them.
     step_decay: str = "none"            # "none": α every iteration; "cosine": α·½(1+cos(π·i/N)), larger early steps
     timestep_subset: int = 0            # 0: every |𝒯| timestep each iteration; m: a seeded random m of the |𝒯| bins
     prompt_subset: int = 0              # 0: every prompt of a photo each iteration; m: a seeded random m of them
@@ -229,6 +243,21 @@ class AttackConfig:
         return self
 
     @property
+    def step_reach(self) -> float:
+        """Σα over the iterations: how far δ can move from its start. Below γ the budget is never used."""
+        if self.step_decay == "cosine":
+            return sum(self.step_size * 0.5 * (1 + math.cos(math.pi * i / self.steps)) for i in range(self.steps))
+        return self.step_size * self.steps
+
+    def reach_warning(self) -> str | None:
+        """A warning when the steps cannot reach the budget (Σα < γ), else None."""
+        if self.method != "random" and self.init == "zero" and self.step_reach < self.eps - 1e-12:
+            return (f"the steps cannot reach the budget: Σα = {self.step_reach:.4g} < eps = {self.eps:.4g} "
+                    f"(steps={self.steps}, step_size={self.step_size:.4g}, step_decay={self.step_decay}); "
+                    "raise --steps or --step-size")
+        return None
+
+    @property
     def linf_levels_bound(self) -> int:
         """The guarantee on every output: per channel, per pixel, |out − in| ≤ this many 8-bit levels."""
         return math.ceil(255 * self.eps - 1e-9)
@@ -243,7 +272,7 @@ class PipelineConfig:
 
     input_uri: str
     output_uri: str
-    model: str = "tiny-ip2p"
+    model: str = DEFAULT_MODEL
     revision: str | None = None
     prompts: tuple[str, ...] = ()
     prompts_file: str | None = None     # JSON/CSV sidecar mapping object keys to prompts
@@ -251,6 +280,8 @@ class PipelineConfig:
     actors: int = 1
     gpus_per_actor: float | None = None  # None: 1 where a GPU is present, else 0 (resolved by the job)
     cpus_per_actor: float = 0.5
+    actor_memory: int | None = None      # bytes of host memory each actor asks Ray for; None: estimated
+                                         # from the editor and the largest photo allowed (job/resources.py)
     batch_size: int = 1
     max_pixels: int = 40_000_000
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
@@ -267,6 +298,8 @@ class PipelineConfig:
     list_fanout_depth: int = 2          # without a list: directory levels the driver walks to split the listing
     plan_partitions: int = 64           # hash partitions of the distributed plan (listing ⋈ manifest)
     progress_interval_s: float = 30.0   # progress log line and OUTPUT/_status.json every this many seconds
+    lease_ttl_s: float = LEASE_TTL_S    # the lease on OUTPUT: seconds it lasts without renewal (object stores)
+    lease_wait_s: float = 0.0           # seconds to wait for a lease another run holds before giving up
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):
@@ -280,6 +313,8 @@ class PipelineConfig:
         if self.gpus_per_actor is not None:
             _positive("gpus_per_actor", self.gpus_per_actor, allow_zero=True)
         _positive("cpus_per_actor", self.cpus_per_actor)
+        if self.actor_memory is not None:
+            _integer("actor_memory", self.actor_memory, 0)
         _integer("batch_size", self.batch_size, 1)
         _integer("max_pixels", self.max_pixels, 64)
         _integer("max_photo_attempts", self.max_photo_attempts, 1)
@@ -297,6 +332,8 @@ class PipelineConfig:
         _integer("list_fanout_depth", self.list_fanout_depth, 0)
         _integer("plan_partitions", self.plan_partitions, 1)
         _positive("progress_interval_s", self.progress_interval_s)
+        _positive("lease_ttl_s", self.lease_ttl_s)
+        _positive("lease_wait_s", self.lease_wait_s, allow_zero=True)
         return self
 
     @property
@@ -308,26 +345,28 @@ class PipelineConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
-#: Cost profiles (issue 14): "paper" is the method as published; "fast" cuts the counted work per photo
+#: Cost profiles: "paper" is the method as published; "fast" cuts the counted work per photo
 #: (see README, "Cheaper protection"). A profile scales the iterations and timesteps it is given.
 PROFILES: tuple[str, ...] = ("paper", "fast")
 FAST_STEPS_FRACTION = 0.3        # iterations kept, with a larger first step that decays (cosine)
-FAST_STEP_SIZE = 2 / 255
+FAST_STEP_FRACTION = (2 / 255) / 0.03   # α as a fraction of γ: 2/255 at the default budget, and as far at any other
 FAST_BALANCE_EVERY = 5           # per-term gradient norms measured every 5th iteration, one backward between
 FAST_TIMESTEP_FRACTION = 0.5     # of the |𝒯| bins, a random half each iteration
-# Fresh noise every iteration, as the paper: the first fast profile (stop 18) held the noise fixed to reuse the
-# clean branch (-21 % FLOPs) and lost the unseen wordings (held-out: 0.9 vs 9.3 pts in the attacker's view); it
-# was replaced by this one, chosen on training scenes (`eval --suite micro --split train`), in stop 23.
+# Fresh noise every iteration, as the paper: a fast profile that held the noise fixed to reuse the clean branch
+# (-21 % FLOPs) lost the unseen wordings (held-out: 0.9 vs 9.3 pts in the attacker's view); this one was chosen
+# on training scenes (`eval --suite micro --split train`).
 FAST_NOISE = "fresh"
 
 
-def profile_config(name: str, base: AttackConfig) -> AttackConfig:
-    """``base`` under cost profile ``name``."""
+def profile_config(name: str, base: AttackConfig, *, step_size: float | None = None) -> AttackConfig:
+    """``base`` under cost profile ``name``. The fast profile's α is a fixed fraction of ``base.eps``
+    unless ``step_size`` (the user's own α) is given: a profile never overrides an explicit α."""
     if name not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {name!r}")
     if name == "paper":
-        return base
-    return base.replace(steps=max(1, round(base.steps * FAST_STEPS_FRACTION)), step_size=FAST_STEP_SIZE,
+        return base if step_size is None else base.replace(step_size=step_size)
+    alpha = step_size if step_size is not None else base.eps * FAST_STEP_FRACTION
+    return base.replace(steps=max(1, round(base.steps * FAST_STEPS_FRACTION)), step_size=alpha,
                         step_decay="cosine", noise=FAST_NOISE, timesteps="centres",
                         balance_every=FAST_BALANCE_EVERY,
                         timestep_subset=max(1, round(base.num_timesteps * FAST_TIMESTEP_FRACTION)))

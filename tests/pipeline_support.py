@@ -26,7 +26,7 @@ SECRET_KEY = "s3cr3t-DANP-dummy-9f8e7d"  # never a real credential; tests assert
 REGION = "us-east-1"
 #: Smallest settings that still run every stage of the attack.
 FAST_ATTACK = AttackConfig(resolution=64, steps=2, num_timesteps=2)
-FAST_ARGS = ["--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0"]
+FAST_ARGS = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0"]
 
 _moto = None
 
@@ -129,6 +129,7 @@ def ray_local():
 
 
 def fast_config(input_uri: str, output_uri: str, **changes) -> PipelineConfig:
+    changes.setdefault("model", "tiny-ip2p")
     return PipelineConfig(input_uri=input_uri, output_uri=output_uri, attack=FAST_ATTACK, **changes).validate()
 
 

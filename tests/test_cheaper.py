@@ -108,12 +108,26 @@ def test_fast_profile_protects_within_the_budget(tiny_ip2p, photos):
     x0, _ = photos
     cfg = profile_config("fast", config(steps=20))
     assert cfg.steps == 6 and cfg.timestep_subset == 2 and set(PROFILES) >= {"paper", "fast"}
-    assert cfg.noise == "fresh"       # fixed noise lost the unseen wordings on the micro benchmark (stop 23)
+    assert cfg.noise == "fresh"       # fixed noise lost the unseen wordings on the micro benchmark
     assert profile_config("paper", config()) == config()
     obj = objective(tiny_ip2p, cfg, x0)
     result = pgd(x0, obj, cfg)
     assert float(result.delta.abs().max()) <= cfg.eps + 1e-6
     assert float(result.delta.abs().max()) > 0.5 * cfg.eps
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 4 / 255, 0.03, 16 / 255, 0.125, 0.25])
+def test_fast_profile_steps_follow_the_budget_and_reach_it(eps):
+    """α is a fixed fraction of γ (2/255 at the default 0.03), so Σα ≥ γ at every budget: 0.125 and 0.25
+    were once the same attack (α fixed at 2/255, Σα = 31/255). An explicit step size is always kept."""
+    paper = AttackConfig(eps=eps)
+    fast = profile_config("fast", paper)
+    assert fast.step_size == pytest.approx(eps * (2 / 255) / 0.03)
+    assert fast.step_reach >= eps and fast.reach_warning() is None
+    assert profile_config("fast", paper, step_size=1 / 255).step_size == 1 / 255
+    assert profile_config("paper", paper, step_size=0.5 / 255).step_size == 0.5 / 255
+    short = AttackConfig(eps=eps, steps=2, step_size=1 / 255)
+    assert (short.reach_warning() is None) == (2 / 255 >= eps)        # warned wherever Σα < γ
 
 
 FOUR = [["put her in a prison cell", "make it snow", "turn him into a clown", "add fire in the background"]]

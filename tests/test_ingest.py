@@ -21,9 +21,10 @@ from pipeline_support import (  # noqa: F401
 
 from danp_pipeline import storage
 from danp_pipeline.job import ingest
-from danp_pipeline.job.ingest import IngestLock, LockHeld
 from danp_pipeline.manifest import ledger, provenance, verify
+from danp_pipeline.job import pipeline
 from danp_pipeline.manifest.output import LOCK_NAME, Output
+from danp_pipeline.storage.lease import Lease, LockHeld
 
 
 def photo(name: str, size=(64, 48), quality=90) -> bytes:
@@ -123,15 +124,15 @@ def test_plan_redoes_a_photo_protected_against_other_prompts(planner):
 def test_local_lock_excludes_a_second_run_until_released(tmp_path):
     fs, root = storage.filesystem(str(tmp_path / "out"))
     path = Output(fs, root).lock_path
-    with IngestLock(fs, path) as first:
-        with pytest.raises(LockHeld, match="another ingest run holds the lock since 20") as held:
-            IngestLock(fs, path).acquire()
+    with Lease(fs, path, ttl_s=60) as first:
+        with pytest.raises(LockHeld, match="another run holds the lease on OUTPUT since 20") as held:
+            Lease(fs, path, ttl_s=60).acquire()
         assert first.owner in str(held.value)
         started = time.monotonic()
         with pytest.raises(LockHeld):
-            IngestLock(fs, path, wait_s=0.3, poll_s=0.1).acquire()
+            Lease(fs, path, ttl_s=60, wait_s=0.3, poll_s=0.1).acquire()
         assert time.monotonic() - started >= 0.3
-    with IngestLock(fs, path):  # released: the next run gets it
+    with Lease(fs, path, ttl_s=60):  # released: the next run gets it
         pass
 
 
@@ -139,22 +140,22 @@ def test_s3_lock_uses_conditional_writes_and_takes_over_only_an_expired_lease(s3
     upload(s3_endpoint, "danp-lock", "x", {})
     options = {**s3_options(s3_endpoint), "skip_instance_cache": True}
     fs, _ = storage.filesystem("s3://danp-lock", options)
-    path = "danp-lock/out/_ingest.lock"
-    first = IngestLock(fs, path, ttl_s=60)
+    path = f"danp-lock/out/{LOCK_NAME}"
+    first = Lease(fs, path, ttl_s=60)
     first.acquire()
-    with pytest.raises(LockHeld, match="another ingest run holds the lock since"):
-        IngestLock(fs, path).acquire()
+    with pytest.raises(LockHeld, match="another run holds the lease on OUTPUT since"):
+        Lease(fs, path, ttl_s=60).acquire()
     first.release()
     assert not fs.exists(path)
 
     # a holder that died: its lease expired, and exactly one of two successors takes it over
     stale = {"owner": "dead-host:1:abc", "since": "2026-01-01T00:00:00+00:00", "expires": "2026-01-01T01:00:00+00:00"}
-    s3_client(s3_endpoint).put_object(Bucket="danp-lock", Key="out/_ingest.lock", Body=json.dumps(stale).encode())
+    s3_client(s3_endpoint).put_object(Bucket="danp-lock", Key=f"out/{LOCK_NAME}", Body=json.dumps(stale).encode())
     fs.invalidate_cache()
     stale_etag = fs.info(path)["ETag"]
-    winner = IngestLock(fs, path, ttl_s=60)
+    winner = Lease(fs, path, ttl_s=60)
     winner.acquire()
-    loser = IngestLock(fs, path)
+    loser = Lease(fs, path, ttl_s=60)
     with pytest.raises(OSError):  # the loser's take-over, conditional on the stale ETag, is refused
         loser._s3("put_object", Body=loser._payload(), IfMatch=stale_etag)
     assert json.loads(fs.cat_file(path))["owner"] == winner.owner
@@ -233,3 +234,36 @@ def test_overlapping_ingest_runs_never_protect_a_photo_twice(tmp_path, ray_local
     assert sorted(rows) == ["0.jpg", "1.jpg", "2.jpg"] and all(r["status"] == "ok" for r in rows.values())
     assert len({r["run_id"] for r in rows.values()}) == 1
     assert ingest.ingest(cfg).skipped == 3
+
+
+@pytest.mark.integration
+def test_two_runs_started_together_protect_every_photo_once(tmp_path, ray_local):
+    """``run`` holds the lease too: of two runs started together on one OUTPUT, the second waits for the
+    first and then finds everything done. The work is counted as rows ever committed (every part)."""
+    (tmp_path / "in").mkdir()
+    for i, name in enumerate(["astronaut", "chelsea", "coffee"]):
+        (tmp_path / "in" / f"{i}.jpg").write_bytes(photo(name))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), lease_wait_s=300)
+    results: dict[str, object] = {}
+    runs = [threading.Thread(target=lambda name=name: results.update({name: pipeline.run(cfg)})) for name in "ab"]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=600)
+    assert sorted((s.ok, s.skipped) for s in results.values()) == [(0, 3), (3, 0)]
+    committed = Output.open(cfg.output_uri).read()
+    assert committed.num_rows == 3 and set(committed["status"].to_pylist()) == {"ok"}
+
+
+def test_a_run_refuses_an_output_whose_lease_another_holds(tmp_path):
+    """No Ray, no work: the lease is taken before anything starts, and the refusal names the holder."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(photo("astronaut"))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    fs, root = storage.filesystem(cfg.output_uri)
+    with Lease(fs, Output(fs, root).lock_path, ttl_s=60) as holder:
+        with pytest.raises(LockHeld, match=holder.owner):
+            pipeline.run(cfg)
+        assert ingest.ingest(cfg) is None        # an ingest does nothing and says so
+    assert not (tmp_path / "out" / "manifest").exists()
+

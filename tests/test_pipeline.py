@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from pipeline_support import (  # noqa: F401
 
 from danp_pipeline import cli, storage
 from danp_pipeline.job import pipeline, reader
-from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV
+from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV, HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance, verify, writer
 from danp_pipeline.manifest.output import Output, output_name
 
@@ -266,8 +267,9 @@ def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path
                                "--max-photo-attempts", "2", *FAST_ARGS),
                           env={**env, CRASH_ON_KEY_ENV: "p3.jpg"}, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 3, done.stderr[-3000:]                  # finished, with an error row
     assert "6 objects: 5 ok, 1 error" in done.stderr, done.stderr[-3000:]
+    assert "1 error row(s): the worker process died 2 times" in done.stderr and "(e.g. p3.jpg)" in done.stderr
     rows = {r["source_key"]: r for r in manifest_rows(str(tmp_path / "out"))}
     assert sorted(rows) == keys and len(manifest_rows(str(tmp_path / "out"))) == len(keys)  # each exactly once
     assert rows["p3.jpg"]["status"] == "error" and rows["p3.jpg"]["output_uri"] is None
@@ -276,3 +278,40 @@ def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path
     assert all(rows[k]["status"] == "ok" for k in keys if k != "p3.jpg"), [r["error"] for r in rows.values()]
     assert not list((tmp_path / "out" / "_attempts").iterdir())
     assert verify.verify(str(tmp_path / "out")).ok
+
+
+@pytest.mark.integration
+def test_stopping_a_run_is_not_a_crash(tmp_path, ray_local):
+    """SIGTERM (a deadline: timeout, cron, Kubernetes) and SIGINT (Ctrl-C) while a photo is in flight end
+    the run cleanly: exit 128 + signal, status ``stopped``, one line, and no death counted. Stopped three
+    times, the photo is then protected ``ok`` although max_photo_attempts is 3. The runs start their
+    own local Ray (the CLI's default); the actor holds its batch once the attempt is recorded."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    command = _cli("run", str(tmp_path / "in"), str(tmp_path / "out"), "--max-photo-attempts", "3", *FAST_ARGS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    attempts = tmp_path / "out" / "_attempts"
+    for n, sig in enumerate([signal.SIGTERM, signal.SIGINT, signal.SIGTERM]):
+        log = tmp_path / f"stop{n}.log"
+        proc = subprocess.Popen(command, env={**env, HOLD_UNTIL_FILE_ENV: str(tmp_path / "never")},
+                                stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (attempts.is_dir() and list(attempts.iterdir())):          # the photo is in flight
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            os.kill(proc.pid, sig)
+            assert proc.wait(timeout=120) == 128 + sig, log.read_text()[-3000:]
+        finally:
+            kill_session(proc)
+        text = log.read_text()
+        assert f"stopped by {sig.name}: the run stopped cleanly" in text, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        assert json.loads((tmp_path / "out" / "_status.json").read_text())["state"] == "stopped"
+        assert not list(attempts.iterdir())                                   # no death counted
+    cluster = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    done = subprocess.run(command, env={**env, **cluster}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = manifest_rows(str(tmp_path / "out"))
+    assert [(r["source_key"], r["status"]) for r in rows] == [("a.jpg", "ok")]
+

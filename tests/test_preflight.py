@@ -30,11 +30,13 @@ def run_cli(caplog, *argv) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "prompts", "model-dir", "model-name", "model-bin", "model-hub",
-                                  "credentials"])
+                                  "credentials", "output-proc", "output-under-file"])
 def test_bad_values_exit_2_with_one_line_naming_them(case, tmp_path, photos, caplog, monkeypatch):
     monkeypatch.setattr("danp_pipeline.job.pipeline.run", lambda cfg: pytest.fail("the job must not start"))
     out = str(tmp_path / "out")
     args, named = [str(photos), out], None
+    if not case.startswith("model"):
+        args += ["--model", "tiny-ip2p"]
     if case == "missing":
         args[0] = named = str(tmp_path / "no" / "such" / "dir")
     elif case == "empty":
@@ -60,6 +62,11 @@ def test_bad_values_exit_2_with_one_line_naming_them(case, tmp_path, photos, cap
         (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
         named = str(model)
         args += ["--model", named]
+    elif case == "output-proc":         # found in the pre-flight, not after minutes of protection
+        args[1] = named = "/proc/danp-out"
+    elif case == "output-under-file":
+        (tmp_path / "file").write_text("a regular file")
+        args[1] = named = str(tmp_path / "file" / "out")
     else:
         chain, key, _ = make_test_ca(tmp_path, mismatched_key=True)
         named = chain
@@ -94,7 +101,7 @@ def test_good_values_pass_and_builtin_models_need_no_files(photos, monkeypatch, 
     (tmp_path / "micro-ip2p").mkdir()
     (tmp_path / "micro-ip2p" / "model_index.json").write_text("{}")
     preflight.check_model("micro-ip2p")
-    cfg = cli.pipeline_config(cli.build_parser().parse_args(["run", str(photos), "/tmp/out"]))
+    cfg = cli.pipeline_config(cli.build_parser().parse_args(["run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p"]))
     preflight.check(cfg)
 
 
@@ -137,3 +144,26 @@ def test_output_options_reach_the_config_and_its_hash(monkeypatch):
     signed = cli.pipeline_config(parse(["run", "in", "out"]))            # credentials from mounted secrets
     assert (signed.c2pa_cert, signed.c2pa_key) == ("/secrets/chain.pem", "/secrets/key.pem")
     assert "key.pem" not in config_json(signed.attack, signed.model, None, output_settings(signed))
+
+
+def test_run_without_model_protects_against_instructpix2pix_or_nothing(photos, tmp_path, caplog, monkeypatch):
+    """The default editor is a real one: offline and not cached, the run is refused before any work,
+    in one line naming it; a test editor is used only when named."""
+    monkeypatch.setattr("danp_pipeline.job.pipeline.run", lambda cfg: pytest.fail("the job must not start"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))      # an empty cache
+    for command in ("run", "ingest"):
+        rc, errors = run_cli(caplog, command, str(photos), str(tmp_path / "out"))
+        assert rc == 2 and len(errors) == 1 and "timbrooks/instruct-pix2pix" in errors[0], errors
+    parser = cli.command_parser("run")
+    assert parser.parse_args(["in", "out"]).model == "timbrooks/instruct-pix2pix"
+    assert "tiny-ip2p" not in parser.parse_args(["in", "out"]).model
+    assert "default timbrooks/instruct-pix2pix" in " ".join(parser.format_help().split())
+
+
+def test_output_probe_leaves_nothing_behind(photos, tmp_path):
+    cfg = cli.pipeline_config(cli.build_parser().parse_args(["run", str(photos), str(tmp_path / "new" / "out"),
+                                                             "--model", "tiny-ip2p"]))
+    preflight.check_output(cfg)
+    assert list((tmp_path / "new" / "out").iterdir()) == []          # created, probed, emptied
+

@@ -193,3 +193,56 @@ def test_same_photo_same_config_same_bytes(cfg, tmp_path):
     first = Protector(cfg)(batch)["output_sha256"][0].as_py()
     second = Protector(cfg)(batch)["output_sha256"][0].as_py()
     assert first == second
+
+
+@pytest.mark.parametrize("broken", ["every", "first"])
+def test_a_protection_that_did_not_happen_is_never_ok(cfg, tmp_path, monkeypatch, broken):
+    """Non-finite gradients (a half-precision overflow on a GPU) skip PGD steps. Every step skipped: the
+    photo would be written unchanged, so it is an error row and nothing is written. One step skipped
+    of two: still a protection, ``ok``, and the row counts the skipped step."""
+    import torch
+
+    from danp_pipeline.protect import danp
+
+    real, calls = danp.combine, []
+
+    def combine(*args, **kwargs):
+        g = real(*args, **kwargs)
+        calls.append(1)
+        return torch.full_like(g, float("nan")) if broken == "every" or len(calls) == 1 else g
+
+    monkeypatch.setattr(danp, "combine", combine)
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    row = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()[0]
+    if broken == "every":
+        assert row["status"] == "error" and row["output_uri"] is None
+        assert row["error"].startswith(f"no finite gradient in {FAST_ATTACK.steps} iteration(s)")
+        assert not (tmp_path / "out" / "images").exists() or not list((tmp_path / "out" / "images").rglob("*.*"))
+    else:
+        assert row["status"] == "ok" and row["steps_skipped"] == 1 and row["linf_levels"] >= 1
+
+
+def test_an_unchanged_photo_is_never_ok(cfg, tmp_path, monkeypatch):
+    """Whatever the reason, an output equal to its source (L∞ 0) is not a protection."""
+    from danp_pipeline.protect import immunizer
+
+    monkeypatch.setattr(immunizer, "apply_delta", lambda img, delta, eps: img.rgb.copy())
+    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    row = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()[0]
+    assert row["status"] == "error" and "unchanged (L∞ 0 levels)" in row["error"]
+
+
+def test_a_stopped_runs_attempts_are_taken_back_not_counted(cfg, tmp_path):
+    """A stop kills the actors with photos in flight: their records go back to the deaths counted before
+    (job/attempts.py); another run's records are not touched."""
+    from danp_pipeline.job.attempts import AttemptRecords, forgive_stopped
+    from danp_pipeline.manifest.output import Output
+
+    output = Output.open(cfg.output_uri)
+    mine, theirs = AttemptRecords(output, "c" * 64, "stopped", {}), AttemptRecords(output, "c" * 64, "other", {})
+    mine.record("s3://in/first-try.jpg", "first-try.jpg", 0, "t")     # in flight for the first time
+    mine.record("s3://in/crashed-once.jpg", "crashed-once.jpg", 1, "t")   # a real death before this attempt
+    theirs.record("s3://in/crashed.jpg", "crashed.jpg", 0, "t")       # another run's process died
+    assert forgive_stopped(output, "stopped") == 2
+    assert mine.died("s3://in/first-try.jpg") == 0 and not output.fs.exists(mine.path("s3://in/first-try.jpg"))
+    assert mine.died("s3://in/crashed-once.jpg") == 1 and theirs.died("s3://in/crashed.jpg") == 1

@@ -9,25 +9,38 @@ as one Parquet part as soon as it is done, so a job killed at any point loses at
 in flight, and a rerun skips every photo whose row was committed (``ok`` rows always; ``error``
 rows too unless ``retry_errors``). Runs on the cluster at ``RAY_ADDRESS`` when set, else on a
 local Ray instance it starts and stops itself.
+
+A run holds the lease on OUTPUT (storage/lease.py) from start to end: a second run on the same
+OUTPUT waits up to ``lease_wait_s`` seconds, then raises :class:`LockHeld` without doing anything.
+SIGTERM and SIGINT stop a run cleanly: the status file says ``stopped``, no photo in flight is
+counted as a death (job/attempts.py), and :class:`RunStopped` carries the exit status 128 + signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import ray
 
+from .. import config as C
 from .. import storage
 from ..config import PipelineConfig, config_json, config_sha256, output_settings
 from ..manifest.output import Output
-from . import listing, planning, progress, reader
+from ..storage.lease import Lease, LockHeld
+from . import attempts, listing, planning, progress, reader, resources
 from .worker import Protector
+
+__all__ = ["LockHeld", "RunStopped", "RunSummary", "dataset", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +61,10 @@ OBJECTS_PER_BLOCK = 4
 ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
 
 
+#: Error reasons a run's summary lists (the most frequent first).
+TOP_REASONS = 5
+
+
 @dataclass(frozen=True)
 class RunSummary:
     ok: int
@@ -59,11 +76,27 @@ class RunSummary:
     output_uri: str
     manifest_uri: str
     run_id: str
+    #: The most frequent error reasons of this run: (reason, count, an example key).
+    error_reasons: tuple[tuple[str, int, str], ...] = field(default=())
 
     def __str__(self) -> str:
         return (f"{self.total} objects: {self.ok} ok, {self.errors} error, {self.skipped} skipped (already done) "
                 f"in {self.seconds:.1f} s ({self.photos_per_hour:.0f} photos/hour); "
                 f"outputs under {self.output_uri}, manifest under {self.manifest_uri}")
+
+
+class RunStopped(BaseException):
+    """The run was stopped by a signal (SIGTERM, SIGINT) and shut down cleanly; the next run resumes.
+    A BaseException, as KeyboardInterrupt is: no ``except Exception`` on the way (Ray's included) takes
+    a stop for a failure."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
 
 
 def run(cfg: PipelineConfig) -> RunSummary:
@@ -75,27 +108,70 @@ def run(cfg: PipelineConfig) -> RunSummary:
     config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision, output_settings(cfg)))
     logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run_id, config_sha[:12], cfg.model,
                 cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
+    if cfg.model in C.TINY_MODELS or cfg.model in C.MICRO_MODELS:
+        logger.warning("protecting against %s, a test editor: these outputs do not protect against real editors",
+                       cfg.model)
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
 
     counts: Counter[str] = Counter()
-    with _ray_session(), progress.Reporter(output, run_id, cfg.progress_interval_s) as report:
-        listed = listing.dataset(cfg, prompts, report.counter)                 # 1. list INPUT (Ray tasks)
-        report.planning()
-        plan = planning.plan(listed, output, config_sha, cfg,                  # 2. join with the manifest
-                             prompts=cfg.run_prompts, counter=report.counter)
-        planning.remove_superseded(plan, cfg)                                  # 3. drop rows a crash left
-        report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
-        _warn_unused_prompts(prompts, report)
-        if plan.todo_count:                                                    # 4. read, protect, commit
-            counts = _consume(dataset(plan.todo(), _with_gpus(cfg), run_id), report)
-        planning.finish(output, plan, cfg, config_sha)                         # 5. drop replaced rows, compact
+    errors: dict[str, list] = {}
+    lease = Lease(output.fs, output.lock_path, ttl_s=cfg.lease_ttl_s, wait_s=cfg.lease_wait_s)
+    with lease, _stopped_cleanly(output, run_id):
+        with _ray_session(), _stop_on_signals(), progress.Reporter(output, run_id, cfg.progress_interval_s) as report:
+            listed = listing.dataset(cfg, prompts, report.counter)                 # 1. list INPUT (Ray tasks)
+            report.planning()
+            plan = planning.plan(listed, output, config_sha, cfg,                  # 2. join with the manifest
+                                 prompts=cfg.run_prompts, counter=report.counter)
+            planning.remove_superseded(plan, cfg)                                  # 3. drop rows a crash left
+            report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
+            _warn_unused_prompts(prompts, report)
+            if plan.todo_count:                                                    # 4. read, protect, commit
+                counts = _consume(dataset(plan.todo(), _with_gpus(cfg), run_id), report, errors)
+            planning.finish(output, plan, cfg, config_sha)                         # 5. drop replaced rows, compact
 
     seconds = time.perf_counter() - start
+    top = sorted(errors.items(), key=lambda item: -item[1][0])[:TOP_REASONS]
     summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=plan.skipped, total=plan.listed,
                          seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
-                         output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run_id)
+                         output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run_id,
+                         error_reasons=tuple((reason, n, key) for reason, (n, key) in top))
     logger.info("done: %s", summary)
+    for reason, n, key in summary.error_reasons:
+        logger.warning("%d error row(s): %s (e.g. %s)", n, reason, key)
     return summary
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`RunStopped` in the main thread (where Python runs handlers).
+    Entered after Ray has started: Ray's own handler would otherwise abort the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in previous:                        # a second signal while shutting down changes nothing
+            signal.signal(sig, lambda *_: logger.warning("already stopping"))
+        raise RunStopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _stopped_cleanly(output: Output, run_id: str) -> Iterator[None]:
+    """Once a stopped run has shut down (its actors gone), its in-flight attempts are taken back: a
+    stop is no photo's death (job/attempts.py)."""
+    try:
+        yield
+    except RunStopped:
+        forgiven = attempts.forgive_stopped(output, run_id)
+        logger.info("stopped: %d photo(s) in flight will be redone by the next run", forgiven)
+        raise
 
 
 def default_gpus_per_actor() -> float:
@@ -123,19 +199,44 @@ def dataset(todo: ray.data.Dataset | list[dict], cfg: PipelineConfig, run_id: st
                                    "max_pixels": cfg.max_pixels})
     return ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
-                          batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+                          batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                          memory=_actor_memory(cfg))
 
 
-def _consume(ds: ray.data.Dataset, report: progress.Reporter) -> Counter[str]:
-    """Drain the dataset (rows are already committed by the actors), counting into the progress."""
+def _actor_memory(cfg: PipelineConfig) -> int:
+    """The actor's memory request (job/resources.py), at most the largest node's memory: a request no
+    node can grant would leave the job waiting forever."""
+    wanted = resources.actor_memory(cfg)
+    nodes = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() \
+        else []
+    largest = int(max(nodes, default=0))
+    if largest and wanted > largest:
+        logger.warning("an editor actor needs about %.1f GB of memory (editor + batch of %d photo(s) of up to %d "
+                       "pixels) but the largest node offers %.1f GB: asking for that; lower --max-pixels or "
+                       "--batch-size if actors run out of memory", wanted / 1e9, cfg.batch_size, cfg.max_pixels,
+                       largest / 1e9)
+        return largest
+    return wanted
+
+
+def _consume(ds: ray.data.Dataset, report: progress.Reporter, errors: dict[str, list]) -> Counter[str]:
+    """Drain the dataset (rows are already committed by the actors), counting into the progress and
+    ``errors`` (reason -> [count, first key])."""
     counts: Counter[str] = Counter()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        statuses = Counter(batch["status"].to_pylist())
-        counts.update(statuses)
-        report.protected(statuses["ok"], statuses["error"])
-        for source, error in zip(batch["source_key"].to_pylist(), batch["error"].to_pylist()):
-            if error:
-                logger.debug("error %s: %s", source, error)
+    batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    try:
+        for batch in batches:
+            statuses = Counter(batch["status"].to_pylist())
+            counts.update(statuses)
+            report.protected(statuses["ok"], statuses["error"])
+            for source, error in zip(batch["source_key"].to_pylist(), batch["error"].to_pylist()):
+                if error:
+                    logger.debug("error %s: %s", source, error)
+                    errors.setdefault(error, [0, source])[0] += 1
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:   # a stopped run shuts the executor (and its actors) down now
+            close()
     return counts
 
 

@@ -58,6 +58,8 @@ PLAN_SCHEMA = pa.schema([
     ("output_uri", pa.string()),
 ])
 TODO_COLUMNS: tuple[str, ...] = (*LISTING_SCHEMA.names, "reason", "previous_sha256")
+#: The reason of an object with rows of other configurations only: "config changed (<old> → <new>)".
+CONFIG_CHANGED = "config changed"
 _M = "m_"   # manifest columns travel beside the listing's under this prefix
 _MANIFEST_FIELDS = [pa.field(_M + f.name, f.type) for f in
                     (*(SCHEMA.field(c) for c in MANIFEST_COLUMNS), pa.field("part", pa.string()),
@@ -85,7 +87,8 @@ class Plan:
 
     @property
     def replaces_rows(self) -> bool:
-        return any(reason != "new" for reason in self.reasons)
+        """Whether this run's rows replace rows of its own configuration (a new configuration replaces none)."""
+        return any(not reason.startswith(("new", CONFIG_CHANGED)) for reason in self.reasons)
 
     def todo(self) -> ray.data.Dataset:
         """The rows to read and protect (LISTING_SCHEMA + reason, previous_sha256)."""
@@ -203,11 +206,15 @@ def _plan_partition(group: pa.Table, *, config_sha: str, retry_errors: bool, det
     index = group.filter(pc.equal(side, "M"))
     index = index.select([_M + c for c in (*MANIFEST_COLUMNS, "part", "row")]).rename_columns(
         [*MANIFEST_COLUMNS, "part", "row"])
-    mine = index.filter(pc.equal(index["config_sha256"], config_sha))["source_uri"].combine_chunks()
-    known = pc.fill_null(pc.is_in(listed["source_uri"], value_set=mine), False)
-    new = listed.filter(pc.invert(known))                    # no row of this configuration: new
+    mine = pc.equal(index["config_sha256"], config_sha)
+    known = pc.fill_null(pc.is_in(listed["source_uri"], value_set=index.filter(mine)["source_uri"]), False)
+    unknown = listed.filter(pc.invert(known))                # no row of this configuration
+    others = index.filter(pc.invert(mine))
+    reconfigured = pc.fill_null(pc.is_in(unknown["source_uri"], value_set=others["source_uri"]), False)
+    new = unknown.filter(pc.invert(reconfigured))            # no row of any configuration: new
     decided = ledger.decide(listed.filter(known).to_pylist(), index.select(list(ledger.LEDGER_COLUMNS)),
                             config_sha, retry_errors=retry_errors, detect_changes=detect_changes, prompts=prompts)
+    decided += _config_changed(unknown.filter(reconfigured), others, config_sha)
     losers = _losers(index)
     reasons = Counter(item["reason"] for item in decided)
     if new.num_rows:
@@ -215,6 +222,19 @@ def _plan_partition(group: pa.Table, *, config_sha: str, retry_errors: bool, det
     stats = {"listed": listed.num_rows, "duplicates": duplicates, "losers": len(losers), "reasons": dict(reasons)}
     ray.get(counter.partition.remote(group["_bucket"][0].as_py(), stats))   # acknowledged before the task ends
     return _output(_todo_table(new, "new"), decided, losers)
+
+
+def _config_changed(listed: pa.Table, others: pa.Table, config_sha: str) -> list[dict]:
+    """Objects whose only rows are of other configurations: todo, with the newest of those named."""
+    if not listed.num_rows:
+        return []
+    newest: dict[str, tuple[Any, str]] = {}
+    for uri, sha, finished in zip(others["source_uri"].to_pylist(), others["config_sha256"].to_pylist(),
+                                  others["finished_at"].to_pylist()):
+        if uri not in newest or (finished is not None and (newest[uri][0] is None or finished > newest[uri][0])):
+            newest[uri] = (finished, sha)
+    return [{**row, "reason": f"{CONFIG_CHANGED} ({newest[row['source_uri']][1][:12]} → {config_sha[:12]})",
+             "previous_sha256": None} for row in listed.to_pylist()]
 
 
 def _unique(listed: pa.Table) -> tuple[pa.Table, int]:

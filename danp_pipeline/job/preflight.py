@@ -2,9 +2,10 @@
 
 ``danp-protect run``/``ingest`` (and the jobs/ entrypoints, through the same handlers) call
 :func:`check` first: the input prefix exists and holds objects and can be listed with the given
-credentials, the prompts file reads, the model can be found as safetensors (without loading any
-weights: tiny/micro names, a local diffusers directory, or a Hub repo id in the local cache or on
-the Hub), and C2PA credentials load and sign. The CLI turns the ValueError into exit status 2.
+credentials, OUTPUT takes a probe object (created, written, removed), the prompts file reads, the
+model can be found as safetensors (without loading any weights: tiny/micro names, a local
+diffusers directory, or a Hub repo id in the local cache or on the Hub), and C2PA credentials load
+and sign. The CLI turns the ValueError into exit status 2.
 Nothing here imports torch, diffusers or Ray.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from pathlib import Path
 
 from .. import config as C
@@ -29,6 +31,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 def check(cfg: PipelineConfig) -> None:
     check_input(cfg)
+    check_output(cfg)
     if cfg.prompts_file:
         from .reader import load_prompts_file
 
@@ -57,6 +60,25 @@ def check_input(cfg: PipelineConfig) -> None:
                                        f"{str(exc).splitlines()[0] if str(exc) else ''}", options)) from exc
     if first is None:
         raise ValueError(f"input {cfg.input_uri!r} holds no objects: nothing to protect")
+
+
+def check_output(cfg: PipelineConfig) -> None:
+    """OUTPUT can be written: a probe object is created there and removed (a local OUTPUT's folder is
+    created), so that a read-only or impossible OUTPUT fails now, not after minutes of protection."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    options = storage.resolve_options(cfg.output_uri, cfg.storage_options)
+    try:
+        fs, root = storage.filesystem(cfg.output_uri, options)
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(root, exist_ok=True)
+        probe = storage.join(root, f".danp-probe-{uuid.uuid4().hex[:12]}")
+        fs.pipe_file(probe, b"danp-pipeline write probe\n")
+        fs.rm(probe)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(storage.scrub(f"output {cfg.output_uri!r} is not writable: {type(exc).__name__}: {first}",
+                                       options)) from exc
 
 
 def _any_object(fs, root: str) -> str | None:

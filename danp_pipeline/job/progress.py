@@ -5,12 +5,14 @@ forget, so a task never waits on it); the driver adds what it sees protected. Ev
 ``progress_interval_s`` a :class:`Reporter` thread logs one line and rewrites ``OUTPUT/_status.json``
 (Output.status_path) atomically, for a scheduler or a dashboard::
 
-    {"run_id": "…", "state": "listing|planning|protecting|done|failed", "listed": …, "planned": …,
+    {"run_id": "…", "state": "listing|planning|protecting|done|failed|stopped", "listed": …, "planned": …,
      "skipped": …, "protected": …, "errors": …, "remaining": …, "photos_per_hour": …, "eta_s": …,
      "reasons": {"new": …}, "started_at": "…", "updated_at": "…", "elapsed_s": …, "output": "…"}
 
 Live counts from tasks are for watching (a retried task may report twice); the run summary and the
-final status use the plan's exact counts (job/planning.py) and the rows the driver received.
+final status use the plan's exact counts (job/planning.py) and the rows the driver received. The
+status file never claims a state this run did not reach: when it cannot be rewritten (a full disk),
+the previous run's file is removed rather than left standing.
 """
 
 from __future__ import annotations
@@ -91,7 +93,11 @@ class Reporter:
     def __exit__(self, exc_type: Any, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.state = "failed" if exc_type is not None else "done"
+        if exc_type is None:
+            self.state = "done"
+        else:   # a stop by signal is not a failure (pipeline.RunStopped; KeyboardInterrupt outside the CLI)
+            stopped = exc_type.__name__ == "RunStopped" or issubclass(exc_type, KeyboardInterrupt)
+            self.state = "stopped" if stopped else "failed"
         self.write(log=True)
 
     # -- what the driver tells it ----------------------------------------------------------------
@@ -140,10 +146,21 @@ class Reporter:
         try:
             storage.atomic_write(self.output.fs, self.output.status_path, json.dumps(status, indent=1).encode())
         except Exception as exc:
-            logger.warning("cannot write the status file: %s", type(exc).__name__)
+            logger.warning("cannot write the status file %s: %s", self.output.status_path, type(exc).__name__)
+            self._remove_stale()
         if log:
             logger.info("%s", line(status))
         return status
+
+    def _remove_stale(self) -> None:
+        """Remove a status file this run could not rewrite: it would claim another run's state."""
+        try:
+            self.output.fs.rm(self.output.status_path)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            logger.warning("cannot remove the stale status file %s either: %s", self.output.status_path,
+                           type(exc).__name__)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

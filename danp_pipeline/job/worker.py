@@ -7,18 +7,16 @@ Parquet part, and returns those rows. Every input row yields exactly one output 
 becomes an ``error`` row with a readable reason, never an exception. It works the same without
 Ray (unit tests call it directly) and as a Ray Data actor (pipeline.py).
 
-A photo can also kill the process that protects it (a native crash, the OOM killer); Ray then
-restarts the actor and retries the batch, without limit. To bound that, each photo's attempt is
-recorded before it is decoded and protected, as ``OUTPUT/_attempts/<hash>.json`` (the number of
-attempts that died), and the record is removed when the attempt ends, however it ends. A batch
-that finds a record from a dead attempt is protected photo by photo, so a good photo is not held
-back by the one that kills the actor; a photo whose attempts died ``max_photo_attempts`` times
-becomes an ``error`` row without another attempt.
+A photo can also kill the process that protects it (a native crash, the OOM killer): each attempt is
+recorded around the step that can kill the process (job/attempts.py). A batch that finds a record
+from a dead attempt is protected photo by photo, so a good photo is not held back by the one that
+kills the actor; a photo whose attempts died ``max_photo_attempts`` times becomes an ``error`` row
+without another attempt. A protection that did not happen (every step skipped, the photo unchanged)
+is an ``error`` row too, never ``ok``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -38,6 +36,7 @@ from ..manifest.provenance import make_row, to_table, utcnow
 from ..protect.devices import device_name, pick_device
 from ..protect.immunizer import Immunizer, ProtectedImage
 from ..protect.models import load_editor
+from .attempts import AttemptRecords
 from .outputs import PhotoWriter
 
 logger = logging.getLogger(__name__)
@@ -45,9 +44,9 @@ logger = logging.getLogger(__name__)
 #: Fault injection for the crash-resume test: after committing this many parts, the actor stops
 #: making progress (it sleeps), so a test can kill the job at a known point. Unset in production.
 HANG_AFTER_PARTS_ENV = "DANP_FAULT_HANG_AFTER_PARTS"
-#: Fault injection for the multi-node test: while the file this names does not exist, the actor
-#: holds each batch before protecting it, so a test decides when work may proceed (and can kill a
-#: node whose actor is certainly busy). ``{node_id}`` in the path becomes the Ray node's id, so a
+#: Fault injection for the multi-node and stop tests: while the file this names does not exist, the
+#: actor holds each batch once its attempts are recorded, before protecting it, so a test decides when
+#: work may proceed (and can kill a node, or stop the run, while a photo is certainly in flight). ``{node_id}`` in the path becomes the Ray node's id, so a
 #: test can release one node at a time. Unset in production.
 HOLD_UNTIL_FILE_ENV = "DANP_FAULT_HOLD_UNTIL_FILE"
 #: Fault injection for the poison-photo test: the actor process exits at once (``os._exit``, no
@@ -86,10 +85,10 @@ class Protector:
         self.output = Output.open(self.config.output_uri, self.config.storage_options)
         self.writer = PhotoWriter(self.config, self.output, self.config_sha256)
         self.default_prompts = list(self.config.run_prompts)
+        self.attempts = AttemptRecords(self.output, self.config_sha256, run_id, self.config.storage_options)
         self.parts_committed = 0
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
-        _maybe_hold()
         photos = [_Photo(record, utcnow(), time.perf_counter()) for record in _records(batch)]
         given_up = self._screen(photos)
         todo = [p for p in photos if p.error is None and not p.record.get("read_error")]
@@ -118,7 +117,7 @@ class Protector:
         for photo in photos:
             if photo.record.get("read_error"):
                 continue
-            photo.died = self._attempts_died(photo)
+            photo.died = self.attempts.died(photo.record["source_uri"])
             if photo.died >= limit:
                 photo.error = (f"the worker process died {photo.died} times while protecting this photo (a crash, "
                                f"out of memory or a lost node); given up after max_photo_attempts={limit}; "
@@ -131,6 +130,7 @@ class Protector:
         """Decode and protect ``photos`` under attempt records: if this process dies meanwhile, the
         records stay behind and count one more death for each photo."""
         self._record_attempt(photos)
+        _maybe_hold()
         for photo in photos:
             self._decode(photo)
         self._protect([p for p in photos if p.error is None])
@@ -167,6 +167,11 @@ class Protector:
             self._finish(photo, result)
 
     def _finish(self, photo: _Photo, result: ProtectedImage) -> None:
+        failure = result.failure()
+        if failure:
+            photo.error = failure
+            logger.error("%s: %s", photo.record["source_key"], failure)
+            return
         try:
             written = self.writer.write(photo.image, result.pixels, result.alpha, photo.record)
         except ValueError as exc:
@@ -176,7 +181,7 @@ class Protector:
             photo.error = f"cannot write output: {self._reason(exc)}"
             return
         photo.row = self._row(photo, status="ok", loss_first=result.loss_first, loss_last=result.loss_last,
-                              **written.fields())
+                              steps_skipped=result.steps_skipped, **written.fields())
 
     def _row(self, photo: _Photo, **fields: Any) -> dict[str, Any]:
         record, image = photo.record, photo.image
@@ -194,42 +199,14 @@ class Protector:
 
     # -- attempt records -------------------------------------------------------------------------
 
-    def _attempt_path(self, photo: _Photo) -> str:
-        return self.output.attempt_path(self.config_sha256, photo.record["source_uri"])
-
-    def _attempts_died(self, photo: _Photo) -> int:
-        path = self._attempt_path(photo)
-        try:
-            data = storage.retrying(self.output.fs.cat_file, path, what=f"reading {path}")
-        except FileNotFoundError:
-            return 0
-        except Exception as exc:  # a record we cannot read bounds nothing, but must not cost the photo
-            logger.warning("cannot read attempt record %s: %s", path, self._reason(exc))
-            return 0
-        try:
-            return int(json.loads(data)["died"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring a malformed attempt record %s", path)
-            return 0
-
     def _record_attempt(self, photos: list[_Photo]) -> None:
         for photo in photos:
-            record = {"source_uri": photo.record["source_uri"], "died": photo.died + 1, "run_id": self.run_id,
-                      "started_at": photo.started.isoformat()}
-            try:
-                storage.atomic_write(self.output.fs, self._attempt_path(photo), json.dumps(record).encode())
-            except Exception as exc:
-                logger.warning("cannot write attempt record for %s: %s", photo.record["source_key"], self._reason(exc))
+            self.attempts.record(photo.record["source_uri"], photo.record["source_key"], photo.died,
+                                 photo.started.isoformat())
 
     def _forget(self, photos: list[_Photo]) -> None:
         for photo in photos:
-            path = self._attempt_path(photo)
-            try:
-                storage.retrying(self.output.fs.rm, path, what=f"removing {path}")
-            except FileNotFoundError:
-                pass
-            except Exception as exc:
-                logger.warning("cannot remove attempt record %s: %s", path, self._reason(exc))
+            self.attempts.forget(photo.record["source_uri"])
 
     def _reason(self, exc: BaseException) -> str:
         text = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"

@@ -5,8 +5,8 @@ Every name under OUTPUT is spelled here and nowhere else::
     OUTPUT/
       images/<name>             protected photos, named after their input key (output_name())
       manifest/part-*.parquet   provenance rows, one part per committed batch (writer.py)
-      _attempts/<hash>.json     a photo's attempt in progress (job/worker.py bounds poison photos)
-      _ingest.lock              the lease that keeps scheduled runs apart (job/ingest.py)
+      _attempts/<hash>.json     a photo's attempt in progress (job/attempts.py bounds poison photos)
+      _run.lock                 the lease that keeps runs on one OUTPUT apart (storage/lease.py)
       _status.json              the progress of the current or last run (job/progress.py)
 
 A run works the manifest in three steps, distributed over Ray (job/planning.py, since archives
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 IMAGES_DIR = "images"
 MANIFEST_DIR = "manifest"
 ATTEMPTS_DIR = "_attempts"
-LOCK_NAME = "_ingest.lock"
+LOCK_NAME = "_run.lock"
 STATUS_NAME = "_status.json"
 
 
@@ -76,9 +76,13 @@ class Output:
         that could escape OUTPUT."""
         return storage.join(self.images_dir, output_name(storage.safe_key(key), fmt))
 
+    @property
+    def attempts_dir(self) -> str:
+        return storage.join(self.root, ATTEMPTS_DIR)
+
     def attempt_path(self, config_sha: str, source_uri: str) -> str:
         name = hashlib.sha256(f"{config_sha}\0{source_uri}".encode()).hexdigest()[:32]
-        return storage.join(storage.join(self.root, ATTEMPTS_DIR), f"{name}.json")
+        return storage.join(self.attempts_dir, f"{name}.json")
 
     def to_uri(self, path: str) -> str:
         return storage.to_uri(self.fs, path)

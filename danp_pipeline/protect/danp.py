@@ -55,6 +55,7 @@ class PGDResult:
     delta: torch.Tensor                                    # [B,3,h,w] float32, |δ| ≤ eps
     history: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # term -> per-iteration [B]
     weights: dict[str, float] = field(default_factory=dict)               # term -> weight in the total
+    skipped: torch.Tensor | None = None    # [B] iterations whose step was skipped (non-finite gradient)
 
     def total(self) -> torch.Tensor | None:
         """Weighted total loss L per iteration and image, [N, B]; None when nothing was optimized."""
@@ -104,7 +105,8 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
 
     ``gray`` [B] bool marks grayscale photos: their δ stays equal across channels inside the loop (the
     gradient is averaged over channels before the sign), so nothing is lost writing one channel.
-    A gradient with a NaN or infinite entry skips that image's step (logged), instead of making δ NaN.
+    A gradient with a NaN or infinite entry skips that image's step (logged and counted in
+    ``result.skipped``), instead of making δ NaN.
 
     NBA is exactly 0 with zero gradient at δ = 0, so an NBA-only objective never leaves a zero start
     (sign(0) = 0): that ablation needs ``init="uniform"``."""
@@ -114,7 +116,7 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
         delta = tie_channels(uniform_delta(x0, cfg.eps, seeds), gray)
     else:
         delta = torch.zeros_like(x0, dtype=torch.float32)
-    result = PGDResult(delta, weights=dict(objective.weights))
+    result = PGDResult(delta, weights=dict(objective.weights), skipped=torch.zeros(len(x0), dtype=torch.int64))
     x = torch.empty_like(x0)                   # x0 + δ, in place: full-size photos cost a few copies only
     for it in range(cfg.steps):
         alpha = step_size(cfg, it)
@@ -129,6 +131,7 @@ def pgd(x0: torch.Tensor, objective: Objective, cfg: AttackConfig, seeds: list[i
             logger.warning("pgd iteration %d: non-finite gradient for %d of %d image(s); their step is skipped",
                            it + 1, int((~finite).sum()), len(finite))
             g[~finite] = 0
+            result.skipped += (~finite).cpu().long()
         delta.sub_(g.sign_(), alpha=alpha).clamp_(-cfg.eps, cfg.eps)
         del g
         torch.add(x0, delta, out=x).clamp_(0, 1)   # keep x0 + δ inside [0, 1]

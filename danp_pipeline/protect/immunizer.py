@@ -55,6 +55,19 @@ class ProtectedImage:
     terms: dict[str, tuple[float, float]] = field(default_factory=dict)  # term -> (first, last)
     editor_size: tuple[int, int] = (0, 0)   # (w, h) the editor sees (the first attacker view)
     seconds: float = 0.0                  # share of the batch's optimization time
+    steps: int = 0                        # PGD iterations run (0: no optimization, the ``random`` method)
+    steps_skipped: int = 0                # of those, iterations whose step was skipped (non-finite gradient)
+
+    def failure(self) -> str | None:
+        """Why this is not a protection, or None. A protection took at least one finite step and
+        changed the photo: a run whose every step was skipped, or whose photo came out unchanged,
+        must not be recorded ``ok`` (a short run of a few finite steps is a protection)."""
+        if self.steps and self.steps_skipped >= self.steps:
+            return (f"no finite gradient in {self.steps} iteration(s): every step was skipped and the photo "
+                    "was not protected (a half-precision overflow? try --attack-option precision=fp32)")
+        if self.linf_levels == 0:
+            return "protection left the photo unchanged (L∞ 0 levels): not protected"
+        return None
 
     @property
     def image(self) -> Image.Image:
@@ -149,8 +162,10 @@ class Immunizer:
         terms = {name: (float(h[0][j]), float(h[-1][j])) for name, h in out.history.items()}
         total = out.total()
         total_first, total_last = (float("nan"),) * 2 if total is None else (float(total[0, j]), float(total[-1, j]))
+        steps = 0 if total is None else int(total.shape[0])
+        skipped = 0 if out.skipped is None else int(out.skipped[j])
         return ProtectedImage(pixels, img.alpha, linf_levels(img, pixels), psnr_db(img, pixels),
-                              total_first, total_last, terms, size, seconds)
+                              total_first, total_last, terms, size, seconds, steps, skipped)
 
     @staticmethod
     def _prompts_per_photo(prompts: str | list[str] | list[list[str]], n: int) -> list[list[str]]:
