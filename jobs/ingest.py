@@ -4,7 +4,7 @@
         python jobs/ingest.py s3://archive/incoming s3://protected/archive --actors 4 --gpus-per-actor 1
 
 Protects only the objects that are new or changed since the last successful run (the manifest
-under OUTPUT is the ledger) while holding ``OUTPUT/_ingest.lock``, so that a run started while
+under OUTPUT is the ledger) while holding ``OUTPUT/_run.lock`` (the lease every run holds), so that a run started while
 another still holds the lock exits at once (status 0, "another ingest run holds the lock …")
 instead of protecting the same photos twice. Schedule it with a Kubernetes CronJob
 (cluster/kuberay/cronjob.yaml) or plain cron (cluster/README.md).

@@ -34,7 +34,9 @@ from pipeline_support import (  # noqa: F401
 )
 
 from danp_pipeline import cli, storage
-from danp_pipeline.job import pipeline, reader
+from danp_pipeline import config as C
+from danp_pipeline.config import config_json, config_sha256, output_settings
+from danp_pipeline.job import pipeline, reader, resources
 from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV, HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance, verify, writer
 from danp_pipeline.manifest.output import Output, output_name
@@ -170,6 +172,67 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
     assert not set(pipeline.ACTOR_FAULT_TOLERANCE) & set(protect.ray_remote_args)  # nothing to override the defaults
     applied = ActorPoolMapOperator._apply_default_remote_args(protect.ray_remote_args, DataContext.get_current())
     assert {k: applied[k] for k in pipeline.ACTOR_FAULT_TOLERANCE} == pipeline.ACTOR_FAULT_TOLERANCE
+    # The actor asks for the memory its editor and its largest photo need (tiny editor: the photo alone),
+    # and never for more than the largest node has (such a request would wait forever).
+    assert protect.ray_remote_args["memory"] == cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
+    largest = max(n["Resources"]["memory"] for n in ray_local.nodes() if n["Alive"])
+    huge = pipeline.dataset([item], cfg.replace(actor_memory=10**15), "r1")._logical_plan.dag
+    assert huge.ray_remote_args["memory"] == int(largest)
+
+
+def test_actor_memory_counts_the_editors_weights_and_the_largest_photo(tmp_path):
+    cfg = fast_config("in", "out", batch_size=2, max_pixels=1_000_000)
+    photos = 2 * 1_000_000 * C.ACTOR_BYTES_PER_PIXEL
+    assert resources.actor_memory(cfg) == photos                                    # tiny: no files
+    micro = sum(f.stat().st_size for part in resources.EDITOR_PARTS
+                for f in (C.MICRO_EDITORS_DIR / "micro-ip2p" / part).glob("*.safetensors"))
+    assert micro > 0 and resources.actor_memory(cfg.replace(model="micro-ip2p")) == micro + photos
+    (tmp_path / "editor" / "unet").mkdir(parents=True)
+    (tmp_path / "editor" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"w" * 1000)
+    (tmp_path / "editor" / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"w" * 500)
+    assert resources.editor_bytes(str(tmp_path / "editor")) == 1000                 # the float32 files
+    assert resources.editor_bytes("nobody/not-downloaded-xyz") == C.EDITOR_BYTES_UNKNOWN
+    assert resources.actor_memory(cfg.replace(actor_memory=123)) == 123
+
+
+@pytest.mark.integration
+def test_a_changed_configuration_is_reported_as_such_not_as_new(tmp_path, ray_local):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 64)), "JPEG"))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    assert pipeline.run(cfg).ok == 1
+    other = cfg.replace(attack=cfg.attack.replace(eps=0.02))
+    assert pipeline.run(other).ok == 1
+    old, new = (config_sha256(config_json(c.attack, c.model, c.revision, output_settings(c))) for c in (cfg, other))
+    rows = {r["config_sha256"]: r for r in manifest_rows(cfg.output_uri)}
+    assert rows[old]["reason"] == "new"
+    assert rows[new]["reason"] == f"config changed ({old[:12]} → {new[:12]})"
+
+
+@pytest.mark.integration
+def test_a_status_file_that_cannot_be_rewritten_is_removed_not_left_claiming_done(tmp_path, ray_local, monkeypatch):
+    """The last run's ``done`` must not stand when this run cannot write its own state (a full disk)."""
+    import errno
+
+    from danp_pipeline.job import progress
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"not a photo")
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_status.json").write_text(json.dumps({"run_id": "last", "state": "done"}))
+
+    class FullDisk:
+        def __getattr__(self, name):
+            return getattr(storage, name)
+
+        @staticmethod
+        def atomic_write(fs, path, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(progress, "storage", FullDisk())
+    pipeline.run(cfg)
+    assert not (tmp_path / "out" / "_status.json").exists()
 
 
 @pytest.mark.integration

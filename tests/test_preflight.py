@@ -167,3 +167,28 @@ def test_output_probe_leaves_nothing_behind(photos, tmp_path):
     preflight.check_output(cfg)
     assert list((tmp_path / "new" / "out").iterdir()) == []          # created, probed, emptied
 
+
+
+def test_a_failed_run_is_one_line_and_exit_1_and_error_rows_exit_3(photos, tmp_path, caplog, monkeypatch):
+    """A full disk (or any failure after the pre-flight) ends in one line naming the cause, not a
+    traceback; a run that finishes with error rows exits 3 (0 when every photo is ok or skipped)."""
+    import errno
+
+    from danp_pipeline.job import pipeline
+
+    def full_disk(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "manifest" / "part-1.parquet"))
+
+    monkeypatch.setattr(pipeline, "run", full_disk)
+    rc, errors = run_cli(caplog, "run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p")
+    assert rc == 1 and len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith("run failed: OSError:") and "No space left on device" in errors[0], errors
+    assert not any(r.exc_info for r in caplog.records)
+
+    def summary(errors):
+        return lambda cfg: pipeline.RunSummary(ok=1, errors=errors, skipped=0, total=1 + errors, seconds=1.0,
+                                               photos_per_hour=3600.0, output_uri="o", manifest_uri="m", run_id="r")
+
+    for errors, expected in ((0, 0), (2, 3)):
+        monkeypatch.setattr(pipeline, "run", summary(errors))
+        assert run_cli(caplog, "run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p")[0] == expected
