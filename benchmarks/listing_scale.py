@@ -130,6 +130,7 @@ def distributed(n: int) -> dict:
 
     from danp_pipeline.config import PipelineConfig
     from danp_pipeline.job import listing, planning, progress
+    from danp_pipeline.job.identity import Run
     from danp_pipeline.job.pipeline import SLOW_START_ENV
     from danp_pipeline.manifest.output import Output
 
@@ -146,7 +147,8 @@ def distributed(n: int) -> dict:
     output = Output.open(cfg.output_uri)
     with progress.Reporter(output, "bench", cfg.progress_interval_s) as report:
         listed = listing.dataset(cfg, {}, report.counter)
-        plan = planning.plan(listed, output, CONFIG_SHA, cfg, prompts=cfg.run_prompts, counter=report.counter)
+        plan = planning.plan(listed, Run(cfg, "bench", "{}", CONFIG_SHA), prompts=cfg.run_prompts,
+                             counter=report.counter)
         planned = time.perf_counter()
         planning.remove_superseded(plan, cfg)
         report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)

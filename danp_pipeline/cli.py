@@ -230,14 +230,6 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     ).validate()
 
 
-def checked_config(args: argparse.Namespace) -> PipelineConfig:
-    """The run's config after the pre-flight checks (job/preflight.py): one-line ValueErrors."""
-    from .job.preflight import check
-
-    cfg = pipeline_config(args)
-    check(cfg)
-    return cfg
-
 
 #: Exit statuses of run and ingest (every command): all done; the run failed; refused before any
 #: work; finished, but some photos ended as error rows. A stop by signal exits 128 + the signal.
@@ -245,7 +237,7 @@ EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_SOME_ERRORS = 0, 1, 2, 3
 
 
 def run_run(args: argparse.Namespace) -> int:
-    cfg = checked_config(args)
+    cfg = pipeline_config(args)        # run() checks it first (job/preflight.py): one-line ValueErrors
     from .job.pipeline import LockHeld, run
 
     try:
@@ -261,7 +253,7 @@ def configure_ingest(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    cfg = checked_config(args)
+    cfg = pipeline_config(args)
     from .job.ingest import ingest
 
     return _summary_status(ingest(cfg))

@@ -2,8 +2,8 @@
 
 Every paper setting and every project choice of the method (docs/method.md) is a field of
 :class:`AttackConfig`; :class:`PipelineConfig` adds what the distributed job needs. Configs are
-frozen dataclasses; ``validate()`` raises ``ValueError`` naming the field and the value received,
-and runs before any work starts.
+frozen dataclasses validated on construction: ``validate()`` (run by ``__post_init__``, so by
+``replace()`` too) raises ``ValueError`` naming the field and the value received.
 """
 
 from __future__ import annotations
@@ -185,6 +185,9 @@ class AttackConfig:
     fp16_loss_scale: float = 1024.0     # fp16: losses are scaled by this before backward (no underflow)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "AttackConfig":
         _choice("method", self.method, METHODS)
         _positive("eps", self.eps)
@@ -263,7 +266,7 @@ class AttackConfig:
         return math.ceil(255 * self.eps - 1e-9)
 
     def replace(self, **changes: Any) -> "AttackConfig":
-        return dataclasses.replace(self, **changes).validate()
+        return dataclasses.replace(self, **changes)   # validated on construction
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,9 @@ class PipelineConfig:
     progress_interval_s: float = 30.0   # progress log line and OUTPUT/_status.json every this many seconds
     lease_ttl_s: float = LEASE_TTL_S    # the lease on OUTPUT: seconds it lasts without renewal (object stores)
     lease_wait_s: float = 0.0           # seconds to wait for a lease another run holds before giving up
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "PipelineConfig":
         for name in ("input_uri", "output_uri", "model"):
@@ -342,7 +348,7 @@ class PipelineConfig:
         return self.prompts or DEFAULT_PROMPTS
 
     def replace(self, **changes: Any) -> "PipelineConfig":
-        return dataclasses.replace(self, **changes).validate()
+        return dataclasses.replace(self, **changes)   # validated on construction
 
 
 #: Cost profiles: "paper" is the method as published; "fast" cuts the counted work per photo
@@ -389,6 +395,9 @@ class EditConfig:
     strength: float = SD_EDIT_STRENGTH  # SD img2img only
     scheduler: str = "auto"             # auto: euler-ancestral for ip2p, pndm for sd
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> "EditConfig":
         if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
             raise ValueError(f"steps must be None or an integer >= 1, got {self.steps!r}")
@@ -400,7 +409,7 @@ class EditConfig:
         return self
 
     def replace(self, **changes: Any) -> "EditConfig":
-        return dataclasses.replace(self, **changes).validate()
+        return dataclasses.replace(self, **changes)   # validated on construction
 
 
 @dataclass(frozen=True)
@@ -421,6 +430,9 @@ class EvalConfig:
     size_variants: tuple[str, ...] = EVAL_SIZE_VARIANTS                    # attacker view: full-size photos
     lpips_weights: str | None = None
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "EvalConfig":
         if not self.methods or len(set(self.methods)) != len(self.methods):
@@ -485,6 +497,9 @@ class MicroSuiteConfig:
     split: str = "heldout"
     device: str | None = None
     workers: int = 1                            # processes, each with one torch thread and its own editors
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "MicroSuiteConfig":
         _tuple("editors", self.editors, lambda v: isinstance(v, str) and bool(v.strip()),

@@ -23,6 +23,7 @@ from danp_pipeline import storage
 from danp_pipeline.job import ingest
 from danp_pipeline.manifest import ledger, provenance, verify
 from danp_pipeline.job import pipeline
+from danp_pipeline.job.identity import Run
 from danp_pipeline.manifest.output import LOCK_NAME, Output
 from danp_pipeline.storage.lease import Lease, LockHeld
 
@@ -63,7 +64,7 @@ def planner(request, tmp_path):
         cfg = PipelineConfig(input_uri="s3://b", output_uri=output.uri, retry_errors=retry_errors,
                              detect_changes=detect_changes, plan_partitions=2).validate()
         listed = ray.data.from_arrow(pa.Table.from_pylist(items, schema=LISTING_SCHEMA))
-        result = planning.plan(listed, output, config_sha, cfg, prompts=prompts)
+        result = planning.plan(listed, Run(cfg, "r", "{}", config_sha), prompts=prompts)
         order = {item["source_uri"]: n for n, item in enumerate(items)}
         todo = sorted(result.todo().take_all(), key=lambda item: order[item["source_uri"]])
         assert (result.listed, result.todo_count) == (len(items), len(todo))

@@ -22,6 +22,7 @@ from pipeline_support import (  # noqa: F401
 
 from danp_pipeline import storage
 from danp_pipeline.job import listing, planning, progress, reader
+from danp_pipeline.job.identity import Run
 from danp_pipeline.job.inventory import _inventory_files
 from danp_pipeline.job.listing import _normalize, _Scope, fan_out_units
 from danp_pipeline.manifest import provenance
@@ -232,7 +233,7 @@ def test_plan_drops_listed_duplicates_and_removes_superseded_rows_and_orphans(tm
                                        output_uri=stale, source_sha256="1" * 64)])
     output.commit([provenance.make_row(source_uri=f"{uri}/a.jpg", status="ok", config_sha256="c",
                                        finished_at=t0.replace(hour=2), source_sha256="2" * 64, prompts=["p"])])
-    result = planning.plan(listing.dataset(cfg, {}), output, "c", cfg, prompts=["p"])
+    result = planning.plan(listing.dataset(cfg, {}), Run(cfg, "r", "{}", "c"), prompts=["p"])
     assert (result.listed, result.duplicates, result.skipped, result.reasons, result.losers) == (2, 1, 1, {"new": 1}, 1)
     assert [r["source_key"] for r in result.todo().take_all()] == ["b.jpg"]
     assert planning.remove_superseded(result, cfg) == 1

@@ -166,7 +166,7 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
             "size": 1, "prompts": [], "reason": "new"}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = pipeline.dataset([item], cfg, "r1")
+        ds = pipeline.dataset([item], pipeline.Run.start(cfg, "r1"))
     assert not [w for w in caught if issubclass(w.category, RayDeprecationWarning)], [str(w.message) for w in caught]
     protect = ds._logical_plan.dag
     assert not set(pipeline.ACTOR_FAULT_TOLERANCE) & set(protect.ray_remote_args)  # nothing to override the defaults
@@ -176,7 +176,7 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
     # and never for more than the largest node has (such a request would wait forever).
     assert protect.ray_remote_args["memory"] == cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
     largest = max(n["Resources"]["memory"] for n in ray_local.nodes() if n["Alive"])
-    huge = pipeline.dataset([item], cfg.replace(actor_memory=10**15), "r1")._logical_plan.dag
+    huge = pipeline.dataset([item], pipeline.Run.start(cfg.replace(actor_memory=10**15), "r1"))._logical_plan.dag
     assert huge.ray_remote_args["memory"] == int(largest)
 
 

@@ -32,7 +32,7 @@ def run_cli(caplog, *argv) -> tuple[int, list[str]]:
 @pytest.mark.parametrize("case", ["missing", "empty", "prompts", "model-dir", "model-name", "model-bin", "model-hub",
                                   "credentials", "output-proc", "output-under-file"])
 def test_bad_values_exit_2_with_one_line_naming_them(case, tmp_path, photos, caplog, monkeypatch):
-    monkeypatch.setattr("danp_pipeline.job.pipeline.run", lambda cfg: pytest.fail("the job must not start"))
+    monkeypatch.setattr("danp_pipeline.job.pipeline.execute", lambda run: pytest.fail("the job must not start"))
     out = str(tmp_path / "out")
     args, named = [str(photos), out], None
     if not case.startswith("model"):
@@ -149,7 +149,7 @@ def test_output_options_reach_the_config_and_its_hash(monkeypatch):
 def test_run_without_model_protects_against_instructpix2pix_or_nothing(photos, tmp_path, caplog, monkeypatch):
     """The default editor is a real one: offline and not cached, the run is refused before any work,
     in one line naming it; a test editor is used only when named."""
-    monkeypatch.setattr("danp_pipeline.job.pipeline.run", lambda cfg: pytest.fail("the job must not start"))
+    monkeypatch.setattr("danp_pipeline.job.pipeline.execute", lambda run: pytest.fail("the job must not start"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))      # an empty cache
     for command in ("run", "ingest"):
@@ -176,19 +176,19 @@ def test_a_failed_run_is_one_line_and_exit_1_and_error_rows_exit_3(photos, tmp_p
 
     from danp_pipeline.job import pipeline
 
-    def full_disk(cfg):
+    def full_disk(run):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "manifest" / "part-1.parquet"))
 
-    monkeypatch.setattr(pipeline, "run", full_disk)
+    monkeypatch.setattr(pipeline, "execute", full_disk)
     rc, errors = run_cli(caplog, "run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p")
     assert rc == 1 and len(errors) == 1 and "\n" not in errors[0], errors
     assert errors[0].startswith("run failed: OSError:") and "No space left on device" in errors[0], errors
     assert not any(r.exc_info for r in caplog.records)
 
     def summary(errors):
-        return lambda cfg: pipeline.RunSummary(ok=1, errors=errors, skipped=0, total=1 + errors, seconds=1.0,
+        return lambda run: pipeline.RunSummary(ok=1, errors=errors, skipped=0, total=1 + errors, seconds=1.0,
                                                photos_per_hour=3600.0, output_uri="o", manifest_uri="m", run_id="r")
 
     for errors, expected in ((0, 0), (2, 3)):
-        monkeypatch.setattr(pipeline, "run", summary(errors))
+        monkeypatch.setattr(pipeline, "execute", summary(errors))
         assert run_cli(caplog, "run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p")[0] == expected

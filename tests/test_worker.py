@@ -17,6 +17,7 @@ from pipeline_support import (
 from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
 from danp_pipeline.job import reader, worker
+from danp_pipeline.job.identity import Run
 from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, Protector
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import ATTEMPTS_DIR
@@ -55,7 +56,7 @@ def test_one_row_per_input_in_order_with_readable_reasons(cfg, tmp_path):
     bad = bad_inputs()
     files = {"good.jpg": encode(real_photo("astronaut", (80, 64)), "JPEG"), **{k: v for k, (v, _) in bad.items()}}
     batch = read_batch(cfg, files, tmp_path)
-    out = Protector(cfg, run_id="r1")(batch)
+    out = Protector(Run.start(cfg, run_id="r1"))(batch)
     assert out.schema == provenance.SCHEMA
     rows = {r["source_key"]: r for r in out.to_pylist()}
     assert out["source_key"].to_pylist() == batch["source_key"].to_pylist()
@@ -153,7 +154,7 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
         return real(self, photos, prompts, seeds)
 
     monkeypatch.setattr(Immunizer, "protect", protect)
-    protector = Protector(cfg, run_id="r1")
+    protector = Protector(Run.start(cfg, run_id="r1"))
     attempts = tmp_path / "out" / ATTEMPTS_DIR
     with pytest.raises(Died):  # 1st try: the whole batch, dies before protecting anything
         protector(batch)

@@ -19,13 +19,13 @@ counted as a death (job/attempts.py), and :class:`RunStopped` carries the exit s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 import ray
 
 from .. import config as C
-from .. import storage
-from ..config import PipelineConfig, config_json, config_sha256, output_settings
-from ..manifest.output import Output
+from ..config import PipelineConfig
 from ..storage.lease import Lease, LockHeld
-from . import attempts, listing, planning, progress, reader, resources
+from . import attempts, listing, planning, preflight, progress, reader, resources
+from .identity import Run
 from .worker import Protector
 
-__all__ = ["LockHeld", "RunStopped", "RunSummary", "dataset", "run"]
+__all__ = ["LockHeld", "Run", "RunStopped", "RunSummary", "dataset", "execute", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,14 +99,17 @@ class RunStopped(BaseException):
 
 
 def run(cfg: PipelineConfig) -> RunSummary:
-    """Protect every object under ``cfg.input_uri`` into ``cfg.output_uri``; log and return a summary."""
-    cfg = cfg.replace(storage_options=storage.resolve_options(
-        cfg.output_uri, storage.resolve_options(cfg.input_uri, cfg.storage_options)))
-    start, run_id = time.perf_counter(), uuid.uuid4().hex[:12]
-    output = Output.open(cfg.output_uri, cfg.storage_options)
-    config_sha = config_sha256(config_json(cfg.attack, cfg.model, cfg.revision, output_settings(cfg)))
-    logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run_id, config_sha[:12], cfg.model,
-                cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
+    """Protect every object under ``cfg.input_uri`` into ``cfg.output_uri``; log and return a summary.
+    Bad settings are refused before any work, each in one ValueError line (job/preflight.py)."""
+    preflight.check(cfg)
+    return execute(Run.start(cfg))
+
+
+def execute(run: Run) -> RunSummary:
+    """The job itself, for settings already checked."""
+    cfg, output, start = run.config, run.output, time.perf_counter()
+    logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run.run_id, run.config_sha256[:12],
+                cfg.model, cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
     if cfg.model in C.TINY_MODELS or cfg.model in C.MICRO_MODELS:
         logger.warning("protecting against %s, a test editor: these outputs do not protect against real editors",
                        cfg.model)
@@ -115,25 +117,24 @@ def run(cfg: PipelineConfig) -> RunSummary:
 
     counts: Counter[str] = Counter()
     errors: dict[str, list] = {}
-    lease = Lease(output.fs, output.lock_path, ttl_s=cfg.lease_ttl_s, wait_s=cfg.lease_wait_s)
-    with lease, _stopped_cleanly(output, run_id):
-        with _ray_session(), _stop_on_signals(), progress.Reporter(output, run_id, cfg.progress_interval_s) as report:
-            listed = listing.dataset(cfg, prompts, report.counter)                 # 1. list INPUT (Ray tasks)
-            report.planning()
-            plan = planning.plan(listed, output, config_sha, cfg,                  # 2. join with the manifest
-                                 prompts=cfg.run_prompts, counter=report.counter)
-            planning.remove_superseded(plan, cfg)                                  # 3. drop rows a crash left
-            report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
-            _warn_unused_prompts(prompts, report)
-            if plan.todo_count:                                                    # 4. read, protect, commit
-                counts = _consume(dataset(plan.todo(), _with_gpus(cfg), run_id), report, errors)
-            planning.finish(output, plan, cfg, config_sha)                         # 5. drop replaced rows, compact
+    with (Lease(output.fs, output.lock_path, ttl_s=cfg.lease_ttl_s, wait_s=cfg.lease_wait_s),   # one run per OUTPUT
+          _stopped_cleanly(run), _ray_session(), _stop_on_signals(),
+          progress.Reporter(output, run.run_id, cfg.progress_interval_s) as report):
+        listed = listing.dataset(cfg, prompts, report.counter)                     # 1. list INPUT (Ray tasks)
+        report.planning()
+        plan = planning.plan(listed, run, prompts=run.prompts, counter=report.counter)  # 2. join with the manifest
+        planning.remove_superseded(plan, cfg)                                      # 3. drop rows a crash left
+        report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
+        _warn_unused_prompts(prompts, report)
+        if plan.todo_count:                                                        # 4. read, protect, commit
+            counts = _consume(dataset(plan.todo(), _with_gpus(run)), report, errors)
+        planning.finish(run, plan)                                                 # 5. drop replaced rows, compact
 
     seconds = time.perf_counter() - start
     top = sorted(errors.items(), key=lambda item: -item[1][0])[:TOP_REASONS]
     summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=plan.skipped, total=plan.listed,
                          seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
-                         output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run_id,
+                         output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run.run_id,
                          error_reasons=tuple((reason, n, key) for reason, (n, key) in top))
     logger.info("done: %s", summary)
     for reason, n, key in summary.error_reasons:
@@ -163,13 +164,13 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stopped_cleanly(output: Output, run_id: str) -> Iterator[None]:
+def _stopped_cleanly(run: Run) -> Iterator[None]:
     """Once a stopped run has shut down (its actors gone), its in-flight attempts are taken back: a
     stop is no photo's death (job/attempts.py)."""
     try:
         yield
     except RunStopped:
-        forgiven = attempts.forgive_stopped(output, run_id)
+        forgiven = attempts.forgive_stopped(run.output, run.run_id)
         logger.info("stopped: %d photo(s) in flight will be redone by the next run", forgiven)
         raise
 
@@ -182,13 +183,17 @@ def default_gpus_per_actor() -> float:
     return gpus
 
 
-def _with_gpus(cfg: PipelineConfig) -> PipelineConfig:
-    """``gpus_per_actor=None`` (the default) becomes :func:`default_gpus_per_actor`."""
-    return cfg if cfg.gpus_per_actor is not None else cfg.replace(gpus_per_actor=default_gpus_per_actor())
+def _with_gpus(run: Run) -> Run:
+    """``gpus_per_actor=None`` (the default) becomes :func:`default_gpus_per_actor` (not part of the
+    configuration's hash: the same photo comes out of a GPU or a CPU run)."""
+    if run.config.gpus_per_actor is not None:
+        return run
+    return dataclasses.replace(run, config=run.config.replace(gpus_per_actor=default_gpus_per_actor()))
 
 
-def dataset(todo: ray.data.Dataset | list[dict], cfg: PipelineConfig, run_id: str) -> ray.data.Dataset:
+def dataset(todo: ray.data.Dataset | list[dict], run: Run) -> ray.data.Dataset:
     """The job graph (lazy): planned items → read and hash (CPU tasks) → protect and commit (actors)."""
+    cfg = run.config
     if isinstance(todo, list):
         todo = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / OBJECTS_PER_BLOCK)))
     # No repartition step: it runs as a 1-CPU task, which never fits beside actors holding most of a small
@@ -197,7 +202,7 @@ def dataset(todo: ray.data.Dataset | list[dict], cfg: PipelineConfig, run_id: st
                         compute=ray.data.TaskPoolStrategy(size=READ_TASKS_PER_ACTOR * cfg.actors),
                         fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
                                    "max_pixels": cfg.max_pixels})
-    return ds.map_batches(Protector, fn_constructor_kwargs={"config": cfg, "run_id": run_id},
+    return ds.map_batches(Protector, fn_constructor_kwargs={"run": run},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
                           batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
                           memory=_actor_memory(cfg))

@@ -33,9 +33,9 @@ import ray
 from .. import storage
 from ..config import PipelineConfig
 from ..manifest import ledger, writer
-from ..manifest.output import Output
 from ..manifest.provenance import SCHEMA, list_parts, read_part, winners
 from . import progress
+from .identity import Run
 from .listing import LISTING_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -96,10 +96,10 @@ class Plan:
                                         fn_kwargs={"kind": "todo", "columns": TODO_COLUMNS})
 
 
-def plan(listing: ray.data.Dataset | None, output: Output, config_sha: str, cfg: PipelineConfig, *,
-         prompts: Sequence[str] | None, counter: Any = None) -> Plan:
-    """Join ``listing`` with the manifest under ``output``; ``listing=None`` plans the clean-up only.
-    ``prompts`` as in ledger.plan: what a photo without its own is protected against (None: no check)."""
+def plan(listing: ray.data.Dataset | None, run: Run, *, prompts: Sequence[str] | None, counter: Any = None) -> Plan:
+    """Join ``listing`` with the manifest under the run's OUTPUT; ``listing=None`` plans the clean-up only.
+    ``prompts``: what a photo without its own is protected against (None: no prompts check)."""
+    cfg, output, config_sha = run.config, run.output, run.config_sha256
     parts = list_parts(output.fs, output.manifest_dir)
     if not parts and listing is None:
         return Plan(planned=ray.data.from_items([]))
@@ -142,12 +142,12 @@ def remove_superseded(result: Plan, cfg: PipelineConfig) -> int:
     return removed
 
 
-def finish(output: Output, result: Plan, cfg: PipelineConfig, config_sha: str) -> None:
+def finish(run: Run, result: Plan) -> None:
     """After the job: drop the rows that retried, changed or re-prompted photos replaced, then
     compact if due (writer.compact, on the driver)."""
     if result.replaces_rows:
-        remove_superseded(plan(None, output, config_sha, cfg, prompts=None), cfg)
-    writer.compact(output.fs, output.manifest_dir)
+        remove_superseded(plan(None, run, prompts=None), run.config)
+    writer.compact(run.output.fs, run.output.manifest_dir)
 
 
 # -- Ray tasks -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The Protector: one frozen editor per actor, called on batches of read objects.
 
-``Protector(config)(batch)`` decodes each photo, immunizes the batch, writes each output in the
+``Protector(run)(batch)`` decodes each photo, immunizes the batch, writes each output in the
 run's format with the source's metadata (and C2PA credentials when configured; job/outputs.py)
 atomically under ``OUTPUT/images/``, commits the batch's manifest rows as one
 Parquet part, and returns those rows. Every input row yields exactly one output row: a bad photo
@@ -29,14 +29,14 @@ from typing import Any
 import pyarrow as pa
 
 from .. import storage
-from ..config import PipelineConfig, config_json, config_sha256, output_settings
+from ..config import PipelineConfig
 from ..imaging.codec import DecodedImage, decode_image
-from ..manifest.output import Output
 from ..manifest.provenance import make_row, to_table, utcnow
 from ..protect.devices import device_name, pick_device
 from ..protect.immunizer import Immunizer, ProtectedImage
 from ..protect.models import load_editor
 from .attempts import AttemptRecords
+from .identity import Run
 from .outputs import PhotoWriter
 
 logger = logging.getLogger(__name__)
@@ -71,21 +71,19 @@ class _Photo:
 class Protector:
     """Callable class for ``map_batches``: loads the editor once, protects many batches."""
 
-    def __init__(self, config: PipelineConfig, run_id: str | None = None) -> None:
-        self.config = config.validate()
-        self.run_id = run_id
+    def __init__(self, run: Run | PipelineConfig) -> None:
+        """``run``: the run's identity (pipeline.run builds it); a bare config starts a run of its own."""
+        self.run = run if isinstance(run, Run) else Run.start(run)
+        self.config, self.run_id, self.output = self.run.config, self.run.run_id, self.run.output
+        self.config_json, self.config_sha256 = self.run.config_json, self.run.config_sha256
         device = pick_device("cpu" if self.config.gpus_per_actor == 0 else None)
         self.editor = load_editor(self.config.model, self.config.revision, device=device,
                                   precision=self.config.attack.precision)
         self.immunizer = Immunizer(self.editor, self.config.attack)
-        self.config_json = config_json(self.config.attack, self.config.model, self.config.revision,
-                                       output_settings(self.config))
-        self.config_sha256 = config_sha256(self.config_json)
         self.device_name = device_name(self.editor.device)
-        self.output = Output.open(self.config.output_uri, self.config.storage_options)
         self.writer = PhotoWriter(self.config, self.output, self.config_sha256)
-        self.default_prompts = list(self.config.run_prompts)
-        self.attempts = AttemptRecords(self.output, self.config_sha256, run_id, self.config.storage_options)
+        self.default_prompts = list(self.run.prompts)
+        self.attempts = AttemptRecords(self.output, self.config_sha256, self.run_id, self.config.storage_options)
         self.parts_committed = 0
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
