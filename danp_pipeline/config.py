@@ -62,6 +62,14 @@ COMPACT_ROWS = 50_000
 COMPACT_MIN_PARTS = 256
 COMPACT_MIN_PARTS_ON_DEMAND = 2
 
+#: The manifest's parts (job/committer.py): the driver commits the rows of finished photos as a part
+#: once COMMIT_ROWS have arrived or COMMIT_SECONDS have passed since the last part, whichever comes
+#: first. Planning reads every part, so at 100 M photos parts of this size are 100 k files instead of
+#: 25 M per-batch parts (benchmarks/commit_parts.py); a driver killed outright loses at most this much
+#: finished work (redone by the next run).
+COMMIT_ROWS = 1000
+COMMIT_SECONDS = 60.0
+
 #: Seconds the lease on OUTPUT (storage/lease.py, held by every run and ingest) lasts without renewal
 #: on object stores; a run whose holder died is taken over after it.
 LEASE_TTL_S = 3600.0
@@ -301,6 +309,10 @@ class PipelineConfig:
     list_fanout_depth: int = 2          # without a list: directory levels the driver walks to split the listing
     plan_partitions: int = 64           # hash partitions of the distributed plan (listing ⋈ manifest)
     progress_interval_s: float = 30.0   # progress log line and OUTPUT/_status.json every this many seconds
+    commit_rows: int = COMMIT_ROWS      # manifest parts of at least this many rows…
+    commit_seconds: float = COMMIT_SECONDS   # …or of what arrived within this many seconds
+    cpus_per_task: float = 0.25         # CPUs each read/decode and write task asks Ray for (fractional: they
+                                        # must fit beside the actors on any node; raise it on GPU nodes)
     lease_ttl_s: float = LEASE_TTL_S    # the lease on OUTPUT: seconds it lasts without renewal (object stores)
     lease_wait_s: float = 0.0           # seconds to wait for a lease another run holds before giving up
 
@@ -338,6 +350,9 @@ class PipelineConfig:
         _integer("list_fanout_depth", self.list_fanout_depth, 0)
         _integer("plan_partitions", self.plan_partitions, 1)
         _positive("progress_interval_s", self.progress_interval_s)
+        _integer("commit_rows", self.commit_rows, 1)
+        _positive("commit_seconds", self.commit_seconds)
+        _positive("cpus_per_task", self.cpus_per_task)
         _positive("lease_ttl_s", self.lease_ttl_s)
         _positive("lease_wait_s", self.lease_wait_s, allow_zero=True)
         return self

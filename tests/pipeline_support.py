@@ -222,3 +222,20 @@ def check_linf(source: bytes, output: bytes, eps: float) -> int:
     diff = int(np.abs(out.rgb.astype(np.int16) - src.rgb.astype(np.int16)).max())
     assert diff <= eps_levels(eps), diff
     return diff
+
+
+def protect_rows(run, batch):
+    """The job's decode → protect → write → commit stages on one batch of read objects, without Ray:
+    one manifest row per object, committed as one part as the driver would."""
+    from danp_pipeline.job import outputs, reader
+    from danp_pipeline.job.identity import Run
+    from danp_pipeline.job.worker import Protector
+
+    run = run if isinstance(run, Run) else Run.start(run)
+    if isinstance(batch, list):
+        import pyarrow as pa
+
+        batch = pa.Table.from_pylist(batch, schema=reader.READ_SCHEMA)
+    rows = outputs.write_outputs(Protector(run)(reader.decode_objects(batch, run=run)), run=run)
+    run.output.commit(rows.to_pylist())
+    return rows

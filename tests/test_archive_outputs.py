@@ -1,5 +1,5 @@
 """Issue 13: archive-grade outputs. Real files (JPEG with EXIF+ICC+XMP+IPTC, Display-P3 PNG, 16-bit
-TIFF, HEIC, AVIF) go through the Protector and come out at their size and bit depth, with metadata
+TIFF, HEIC, AVIF) go through the decode, protect and write stages and come out at their size and bit depth, with metadata
 and profile byte-identical to the source's (EXIF orientation aside), in the chosen format."""
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from archive_support import (
     exif_block,
     read_back,
 )
-from pipeline_support import FAST_ATTACK, check_linf, fast_config
+from pipeline_support import FAST_ATTACK, check_linf, fast_config, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.config import FORMAT_EXTENSIONS
 from danp_pipeline.imaging import metadata as md
 from danp_pipeline.imaging.codec import decode_image, eps_levels
 from danp_pipeline.job import reader
-from danp_pipeline.job.worker import Protector
 from danp_pipeline.manifest.output import output_name
 
 BOUND = eps_levels(FAST_ATTACK.eps)
@@ -53,7 +52,7 @@ def protect(tmp_path, files, **changes):
 
     batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
                                 max_pixels=cfg.max_pixels)
-    rows = {r["source_key"]: r for r in Protector(cfg)(batch).to_pylist()}
+    rows = {r["source_key"]: r for r in protect_rows(cfg, batch).to_pylist()}
     assert [r["status"] for r in rows.values()] == ["ok"] * len(files), [r["error"] for r in rows.values()]
     fs, _ = storage.filesystem(cfg.output_uri)
     return rows, {k: fs.cat_file(r["output_uri"]) for k, r in rows.items()}

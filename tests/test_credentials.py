@@ -12,11 +12,10 @@ import c2pa
 import pyarrow as pa
 import pytest
 from archive_support import archive_files, make_test_ca
-from pipeline_support import fast_config
+from pipeline_support import fast_config, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.job import reader
-from danp_pipeline.job.worker import Protector
 from danp_pipeline.manifest.credentials import CredentialsError, Signer, validate
 from danp_pipeline.manifest.verify import verify
 
@@ -42,7 +41,7 @@ def run_signed(tmp_path, files, chain, key, **changes):
                       "prompts": [], "source_etag": None})
     batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
                                 max_pixels=cfg.max_pixels)
-    rows = Protector(cfg)(batch).to_pylist()
+    rows = protect_rows(cfg, batch).to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows]
     return cfg, rows
 

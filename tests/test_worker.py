@@ -1,4 +1,5 @@
-"""worker.Protector called directly, without Ray: one row per input, bad photos become error rows."""
+"""The decode, protect and write stages called directly, without Ray: one row per input, bad photos become
+error rows; the Protector does the editor's work alone."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pyarrow as pa
 import pytest
 from pipeline_support import (
     FAST_ATTACK,
+    protect_rows,
     bad_inputs,
     check_linf,
     encode,
@@ -16,9 +18,10 @@ from pipeline_support import (
 
 from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
-from danp_pipeline.job import reader, worker
+from danp_pipeline.job import faults, outputs, reader
 from danp_pipeline.job.identity import Run
-from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, Protector
+from danp_pipeline.job.faults import CRASH_ON_KEY_ENV
+from danp_pipeline.job.worker import Protector
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import ATTEMPTS_DIR
 from danp_pipeline.protect.immunizer import Immunizer
@@ -56,7 +59,7 @@ def test_one_row_per_input_in_order_with_readable_reasons(cfg, tmp_path):
     bad = bad_inputs()
     files = {"good.jpg": encode(real_photo("astronaut", (80, 64)), "JPEG"), **{k: v for k, (v, _) in bad.items()}}
     batch = read_batch(cfg, files, tmp_path)
-    out = Protector(Run.start(cfg, run_id="r1"))(batch)
+    out = protect_rows(Run.start(cfg, run_id="r1"), batch)
     assert out.schema == provenance.SCHEMA
     rows = {r["source_key"]: r for r in out.to_pylist()}
     assert out["source_key"].to_pylist() == batch["source_key"].to_pylist()
@@ -76,12 +79,12 @@ def test_one_row_per_input_in_order_with_readable_reasons(cfg, tmp_path):
     assert good["prompts"] == list(DEFAULT_PROMPTS) and good["device"] == "cpu"
     assert good["started_at"] <= good["finished_at"] and good["duration_s"] > 0
     committed = provenance.read_manifest(fs, f"{tmp_path}/out/manifest")
-    assert committed.num_rows == len(files)  # the batch is committed as one part before returning
+    assert committed.num_rows == len(files)  # the batch is committed as one part
 
 
 def test_odd_but_valid_images_are_all_protected(cfg, tmp_path):
     files = odd_photos()
-    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    out = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()
     assert [r["status"] for r in out] == ["ok"] * len(files), [r["error"] for r in out]
     fs, _ = storage.filesystem(cfg.output_uri)
     for r in out:
@@ -95,7 +98,7 @@ def test_sidecar_prompts_win_and_others_fall_back(tmp_path):
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), prompts=("make it snow",))
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
              "b.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
-    out = Protector(cfg)(read_batch(cfg, files, tmp_path, prompts={"a.jpg": ("add a hat", "make her smile")}))
+    out = protect_rows(cfg, read_batch(cfg, files, tmp_path, prompts={"a.jpg": ("add a hat", "make her smile")}))
     assert out["prompts"].to_pylist() == [["add a hat", "make her smile"], ["make it snow"]]
 
 
@@ -105,7 +108,7 @@ def test_unsafe_keys_and_read_errors_never_reach_the_disk(cfg, tmp_path):
               "data": encode(real_photo("astronaut", (64, 64)), "JPEG"), "read_error": None}
     vanished = {**record, "source_uri": "s3://b/in/v.jpg", "source_key": "v.jpg", "data": None,
                 "read_error": "object vanished between listing and reading"}
-    out = Protector(cfg)([record, vanished]).to_pylist()
+    out = protect_rows(cfg, [record, vanished]).to_pylist()
     assert out[0]["status"] == "error" and "unsafe key" in out[0]["error"]
     assert out[1]["error"] == "object vanished between listing and reading"
     assert not (tmp_path / "escape.jpg.png").exists() and not (tmp_path / "out" / "images").exists()
@@ -114,8 +117,9 @@ def test_unsafe_keys_and_read_errors_never_reach_the_disk(cfg, tmp_path):
 def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
              "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
-    batch = read_batch(cfg, files, tmp_path)
-    protector = Protector(cfg)
+    run = Run.start(cfg)
+    batch = reader.decode_objects(read_batch(cfg, files, tmp_path), run=run)
+    protector = Protector(run)
     real = Immunizer.protect
 
     def flaky(self, photos, prompts, seeds=None):
@@ -127,7 +131,7 @@ def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
 
     poison_mean = decode_image(files["poison.jpg"]).rgb.mean()
     monkeypatch.setattr(Immunizer, "protect", flaky)
-    out = {r["source_key"]: r for r in protector(batch).to_pylist()}
+    out = {r["source_key"]: r for r in outputs.write_outputs(protector(batch), run=run).to_pylist()}
     assert out["a.jpg"]["status"] == "ok"
     assert out["poison.jpg"]["status"] == "error"
     assert out["poison.jpg"]["error"] == "protection failed: RuntimeError: CUDA error: simulated"
@@ -143,9 +147,10 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), batch_size=2, max_photo_attempts=2)
     files = {"good.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
              "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
-    batch = read_batch(cfg, files, tmp_path)
+    run = Run.start(cfg, run_id="r1")
+    batch = reader.decode_objects(read_batch(cfg, files, tmp_path), run=run)
     monkeypatch.setenv(CRASH_ON_KEY_ENV, "poison.jpg")
-    monkeypatch.setattr(worker.os, "_exit", lambda code: (_ for _ in ()).throw(Died(code)))
+    monkeypatch.setattr(faults.os, "_exit", lambda code: (_ for _ in ()).throw(Died(code)))
     protected = []
     real = Immunizer.protect
 
@@ -154,7 +159,7 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
         return real(self, photos, prompts, seeds)
 
     monkeypatch.setattr(Immunizer, "protect", protect)
-    protector = Protector(Run.start(cfg, run_id="r1"))
+    protector = Protector(run)
     attempts = tmp_path / "out" / ATTEMPTS_DIR
     with pytest.raises(Died):  # 1st try: the whole batch, dies before protecting anything
         protector(batch)
@@ -162,20 +167,18 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
     with pytest.raises(Died):  # 2nd: photo by photo; the good photo is protected, the poison dies again
         protector(batch)
     assert protected == [1] and len(list(attempts.iterdir())) == 1
-    out = {r["source_key"]: r for r in protector(batch).to_pylist()}  # 3rd: the poison is given up
+    rows = outputs.write_outputs(protector(batch), run=run).to_pylist()      # 3rd: the poison is given up
+    out = {r["source_key"]: r for r in rows}
     assert out["good.jpg"]["status"] == "ok", out["good.jpg"]["error"]
     assert out["poison.jpg"]["status"] == "error" and out["poison.jpg"]["output_uri"] is None
     assert out["poison.jpg"]["error"].startswith("the worker process died 2 times while protecting this photo")
     assert "max_photo_attempts=2" in out["poison.jpg"]["error"]
-    assert protected == [1, 1] and not list(attempts.iterdir())  # committed: no attempt record is left
-    fs, _ = storage.filesystem(cfg.output_uri)
-    committed = provenance.read_manifest(fs, f"{tmp_path}/out/manifest").to_pylist()
-    assert sorted((r["source_key"], r["status"]) for r in committed) == [("good.jpg", "ok"), ("poison.jpg", "error")]
+    assert protected == [1, 1] and not list(attempts.iterdir())  # every attempt ended: no record is left
 
 
 def test_an_attempt_that_ends_leaves_no_attempt_record(cfg, tmp_path):
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"), "bad.jpg": b"not an image"}
-    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    out = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()
     assert [r["status"] for r in out] == ["ok", "error"]
     assert not list((tmp_path / "out" / ATTEMPTS_DIR).iterdir())
 
@@ -184,15 +187,15 @@ def test_write_failure_is_an_error_row(cfg, tmp_path):
     (tmp_path / "out" / "images").mkdir(parents=True)
     (tmp_path / "out" / "images" / "blocked").write_bytes(b"a file where a directory must go")
     files = {"blocked/a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
-    out = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()
+    out = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()
     assert out[0]["status"] == "error" and out[0]["error"].startswith("cannot write output")
 
 
 def test_same_photo_same_config_same_bytes(cfg, tmp_path):
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
     batch = read_batch(cfg, files, tmp_path)
-    first = Protector(cfg)(batch)["output_sha256"][0].as_py()
-    second = Protector(cfg)(batch)["output_sha256"][0].as_py()
+    first = protect_rows(cfg, batch)["output_sha256"][0].as_py()
+    second = protect_rows(cfg, batch)["output_sha256"][0].as_py()
     assert first == second
 
 
@@ -214,7 +217,7 @@ def test_a_protection_that_did_not_happen_is_never_ok(cfg, tmp_path, monkeypatch
 
     monkeypatch.setattr(danp, "combine", combine)
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
-    row = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()[0]
+    row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     if broken == "every":
         assert row["status"] == "error" and row["output_uri"] is None
         assert row["error"].startswith(f"no finite gradient in {FAST_ATTACK.steps} iteration(s)")
@@ -229,7 +232,7 @@ def test_an_unchanged_photo_is_never_ok(cfg, tmp_path, monkeypatch):
 
     monkeypatch.setattr(immunizer, "apply_delta", lambda img, delta, eps: img.rgb.copy())
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
-    row = Protector(cfg)(read_batch(cfg, files, tmp_path)).to_pylist()[0]
+    row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     assert row["status"] == "error" and "unchanged (L∞ 0 levels)" in row["error"]
 
 

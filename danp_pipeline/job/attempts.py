@@ -1,7 +1,7 @@
 """Attempt records: how a photo that kills the process protecting it is bounded.
 
-A photo can kill its worker process (a native crash, the OOM killer, a lost node); Ray then
-restarts the actor and retries the batch, without limit. To bound that, each photo's attempt is
+A photo can kill its worker process (a native crash in a decoder, the OOM killer, a lost node); Ray
+then restarts the actor or task and retries it, without limit. To bound that, each photo's attempt is
 recorded before it is decoded and protected, as ``OUTPUT/_attempts/<hash>.json`` holding the number
 of attempts that died if this one dies too, and the record is removed when the attempt ends,
 however it ends. A record found at the start of an attempt therefore means the last attempt's
@@ -25,13 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 class AttemptRecords:
-    """The attempt records of one configuration under one OUTPUT."""
+    """The attempt records of one configuration and stage (``decode`` in the CPU tasks, ``protect`` in
+    the editor actors: the two steps that can kill a process) under one OUTPUT."""
 
-    def __init__(self, output: Output, config_sha: str, run_id: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, output: Output, config_sha: str, run_id: str | None, options: dict[str, Any],
+                 stage: str = "protect") -> None:
         self.output, self.config_sha, self.run_id, self.options = output, config_sha, run_id, options
+        self.stage = stage
 
     def path(self, source_uri: str) -> str:
-        return self.output.attempt_path(self.config_sha, source_uri)
+        return self.output.attempt_path(f"{self.config_sha}:{self.stage}", source_uri)
 
     def died(self, source_uri: str) -> int:
         """How many earlier attempts at this photo died (0 without a record)."""

@@ -1,6 +1,9 @@
-"""Writing one protected photo: its format, its metadata, its content credentials, its measurements.
+"""Writing protected photos (CPU tasks): format, metadata, content credentials, measurements, and the row.
 
-:class:`PhotoWriter` is configured once per Protector and called per photo. It encodes the protected
+:func:`write_outputs` is the job's write stage: for each protected row from the editor actors
+(job/worker.py) it writes the output and returns the photo's manifest row (``ok``, or ``error`` with
+the reason); the driver commits the rows (job/committer.py). :class:`PhotoWriter` is configured once
+per batch and called per photo. It encodes the protected
 pixels in the run's output format with the source's metadata (minus what ``strip_gps`` /
 ``strip_metadata`` remove), signs the file when C2PA credentials are configured, decodes the file
 it is about to write and measures L∞ and PSNR on it against the source, and only then writes it
@@ -11,10 +14,13 @@ its measured L∞ with ``linf_bounded = False``.
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .. import storage
 from ..config import PipelineConfig
@@ -23,7 +29,8 @@ from ..imaging import metadata as md
 from ..imaging.codec import DecodedImage, decode_image, eps_levels, linf_levels, psnr_db
 from ..manifest.credentials import Signer
 from ..manifest.output import Output
-from ..manifest.provenance import package_version, sha256_hex
+from ..manifest.provenance import make_row, package_version, sha256_hex, to_table, utcnow
+from .identity import Run
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +122,36 @@ class PhotoWriter:
             self._warned.add(fmt)
             logger.warning("output format %s is lossy: each output's L-inf is measured on the file and "
                            "recorded (linf_bounded=false), not bounded by eps", fmt)
+
+
+def write_outputs(batch: pa.Table, *, run: Run) -> pa.Table:
+    """Ray task: write each protected photo of the batch; one manifest row per input row."""
+    writer = PhotoWriter(run.config, run.output, run.config_sha256)
+    return to_table([_write_one(writer, row, run) for row in batch.to_pylist()])
+
+
+def _write_one(writer: PhotoWriter, row: dict[str, Any], run: Run) -> dict[str, Any]:
+    image = pickle.loads(row["decoded"]) if row.get("decoded") else None
+    fields: dict[str, Any] = {"status": "error", "error": row.get("error") or "not processed"}
+    if row.get("protected") and not row.get("error"):
+        pixels, alpha = pickle.loads(row["protected"])
+        try:
+            fields = {"status": "ok", **writer.write(image, pixels, alpha, row).fields(),
+                      "loss_first": row["loss_first"], "loss_last": row["loss_last"],
+                      "steps_skipped": row["steps_skipped"]}
+        except ValueError as exc:
+            fields = {"status": "error", "error": storage.reason(exc, run.config.storage_options)}
+        except Exception as exc:
+            fields = {"status": "error", "error": f"cannot write output: {storage.reason(exc, run.config.storage_options)}"}
+    cfg, started = run.config, row.get("read_at") or utcnow()
+    finished = utcnow()
+    return make_row(
+        source_uri=row["source_uri"], source_key=row.get("source_key"), source_sha256=row.get("source_sha256"),
+        source_bytes=row.get("source_bytes"), width=image.width if image is not None else None,
+        height=image.height if image is not None else None, method=cfg.attack.method, model_id=cfg.model,
+        model_revision=row.get("model_revision"), prompts=list(row.get("prompts") or []) or list(run.prompts),
+        config_json=run.config_json, config_sha256=run.config_sha256, seed=cfg.attack.seed,
+        duration_s=max(timedelta(0), finished - started).total_seconds(), device=row.get("device"),
+        started_at=started, finished_at=finished, notes="; ".join(image.notes) if image and image.notes else None,
+        run_id=run.run_id, source_etag=row.get("source_etag"), reason=row.get("reason"), **fields)
+

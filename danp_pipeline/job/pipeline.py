@@ -1,14 +1,18 @@
-"""The Ray Data job, and nothing else: list → plan (drop done) → read → protect → commit → summary.
+"""The Ray Data job, and nothing else: list → plan (drop done) → read and decode → protect → write →
+commit → summary.
 
 Listing (job/listing.py) and planning (job/planning.py: the listing joined with the manifest) run
 as Ray tasks too, so the driver never holds the archive's keys: it sees counts, block references
-and the protected rows as they stream back (job/progress.py logs them and keeps OUTPUT/_status.json).
+and the rows as they stream back (job/progress.py logs them and keeps OUTPUT/_status.json). Each
+stage asks Ray for its own resources: reading and decoding (job/reader.py) and encoding, measuring,
+signing and writing (job/outputs.py) are CPU tasks; only the editor actors (job/worker.py) hold an
+accelerator, and they do nothing but protect.
 
-Every photo ends as exactly one manifest row per configuration. The Protector commits each batch
-as one Parquet part as soon as it is done, so a job killed at any point loses at most the batches
-in flight, and a rerun skips every photo whose row was committed (``ok`` rows always; ``error``
-rows too unless ``retry_errors``). Runs on the cluster at ``RAY_ADDRESS`` when set, else on a
-local Ray instance it starts and stops itself.
+Every photo ends as exactly one manifest row per configuration. The driver commits the rows of
+written photos as parts of many rows (job/committer.py), so a job killed at any point loses at most
+one part's worth of finished work, and a rerun skips every photo whose row was committed (``ok``
+rows always; ``error`` rows too unless ``retry_errors``). Runs on the cluster at ``RAY_ADDRESS``
+when set, else on a local Ray instance it starts and stops itself.
 
 A run holds the lease on OUTPUT (storage/lease.py) from start to end: a second run on the same
 OUTPUT waits up to ``lease_wait_s`` seconds, then raises :class:`LockHeld` without doing anything.
@@ -35,7 +39,8 @@ import ray
 from .. import config as C
 from ..config import PipelineConfig
 from ..storage.lease import Lease, LockHeld
-from . import attempts, listing, planning, preflight, progress, reader, resources
+from . import attempts, listing, outputs, planning, preflight, progress, reader, resources
+from .committer import Committer
 from .identity import Run
 from .worker import Protector
 
@@ -43,17 +48,16 @@ __all__ = ["LockHeld", "Run", "RunStopped", "RunSummary", "dataset", "execute", 
 
 logger = logging.getLogger(__name__)
 
-#: Read tasks are I/O-bound: a quarter CPU each, so that on a 2-core machine they always fit
-#: beside the actors (an actor pool that claims every CPU starves the reads and the job hangs).
-READ_CPUS = 0.25
-#: Concurrent read tasks per actor: enough to keep an actor fed, few enough that a small machine
-#: does not spend its CPUs starting worker processes.
-READ_TASKS_PER_ACTOR = 2
+#: Concurrent CPU tasks of each CPU stage (read and decode; write) per editor actor: enough to keep an
+#: actor fed (benchmarks/accelerator_share.py), few enough that a small machine does not spend its CPUs
+#: starting worker processes. Each asks for ``cpus_per_task`` CPUs: a fraction by default, so that on
+#: any node they fit beside the actors (an actor pool that claims every CPU starves them: the job hangs).
+TASKS_PER_ACTOR = 2
 #: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
 OBJECTS_PER_BLOCK = 4
 #: A Protector whose process or node dies is restarted and its batch resubmitted, without limit:
-#: a lost node costs retries, not photos (a retried batch overwrites its own manifest part), and a
-#: photo that kills its actor every time is given up after ``max_photo_attempts`` (worker.py).
+#: a lost node costs retries, not photos (rows are committed by the driver, once), and a photo that
+#: kills its actor every time is given up after ``max_photo_attempts`` (job/attempts.py).
 #: These are Ray Data's defaults for actor pools. They are not passed to ``map_batches``: actor
 #: options other than its named parameters go through ``**ray_remote_args``, deprecated since Ray
 #: 2.60 (removed in 2.64); tests/test_pipeline.py checks that Ray Data still applies them.
@@ -126,8 +130,9 @@ def execute(run: Run) -> RunSummary:
         planning.remove_superseded(plan, cfg)                                      # 3. drop rows a crash left
         report.planned(plan.listed, plan.todo_count, plan.skipped, plan.reasons)
         _warn_unused_prompts(prompts, report)
-        if plan.todo_count:                                                        # 4. read, protect, commit
-            counts = _consume(dataset(plan.todo(), _with_gpus(run)), report, errors)
+        if plan.todo_count:                                                        # 4. read … write, commit
+            with Committer(output, cfg.commit_rows, cfg.commit_seconds) as committer:
+                counts = _consume(dataset(plan.todo(), _with_gpus(run)), committer, report, errors)
         planning.finish(run, plan)                                                 # 5. drop replaced rows, compact
 
     seconds = time.perf_counter() - start
@@ -192,20 +197,23 @@ def _with_gpus(run: Run) -> Run:
 
 
 def dataset(todo: ray.data.Dataset | list[dict], run: Run) -> ray.data.Dataset:
-    """The job graph (lazy): planned items → read and hash (CPU tasks) → protect and commit (actors)."""
+    """The job graph (lazy): planned items → read, hash and decode (CPU tasks) → protect (editor actors)
+    → encode, measure, sign and write (CPU tasks): one manifest row per item, for the driver to commit."""
     cfg = run.config
     if isinstance(todo, list):
         todo = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / OBJECTS_PER_BLOCK)))
     # No repartition step: it runs as a 1-CPU task, which never fits beside actors holding most of a small
     # node's CPUs (the job then waits forever). The read tasks' outputs are blocks bounded in bytes.
-    ds = todo.map_batches(reader.read_objects, batch_format="pyarrow", batch_size=1, num_cpus=READ_CPUS,
-                        compute=ray.data.TaskPoolStrategy(size=READ_TASKS_PER_ACTOR * cfg.actors),
-                        fn_kwargs={"input_uri": cfg.input_uri, "storage_options": cfg.storage_options,
-                                   "max_pixels": cfg.max_pixels})
-    return ds.map_batches(Protector, fn_constructor_kwargs={"run": run},
-                          compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_format="pyarrow",
-                          batch_size=cfg.batch_size, num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
-                          memory=_actor_memory(cfg))
+    cpu_stage = {"batch_format": "pyarrow", "batch_size": 1, "num_cpus": cfg.cpus_per_task,
+                 "compute": ray.data.TaskPoolStrategy(size=TASKS_PER_ACTOR * cfg.actors)}
+    return (todo
+            .map_batches(reader.read_objects, **cpu_stage, fn_kwargs={
+                "input_uri": cfg.input_uri, "storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
+            .map_batches(reader.decode_objects, **cpu_stage, fn_kwargs={"run": run})
+            .map_batches(Protector, fn_constructor_kwargs={"run": run}, batch_format="pyarrow",
+                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor, memory=_actor_memory(cfg))
+            .map_batches(outputs.write_outputs, **cpu_stage, fn_kwargs={"run": run}))
 
 
 def _actor_memory(cfg: PipelineConfig) -> int:
@@ -224,13 +232,15 @@ def _actor_memory(cfg: PipelineConfig) -> int:
     return wanted
 
 
-def _consume(ds: ray.data.Dataset, report: progress.Reporter, errors: dict[str, list]) -> Counter[str]:
-    """Drain the dataset (rows are already committed by the actors), counting into the progress and
-    ``errors`` (reason -> [count, first key])."""
+def _consume(ds: ray.data.Dataset, committer: Committer, report: progress.Reporter,
+             errors: dict[str, list]) -> Counter[str]:
+    """Drain the dataset, committing its rows and counting them into the progress and ``errors``
+    (reason -> [count, first key])."""
     counts: Counter[str] = Counter()
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     try:
         for batch in batches:
+            committer.add(batch)
             statuses = Counter(batch["status"].to_pylist())
             counts.update(statuses)
             report.protected(statuses["ok"], statuses["error"])

@@ -1,8 +1,11 @@
-"""Reading: list the input keys, drop those already done, read and hash the bytes of the rest.
+"""Reading: read and hash each planned object's bytes, then decode them for the editor (CPU tasks).
 
-Listing runs on the driver and yields small dicts (key, URI, size, sidecar prompts); the bytes are
-read by Ray tasks (:func:`read_objects`), hashed as they arrive, and an object that cannot be read
-becomes a row with ``read_error`` set instead of an exception.
+:func:`read_objects` reads the bytes of each planned object, hashing them as they arrive; an object
+that cannot be read becomes a row with ``read_error`` set instead of an exception. :func:`decode_objects`
+decodes each photo (EXIF orientation, modes, bit depth, metadata) into a pickled
+``imaging.codec.DecodedImage`` that the editor actors protect, resolves its prompts, and turns a
+failure into the row's ``error``. A decoder that kills its process (a native crash on a hostile file)
+is bounded like the editor: an attempt record around each decode (job/attempts.py).
 
 Prompts sidecar (``--prompts-file``): a JSON object ``{"key": "prompt" | ["prompt", …]}`` or a CSV
 file with a header ``key,prompt`` (several rows per key allowed). Keys are relative to INPUT. A
@@ -16,6 +19,7 @@ import csv
 import hashlib
 import io
 import logging
+import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,7 +27,10 @@ import pyarrow as pa
 
 from .. import storage
 from ..config import PipelineConfig
+from ..imaging.codec import decode_image
 from ..manifest.provenance import utcnow
+from .attempts import AttemptRecords
+from .identity import Run
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,9 @@ READ_SCHEMA = pa.schema([
     ("reason", pa.string()),
     ("previous_sha256", pa.string()),
 ])
+#: What the editor actors receive: the read row, the decoded photo (pickled DecodedImage), its
+#: resolved prompts, and the reason it cannot be protected (read or decode), if any.
+DECODED_SCHEMA = pa.schema([*READ_SCHEMA, ("decoded", pa.large_binary()), ("error", pa.string())])
 
 
 def max_source_bytes(max_pixels: int) -> int:
@@ -156,3 +166,40 @@ def _read_one(fs: Any, path: str, listed_size: int, limit: int, storage_options:
         reason = storage.scrub(f"read failed: {type(exc).__name__}: {exc}", storage_options)
         return {"read_error": reason, "read_at": read_at}
     return {"data": data, "source_sha256": hasher.hexdigest(), "source_bytes": len(data), "read_at": read_at}
+
+
+def decode_objects(batch: pa.Table, *, run: Run) -> pa.Table:
+    """Ray task: decode every read object of the batch for the editor; failures become ``error``."""
+    cfg = run.config
+    attempts = AttemptRecords(run.output, run.config_sha256, run.run_id, cfg.storage_options, stage="decode")
+    rows = []
+    for item in batch.to_pylist():
+        row = {**item, "prompts": list(item.get("prompts") or []) or list(run.prompts), "decoded": None,
+               "error": item.get("read_error")}
+        if row["error"] is None:
+            row["error"] = _decode_one(row, run, attempts)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+
+def _decode_one(row: dict[str, Any], run: Run, attempts: AttemptRecords) -> str | None:
+    """Decode ``row["data"]`` into ``row["decoded"]``; the reason it cannot be protected, or None."""
+    uri, key, limit = row["source_uri"], row["source_key"], run.config.max_photo_attempts
+    try:
+        run.output.image_path(key)                 # refuses a key that could escape OUTPUT
+    except Exception as exc:
+        return storage.reason(exc, run.config.storage_options)
+    died = attempts.died(uri)
+    if died >= limit:
+        attempts.forget(uri)
+        return (f"the worker process died {died} times while decoding this photo (a decoder crash or out of "
+                f"memory); given up after max_photo_attempts={limit}; --retry-errors tries again")
+    attempts.record(uri, key, died, utcnow().isoformat())
+    try:
+        row["decoded"] = pickle.dumps(decode_image(row["data"], max_pixels=run.config.max_pixels), protocol=5)
+        error = None
+    except Exception as exc:  # every failure becomes this photo's error row
+        error = storage.reason(exc, run.config.storage_options)
+    attempts.forget(uri)      # not in a finally: a dying process must leave the record behind
+    return error
+

@@ -21,6 +21,7 @@ from .uris import (
                       join,
                       json_object,
                       parse_options,
+                      reason,
                       resolve_options,
                       safe_key,
                       scrub,
@@ -30,4 +31,4 @@ from .uris import (
 
 __all__ = ["CHUNK_BYTES", "RETRY_ATTEMPTS", "UnsafeKeyError", "atomic_write", "filesystem", "is_transient", "join",
            "json_object", "list_files", "list_objects", "object_version", "parse_options", "read_hashed",
-           "resolve_options", "retrying", "safe_key", "scrub", "secrets", "sha256_file", "to_uri", "write_local"]
+           "reason", "resolve_options", "retrying", "safe_key", "scrub", "secrets", "sha256_file", "to_uri", "write_local"]

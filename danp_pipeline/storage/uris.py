@@ -138,3 +138,10 @@ def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
     for secret in secrets(storage_options):
         text = text.replace(secret, "***")
     return _USERINFO.sub("***@", text)
+
+
+def reason(exc: BaseException, storage_options: Mapping[str, Any] | None = None) -> str:
+    """A failure as one readable reason for a manifest row or a log line: a ValueError's own message
+    (it names the bad value), else ``Type: message``; credentials scrubbed."""
+    text = str(exc) if isinstance(exc, ValueError) and str(exc) else f"{type(exc).__name__}: {exc}"
+    return scrub(text, storage_options)
