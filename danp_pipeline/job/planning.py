@@ -264,12 +264,13 @@ def _select(batch: pa.Table, *, kind: str, columns: tuple[str, ...]) -> pa.Table
 
 def _rewrite_part(group: pa.Table, *, root_uri: str, options: dict[str, Any]) -> pa.Table:
     """Ray task: rewrite one part without its losing rows; delete their orphaned images."""
-    fs, _ = storage.filesystem(root_uri, options)
+    output = Output.open(root_uri, options)
+    fs = output.fs
     rows = group.to_pylist()
     removed = writer.drop_rows(fs, rows[0]["part"], {r["row"]: (r["source_uri"], r["config_sha256"]) for r in rows})
     for uri in sorted({r["output_uri"] for r in rows if r["output_uri"]}):
         try:
-            fs.rm(uri)
+            fs.rm(output.path_of(uri))
             logger.info("removed %s: its row was superseded and no current row lists it", uri)
         except FileNotFoundError:
             pass

@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 
 from .. import storage
 from ..config import FORMAT_EXTENSIONS
@@ -72,9 +73,15 @@ class Output:
         return storage.join(self.root, STATUS_NAME)
 
     def image_path(self, key: str, fmt: str = "png") -> str:
-        """Where the protected photo of input ``key`` goes in format ``fmt``; UnsafeKeyError for a key
-        that could escape OUTPUT."""
-        return storage.join(self.images_dir, output_name(storage.safe_key(key), fmt))
+        """Where the protected photo of input ``key`` (escaped, as listed) goes in format ``fmt``;
+        UnsafeKeyError for a key that could escape OUTPUT. On a local OUTPUT the name is the key's
+        exact bytes (storage.unescape_name); an object store, whose keys are UTF-8, gets the escaped key."""
+        exact = storage.safe_key(storage.unescape_name(key))
+        return storage.join(self.images_dir, output_name(exact if isinstance(self.fs, LocalFileSystem) else key, fmt))
+
+    def path_of(self, uri: str) -> str:
+        """The filesystem path of an (escaped) URI a row gives."""
+        return self.fs._strip_protocol(storage.unescape_name(uri))
 
     def attempt_path(self, config_sha: str, source_uri: str) -> str:
         name = hashlib.sha256(f"{config_sha}\0{source_uri}".encode()).hexdigest()[:32]

@@ -70,10 +70,11 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
 
     def check(item: tuple[str, str]) -> tuple[str, str | None, str | None]:
         uri, digest = item
+        path = output.path_of(uri)
         try:
             if uri not in signed:
-                return uri, None if storage.sha256_file(fs, uri) == digest else "modified", None
-            data = storage.retrying(fs.cat_file, uri, what=f"reading {uri}")
+                return uri, None if storage.sha256_file(fs, path) == digest else "modified", None
+            data = storage.retrying(fs.cat_file, path, what=f"reading {uri}")
         except FileNotFoundError:
             return uri, "missing", None
         return uri, None if sha256_hex(data) == digest else "modified", _credentials(data, signed[uri], anchors)
