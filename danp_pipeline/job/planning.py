@@ -15,6 +15,10 @@ so that a retried partition replaces its own counts: the run's counts are exact.
 
 The planned rows are materialized in Ray's object store (the driver holds only block references):
 the join is a barrier anyway, and the counts are then exact before any photo is protected.
+
+A manifest part that cannot be read (truncated, empty) fails the plan closed, before any work: the
+task that meets it hands its name on as a ``corrupt`` row rather than failing (a failed Ray task ends
+the run in a traceback), and :func:`plan` raises provenance.CorruptPartError, one line naming the part.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .. import storage
 from ..config import PipelineConfig
 from ..manifest import ledger, writer
 from ..manifest.output import Output
-from ..manifest.provenance import SCHEMA, list_parts, read_part, winners
+from ..manifest.provenance import SCHEMA, CorruptPartError, list_parts, read_part, winners
 from . import progress
 from .listing import LISTING_SCHEMA
 
@@ -48,11 +52,11 @@ PARTS_PER_TASK = 16
 MANIFEST_COLUMNS: tuple[str, ...] = (*ledger.LEDGER_COLUMNS, "output_uri")
 
 PLAN_SCHEMA = pa.schema([
-    ("kind", pa.string()),                # "todo" | "loser"
+    ("kind", pa.string()),                # "todo" | "loser" | "corrupt" (an unreadable part: plan() refuses)
     *LISTING_SCHEMA,
     ("reason", pa.string()),
     ("previous_sha256", pa.string()),
-    ("part", pa.string()),                # loser: the part holding the row, its position, its image
+    ("part", pa.string()),                # loser: the part holding the row, its position, its image; corrupt: the part
     ("row", pa.int64()),
     ("config_sha256", pa.string()),
     ("output_uri", pa.string()),
@@ -113,14 +117,29 @@ def plan(listing: ray.data.Dataset | None, output: Output, config_sha: str, cfg:
         _plan_partition, batch_format="pyarrow", num_cpus=PLAN_CPUS, fn_kwargs=options)
     result = Plan(planned=planned.materialize())
     stats = ray.get(counter.plan_stats.remote())
+    corrupt = ray.get(counter.snapshot.remote()).get("corrupt_parts", 0)
     if own_counter:
         ray.kill(counter)
+    if corrupt:
+        _refuse_corrupt(result, output)
     result.listed, result.duplicates, result.losers = stats["listed"], stats["duplicates"], stats["losers"]
     result.reasons = stats["reasons"]
     logger.info("plan: %d object(s) listed, %d to process (%s), %d already done%s", result.listed, result.todo_count,
                 ", ".join(f"{n} {why}" for why, n in sorted(result.reasons.items())) or "nothing",
                 result.skipped, f", {result.duplicates} duplicate(s) in the list dropped" if result.duplicates else "")
     return result
+
+
+def _refuse_corrupt(result: Plan, output: Output) -> None:
+    """Fail closed on a manifest part that cannot be read (its photos' rows are unknown: protecting
+    them again or not would be a guess): CorruptPartError, one line naming the first such part."""
+    found = result.planned.map_batches(_select, batch_format="pyarrow", num_cpus=PLAN_CPUS,
+                                       fn_kwargs={"kind": "corrupt", "columns": ("part",)})
+    parts = sorted({row["part"] for row in found.take_all()})
+    for part in parts:
+        read_part(output.fs, part, ["source_uri"])   # raises CorruptPartError, with the reason
+    if parts:   # readable again (replaced meanwhile): still refuse, the plan was made without it
+        raise CorruptPartError(f"manifest part {output.to_uri(parts[0])} was unreadable while planning; run again")
 
 
 def remove_superseded(result: Plan, cfg: PipelineConfig) -> int:
@@ -182,6 +201,11 @@ def _read_parts(batch: pa.Table, *, root_uri: str, options: dict[str, Any], part
         except FileNotFoundError:   # compacted away since it was listed: its rows are in a newer part
             logger.warning("manifest part %s vanished while planning", part)
             continue
+        except CorruptPartError:    # named to the driver by a row (plan() fails closed with one line)
+            corrupt = {f.name: [None] for f in JOIN_SCHEMA}
+            corrupt.update({"_bucket": [0], "side": ["C"], _M + "part": [part]})
+            tables.append(pa.table(corrupt, schema=JOIN_SCHEMA))
+            continue
         n = table.num_rows
         columns = {"_bucket": _buckets(table["source_uri"], partitions), "side": pa.array(["M"] * n)}
         for f in LISTING_SCHEMA:
@@ -212,9 +236,12 @@ def _plan_partition(group: pa.Table, *, config_sha: str, retry_errors: bool, det
     reasons = Counter(item["reason"] for item in decided)
     if new.num_rows:
         reasons["new"] += new.num_rows
+    corrupt = [{"kind": "corrupt", "part": p} for p in group.filter(pc.equal(side, "C"))[_M + "part"].to_pylist()]
+    if corrupt:
+        counter.add.remote(corrupt_parts=len(corrupt))
     stats = {"listed": listed.num_rows, "duplicates": duplicates, "losers": len(losers), "reasons": dict(reasons)}
     ray.get(counter.partition.remote(group["_bucket"][0].as_py(), stats))   # acknowledged before the task ends
-    return _output(_todo_table(new, "new"), decided, losers)
+    return _output(_todo_table(new, "new"), decided, losers, corrupt)
 
 
 def _unique(listed: pa.Table) -> tuple[pa.Table, int]:
@@ -253,8 +280,8 @@ def _losers(index: pa.Table) -> list[dict]:
     return losers
 
 
-def _output(new: pa.Table, decided: list[dict], losers: list[dict]) -> pa.Table:
-    rows = [{**item, "kind": "todo"} for item in decided] + [{**row, "kind": "loser"} for row in losers]
+def _output(new: pa.Table, decided: list[dict], losers: list[dict], corrupt: list[dict]) -> pa.Table:
+    rows = [{**item, "kind": "todo"} for item in decided] + [{**row, "kind": "loser"} for row in losers] + corrupt
     return pa.concat_tables([new, pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)])
 
 
