@@ -84,6 +84,36 @@ def test_read_objects_hashes_and_turns_failures_into_rows(tmp_path):
     assert "unsafe key" in out[3]["read_error"] and out[3]["data"] is None
 
 
+def test_an_output_copied_elsewhere_verifies_its_own_files_and_older_rows_still_verify(tmp_path):
+    import pyarrow.parquet as pq
+
+    from danp_pipeline.job.worker import Protector
+
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), model="tiny-ip2p")
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    (tmp_path / "in" / "sub" / "b.png").write_bytes(encode(real_photo("coffee", (64, 48)), "PNG"))
+    batch = reader.read_objects(pa.Table.from_pylist(list(reader.list_inputs(cfg))), input_uri=cfg.input_uri,
+                                storage_options={}, max_pixels=cfg.max_pixels)
+    rows = Protector(cfg, run_id="r1")(batch).to_pylist()
+    assert [(r["status"], r["output_key"]) for r in rows] == [("ok", "images/a.jpg.png"), ("ok", "images/sub/b.png")]
+    assert rows[0]["output_uri"] == f"file://{tmp_path}/out/images/a.jpg.png"   # still recorded, absolute
+
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")        # an OUTPUT synced or moved elsewhere
+    for part in (tmp_path / "out" / "manifest").glob("part-*.parquet"):   # the original, as older runs wrote it
+        pq.write_table(pq.read_table(part).drop_columns(["output_key"]), part)
+    assert verify.verify(str(tmp_path / "out")).ok                         # older rows verify where they are
+    (tmp_path / "out" / "images" / "a.jpg.png").write_bytes(b"altered")
+    (tmp_path / "out" / "images" / "sub" / "b.png").unlink()
+    moved = verify.verify(str(tmp_path / "moved"))
+    assert moved.ok and moved.checked == 2, moved                 # its own files, not the original's
+    original = verify.verify(str(tmp_path / "out"))
+    assert original.modified == [f"file://{tmp_path}/out/images/a.jpg.png"]
+    assert original.missing == [f"file://{tmp_path}/out/images/sub/b.png"]
+    (tmp_path / "moved" / "images" / "a.jpg.png").write_bytes(b"altered")
+    assert verify.verify(str(tmp_path / "moved")).modified == [f"file://{tmp_path}/moved/images/a.jpg.png"]
+
+
 # -- end to end ---------------------------------------------------------------------------------
 
 def manifest_rows(output_uri: str, options: dict | None = None) -> list[dict]:

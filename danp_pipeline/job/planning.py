@@ -19,6 +19,8 @@ the join is a barrier anyway, and the counts are then exact before any photo is 
 A manifest part that cannot be read (truncated, empty) fails the plan closed, before any work: the
 task that meets it hands its name on as a ``corrupt`` row rather than failing (a failed Ray task ends
 the run in a traceback), and :func:`plan` raises provenance.CorruptPartError, one line naming the part.
+Rows record their image relative to OUTPUT too (``output_key``): the clean-up deletes an orphaned
+image under the OUTPUT it was given, even when that OUTPUT was copied or moved since.
 """
 
 from __future__ import annotations
@@ -193,11 +195,12 @@ def _manifest(parts: list[str], cfg: PipelineConfig, partitions: int) -> ray.dat
 
 def _read_parts(batch: pa.Table, *, root_uri: str, options: dict[str, Any], partitions: int) -> pa.Table:
     """Ray task: read manifest parts (MANIFEST_COLUMNS, missing ones as nulls) as JOIN_SCHEMA rows."""
-    fs, _ = storage.filesystem(root_uri, options)
+    output = Output.open(root_uri, options)
+    fs, here = output.fs, pa.scalar(output.uri.rstrip("/") + "/", pa.string())
     tables = []
     for part in batch["part"].to_pylist():
         try:
-            table = read_part(fs, part, MANIFEST_COLUMNS)
+            table = read_part(fs, part, (*MANIFEST_COLUMNS, "output_key"))
         except FileNotFoundError:   # compacted away since it was listed: its rows are in a newer part
             logger.warning("manifest part %s vanished while planning", part)
             continue
@@ -206,6 +209,9 @@ def _read_parts(batch: pa.Table, *, root_uri: str, options: dict[str, Any], part
             corrupt.update({"_bucket": [0], "side": ["C"], _M + "part": [part]})
             tables.append(pa.table(corrupt, schema=JOIN_SCHEMA))
             continue
+        keys = table["output_key"]   # where each row's image is under this OUTPUT, wherever it was written
+        table = table.set_column(table.schema.get_field_index("output_uri"), "output_uri", pc.if_else(
+            pc.is_valid(keys), pc.binary_join_element_wise(here, keys, ""), table["output_uri"]))
         n = table.num_rows
         columns = {"_bucket": _buckets(table["source_uri"], partitions), "side": pa.array(["M"] * n)}
         for f in LISTING_SCHEMA:

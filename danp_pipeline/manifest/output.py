@@ -79,8 +79,21 @@ class Output:
         exact = storage.safe_key(storage.unescape_name(key))
         return storage.join(self.images_dir, output_name(exact if isinstance(self.fs, LocalFileSystem) else key, fmt))
 
+    def relative(self, path: str) -> str:
+        """``path`` (under OUTPUT) relative to OUTPUT, escaped: what a row records as ``output_key``."""
+        prefix = self.root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{self.to_uri(path)} is not under OUTPUT {self.uri}")
+        return storage.escape_name(path[len(prefix):])
+
+    def located(self, output_key: str | None, output_uri: str | None) -> str | None:
+        """The URI of a row's output under *this* OUTPUT: from ``output_key`` (relative, so that an
+        OUTPUT copied or moved elsewhere checks its own files), else the recorded ``output_uri``
+        (rows written before ``output_key`` existed)."""
+        return f"{self.uri.rstrip('/')}/{output_key}" if output_key else output_uri
+
     def path_of(self, uri: str) -> str:
-        """The filesystem path of an (escaped) URI a row gives."""
+        """The filesystem path of an (escaped) URI a row or :meth:`located` gives."""
         return self.fs._strip_protocol(storage.unescape_name(uri))
 
     def attempt_path(self, config_sha: str, source_uri: str) -> str:

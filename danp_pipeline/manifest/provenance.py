@@ -63,6 +63,7 @@ SCHEMA = pa.schema([
     ("linf_bounded", pa.bool_()),         # True: lossless, linf_levels ≤ ⌈255·eps⌉ guaranteed; False: lossy, measured
     ("metadata", pa.string()),            # JSON: {"kept": {kind: bytes}, "stripped": […], "dropped": […]}
     ("c2pa_bytes", pa.int64()),           # bytes the signed C2PA manifest added; null when not signed
+    ("output_key", pa.string()),          # the output relative to OUTPUT (images/…); null in older rows
 ])
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
