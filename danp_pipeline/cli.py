@@ -149,6 +149,10 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor-memory", type=int, default=p("actor_memory"), metavar="BYTES",
                         help="host memory each editor actor asks Ray for (default: the editor's weights plus "
                              f"{C.ACTOR_BYTES_PER_PIXEL} bytes per pixel of a batch of photos of --max-pixels)")
+    parser.add_argument("--cpus-per-task", type=float, default=p("cpus_per_task"),
+                        help="CPUs each read/decode and write task asks Ray for; a fraction fits beside the actors "
+                             "on any node, more keeps Ray from starting more tasks than a node has cores "
+                             f"(default {p('cpus_per_task'):g})")
     parser.add_argument("--batch-size", type=int, default=p("batch_size"),
                         help=f"photos per immunizer call (default {p('batch_size')})")
     parser.add_argument("--max-pixels", type=int, default=p("max_pixels"),
@@ -159,6 +163,11 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-photo-attempts", type=int, default=p("max_photo_attempts"),
                         help="a photo whose protection kills its worker process this many times becomes an "
                              f"error row instead of being retried again (default {p('max_photo_attempts')})")
+    parser.add_argument("--commit-rows", type=int, default=p("commit_rows"),
+                        help="manifest parts hold at least this many rows … (a driver killed outright loses at most "
+                             f"one part of finished work; default {p('commit_rows')})")
+    parser.add_argument("--commit-seconds", type=float, default=p("commit_seconds"),
+                        help=f"… or what finished within this many seconds (default {p('commit_seconds'):g})")
     g = parser.add_argument_group("the lease on OUTPUT (one run at a time)")
     g.add_argument("--lease-ttl", type=float, default=p("lease_ttl_s"),
                    help="seconds the lease lasts without renewal; a dead holder's lease is taken over after it "
@@ -226,7 +235,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         c2pa_key=args.c2pa_key or os.environ.get(C.C2PA_KEY_ENV) or None,
         input_list=args.input_list, list_fanout_depth=args.list_fanout_depth, plan_partitions=args.plan_partitions,
         progress_interval_s=args.progress_interval, actor_memory=args.actor_memory, lease_ttl_s=args.lease_ttl,
-        lease_wait_s=args.wait,
+        lease_wait_s=args.wait, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
+        cpus_per_task=args.cpus_per_task,
     ).validate()
 
 

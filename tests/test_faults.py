@@ -10,6 +10,8 @@ so the retries that save the job are the pipeline's.
 from __future__ import annotations
 
 import http.client
+import logging
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from botocore.exceptions import ClientError
 from pipeline_support import (  # noqa: F401
+    FAST_ARGS,
     SECRET_KEY,
     encode,
     fast_config,
@@ -27,7 +30,7 @@ from pipeline_support import (  # noqa: F401
     upload,
 )
 
-from danp_pipeline import storage
+from danp_pipeline import cli, storage
 from danp_pipeline.job import pipeline
 from danp_pipeline.manifest import provenance, verify
 from danp_pipeline.manifest.output import Output
@@ -189,3 +192,46 @@ def test_job_survives_a_flaky_s3_endpoint_and_records_permanent_failures(s3_endp
     assert SECRET_KEY not in denied["error"]
     assert all(r["status"] == "ok" for r in rows if r is not denied)
     assert verify.verify(cfg.output_uri, direct).ok
+
+
+def one_error_line(caplog, command: list[str]) -> tuple[int, str]:
+    """Run a CLI command in this process: its exit status and its only ERROR line."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        status = cli.entrypoint(command)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    return status, errors[0]
+
+
+@pytest.mark.integration
+def test_a_corrupt_manifest_part_is_named_in_one_line_by_run_verify_and_compact(tmp_path, ray_local, caplog):
+    (tmp_path / "in").mkdir()
+    for name in ("astronaut", "coffee"):
+        (tmp_path / "in" / f"{name}.jpg").write_bytes(encode(real_photo(name, (64, 48)), "JPEG"))
+    out = tmp_path / "out"
+    run = ["run", str(tmp_path / "in"), str(out), "--model", "tiny-ip2p", *FAST_ARGS]
+    assert cli.entrypoint(run) == 0
+    parts = sorted((out / "manifest").glob("part-*.parquet"))
+    assert len(parts) == 2                                  # one part per batch of one photo
+    part, data = parts[0], parts[0].read_bytes()
+    redone = provenance.read_part(storage.filesystem(str(out))[0], str(part), ["source_uri"]).num_rows
+
+    part.write_bytes(data[: len(data) // 2])                # truncated, as by a full disk or a bad copy
+    for command in (run, ["verify", str(out)], ["compact", str(out)]):
+        status, line = one_error_line(caplog, command)
+        assert status == 2, (command[0], status)
+        assert line.startswith(f"manifest part file://{part} is unreadable (Parquet magic bytes not found"), line
+        assert line.endswith("move it aside, out of file://" + str(out / "manifest") + "/; the photos it recorded "
+                             "are redone on the next run"), line
+    part.write_bytes(b"")                                   # empty
+    status, line = one_error_line(caplog, ["verify", str(out)])
+    assert status == 2 and line.startswith(f"manifest part file://{part} is unreadable (Parquet file size is 0 bytes)")
+    assert sorted((out / "manifest").glob("part-*.parquet")) == parts   # nothing was dropped or rewritten
+
+    shutil.move(part, tmp_path / part.name)                # what the line says to do
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert cli.entrypoint(run) == 0
+    assert f"{redone} to protect, 1 already done" in caplog.text
+    assert cli.entrypoint(["verify", str(out)]) == 0

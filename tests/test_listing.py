@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -287,3 +288,102 @@ def test_run_from_an_input_list_gives_each_listed_object_one_row_and_a_status_fi
     again = pipeline.run(cfg)
     assert (again.total, again.ok, again.errors, again.skipped) == (3, 0, 0, 3)
     assert len(Output.open(cfg.output_uri).read()) == 3
+
+
+# -- names that are not UTF-8, symlinks --------------------------------------------------------------
+
+LATIN1 = b"caf\xe9 d\xe9j\xe0.jpg"          # Latin-1 bytes: not UTF-8
+TWIN = "caf\\xe9 d\\xe9j\\xe0.jpg"            # a UTF-8 name spelling LATIN1's escape with real backslashes
+
+
+def odd_entries(root) -> None:
+    """INPUT with a name that is not UTF-8, symlinks of every kind (at the top and one level down, so
+    that both the per-directory and the recursive listing tasks meet them), and a file outside INPUT."""
+    from pipeline_support import encode, real_photo
+
+    (root / "in" / "sub").mkdir(parents=True)
+    (root / "in" / "dir").mkdir()
+    (root / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    (root / "in" / "sub" / "b.png").write_bytes(encode(real_photo("coffee", (64, 48)), "PNG"))
+    with open(bytes(root / "in") + b"/" + LATIN1, "wb") as fh:
+        fh.write(encode(real_photo("chelsea", (64, 48)), "JPEG"))
+    (root / "in" / TWIN).write_bytes(b"a twin that must not be mistaken for LATIN1")
+    (root / "outside.jpg").write_bytes(encode(real_photo("camera", (64, 48)), "JPEG"))
+    for link, target in [("in/link.jpg", "a.jpg"), ("in/sub/up.jpg", "../a.jpg"), ("in/out.jpg", "../outside.jpg"),
+                         ("in/sub/out.jpg", str(root / "outside.jpg")), ("in/gone.jpg", "missing.jpg"),
+                         ("in/dirlink", "dir")]:
+        (root / link).symlink_to(target)
+    os.mkfifo(root / "in" / "sub" / "pipe.jpg")
+
+
+ODD_ERRORS = {"out.jpg": "symlink to a file outside INPUT", "sub/out.jpg": "symlink to a file outside INPUT",
+              "gone.jpg": "dangling symlink", "dirlink": "symlink to a directory",
+              "sub/pipe.jpg": "not a regular file"}
+ODD_OK = ["a.jpg", "sub/b.png", "caf\\xe9 d\\xe9j\\xe0.jpg", "link.jpg", "sub/up.jpg"]
+ESCAPED_TWIN = TWIN.replace("\\", "\\\\")
+
+
+def test_names_that_are_not_utf8_are_escaped_reversibly_and_name_their_output_byte_for_byte(tmp_path):
+    name = os.fsdecode(LATIN1)
+    escaped = storage.escape_name(name)
+    assert escaped == "caf\\xe9 d\\xe9j\\xe0.jpg" and escaped.encode("utf-8")
+    assert storage.escape_name(TWIN) == ESCAPED_TWIN != escaped       # the escape is injective
+    for text in (name, TWIN, "ünïcødé 写真.jpg", "\\\\x80\\", os.fsdecode(b"\xff\\\xfe")):
+        assert storage.unescape_name(storage.escape_name(text)) == text
+    assert storage.escape_name("2024/ünïcødé 写真.jpg") == "2024/ünïcødé 写真.jpg"   # UTF-8 names are unchanged
+    output = Output.open(str(tmp_path / "out"))
+    assert os.fsencode(output.image_path(f"x/{escaped}")) == bytes(tmp_path / "out/images/x") + b"/" + LATIN1 + b".png"
+    assert Output(None, "b").image_path(escaped) == f"b/images/{escaped}.png"    # object stores: UTF-8 keys
+    with pytest.raises(storage.UnsafeKeyError, match="backslash"):     # a real backslash is still refused
+        output.image_path("a\\\\b.jpg")
+
+
+def test_every_entry_gets_one_row_and_links_are_followed_only_to_files_inside_input(tmp_path):
+    odd_entries(tmp_path)
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
+    found = serial(cfg)
+    assert sorted(found) == sorted([*ODD_OK, *ODD_ERRORS, ESCAPED_TWIN])
+    errors = {r["source_key"]: r["read_error"] for r in reader.list_inputs(cfg) if r["read_error"]}
+    assert sorted(errors) == sorted(ODD_ERRORS)
+    for key, why in ODD_ERRORS.items():
+        assert errors[key].startswith(why) and found[key][1] is None, (key, errors[key])   # no path: never read
+    assert found["link.jpg"][1] == found["sub/up.jpg"][1] == os.path.realpath(tmp_path / "in" / "a.jpg")
+    assert found["link.jpg"][2] == found["a.jpg"][2]                   # the target's size
+    # a link swapped to point outside after the listing is refused by the reader too
+    item = next(r for r in reader.list_inputs(cfg) if r["source_key"] == "link.jpg")
+    (tmp_path / "in" / "link.jpg").unlink()
+    (tmp_path / "in" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
+    read = reader.read_objects(pa.Table.from_pylist([{**item, "path": str(tmp_path / "in" / "link.jpg")}]),
+                               input_uri=cfg.input_uri, storage_options={}, max_pixels=10**6).to_pylist()
+    assert "outside INPUT" in read[0]["read_error"] and read[0]["data"] is None
+
+
+@pytest.mark.integration
+def test_a_run_over_odd_names_and_symlinks_protects_what_it_may_and_reruns_nothing(tmp_path, ray_local):
+    from danp_pipeline.job import pipeline
+    from danp_pipeline.manifest import verify
+
+    odd_entries(tmp_path)
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), model="tiny-ip2p", list_fanout_depth=1)
+    for depth in (0, 1):       # the recursive and the per-directory listing tasks list the same rows
+        assert rows(listing.dataset(cfg.replace(list_fanout_depth=depth), {})) == serial(cfg), depth
+
+    first = pipeline.run(cfg)
+    assert (first.total, first.ok, first.errors, first.skipped) == (11, 5, 6, 0)
+    found = {r["source_key"]: r for r in Output.open(cfg.output_uri).read().to_pylist()}
+    assert sorted(found) == sorted([*ODD_OK, *ODD_ERRORS, ESCAPED_TWIN])
+    assert "backslash" in found[ESCAPED_TWIN]["error"]         # refused as before, and not mistaken for LATIN1
+    assert all(found[k]["status"] == "ok" for k in ODD_OK)
+    for key, why in ODD_ERRORS.items():
+        assert found[key]["error"].startswith(why) and found[key]["source_sha256"] is None, key
+    odd = found["caf\\xe9 d\\xe9j\\xe0.jpg"]
+    assert odd["source_uri"] == f"file://{tmp_path}/in/caf\\xe9 d\\xe9j\\xe0.jpg"
+    with open(bytes(tmp_path / "in") + b"/" + LATIN1, "rb") as fh:
+        assert odd["source_sha256"] == provenance.sha256_hex(fh.read())                # the exact file was read
+    assert LATIN1 + b".png" in os.listdir(bytes(tmp_path / "out" / "images"))       # named byte for byte
+    assert found["link.jpg"]["source_sha256"] == found["a.jpg"]["source_sha256"]
+    assert verify.verify(cfg.output_uri).ok
+
+    again = pipeline.run(cfg)
+    assert (again.total, again.ok, again.errors, again.skipped) == (11, 0, 0, 11)
+    assert len(Output.open(cfg.output_uri).read()) == 11

@@ -3,7 +3,7 @@ worker nodes (each its own raylet, object store and resources), jobs submitted w
 `ray job submit`, and a worker node killed mid-job.
 
 Nothing here depends on timing: the jobs' Protectors hold their batches on gate files
-(worker.HOLD_UNTIL_FILE_ENV, set through the job's runtime env) until the state API shows what the
+(faults.HOLD_UNTIL_FILE_ENV, set through the job's runtime env) until the state API shows what the
 test needs — a batch held on each node — and only then does the test open a gate or kill a node.
 
 Token authentication stays on: every process gets RAY_AUTH_MODE=token and a fresh RAY_AUTH_TOKEN,
@@ -29,7 +29,7 @@ import pytest
 from pipeline_support import encode, free_port, kill_session, real_photo
 
 from danp_pipeline import storage
-from danp_pipeline.job.worker import HOLD_UNTIL_FILE_ENV
+from danp_pipeline.job.faults import HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import Output
 

@@ -15,6 +15,7 @@ import warnings
 import pyarrow as pa
 import pytest
 from pipeline_support import (  # noqa: F401
+    protect_rows,
     FAST_ARGS,
     FAST_ATTACK,
     SECRET_KEY,
@@ -37,7 +38,7 @@ from danp_pipeline import cli, storage
 from danp_pipeline import config as C
 from danp_pipeline.config import config_json, config_sha256, output_settings
 from danp_pipeline.job import pipeline, reader, resources
-from danp_pipeline.job.worker import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV, HOLD_UNTIL_FILE_ENV
+from danp_pipeline.job.faults import CRASH_ON_KEY_ENV, HANG_AFTER_PARTS_ENV, HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance, verify, writer
 from danp_pipeline.manifest.output import Output, output_name
 
@@ -85,6 +86,34 @@ def test_read_objects_hashes_and_turns_failures_into_rows(tmp_path):
     assert out[1]["read_error"] == "object vanished between listing and reading"
     assert out[2]["read_error"].startswith("object too large") and out[2]["data"] is None
     assert "unsafe key" in out[3]["read_error"] and out[3]["data"] is None
+
+
+def test_an_output_copied_elsewhere_verifies_its_own_files_and_older_rows_still_verify(tmp_path):
+    import pyarrow.parquet as pq
+
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), model="tiny-ip2p")
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    (tmp_path / "in" / "sub" / "b.png").write_bytes(encode(real_photo("coffee", (64, 48)), "PNG"))
+    batch = reader.read_objects(pa.Table.from_pylist(list(reader.list_inputs(cfg))), input_uri=cfg.input_uri,
+                                storage_options={}, max_pixels=cfg.max_pixels)
+    rows = protect_rows(cfg, batch).to_pylist()
+    assert [(r["status"], r["output_key"]) for r in rows] == [("ok", "images/a.jpg.png"), ("ok", "images/sub/b.png")]
+    assert rows[0]["output_uri"] == f"file://{tmp_path}/out/images/a.jpg.png"   # still recorded, absolute
+
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")        # an OUTPUT synced or moved elsewhere
+    for part in (tmp_path / "out" / "manifest").glob("part-*.parquet"):   # the original, as older runs wrote it
+        pq.write_table(pq.read_table(part).drop_columns(["output_key"]), part)
+    assert verify.verify(str(tmp_path / "out")).ok                         # older rows verify where they are
+    (tmp_path / "out" / "images" / "a.jpg.png").write_bytes(b"altered")
+    (tmp_path / "out" / "images" / "sub" / "b.png").unlink()
+    moved = verify.verify(str(tmp_path / "moved"))
+    assert moved.ok and moved.checked == 2, moved                 # its own files, not the original's
+    original = verify.verify(str(tmp_path / "out"))
+    assert original.modified == [f"file://{tmp_path}/out/images/a.jpg.png"]
+    assert original.missing == [f"file://{tmp_path}/out/images/sub/b.png"]
+    (tmp_path / "moved" / "images" / "a.jpg.png").write_bytes(b"altered")
+    assert verify.verify(str(tmp_path / "moved")).modified == [f"file://{tmp_path}/moved/images/a.jpg.png"]
 
 
 # -- end to end ---------------------------------------------------------------------------------
@@ -274,20 +303,21 @@ def _cli(*args: str) -> list[str]:
 @pytest.mark.integration
 def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpoint, ray_local, tmp_path):
     """The first run starts its own local Ray (the CLI's default) and is killed, with all its
-    processes, after its second committed part; the rerun joins the session's Ray cluster through
+    processes, after its driver committed its second part (of one row each); the rerun joins the session's Ray cluster through
     RAY_ADDRESS (2 CPUs) and must finish, exit 0, without recomputing a committed photo."""
     photos = {f"day{i}/img{i}.jpg": encode(real_photo(name, (64, 48)), "JPEG")
               for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut"])}
     upload(s3_endpoint, "danp-crash", "in", photos)
     env = s3_env(s3_endpoint)  # credentials and endpoint through the standard AWS variables only
     upload(s3_endpoint, "danp-out", "unrelated", {})
-    command = _cli("run", "s3://danp-crash/in", "s3://danp-out/crash", "--batch-size", "1", *FAST_ARGS)
+    command = _cli("run", "s3://danp-crash/in", "s3://danp-out/crash", "--batch-size", "1", "--commit-rows", "1",
+                   *FAST_ARGS)
     options = s3_options(s3_endpoint)
     fs = storage.filesystem("s3://danp-out", {**options, "skip_instance_cache": True})[0]
 
     log = open(tmp_path / "crash.log", "wb")
     proc = subprocess.Popen(command, env={**env, HANG_AFTER_PARTS_ENV: "2"}, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # the fault hook reaches the workers of its own Ray only
+                            start_new_session=True)  # the fault hook stops this driver, not the session's
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
         while len(provenance.list_parts(fs, "danp-out/crash/manifest")) < 2:
@@ -297,7 +327,7 @@ def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpo
     finally:
         kill_session(proc)  # the driver, its Ray instance and its workers
     committed = manifest_rows("s3://danp-out/crash", options)
-    assert len(committed) == 2  # the worker stopped after its second part: nothing else was committed
+    assert len(committed) == 2  # the driver stopped after its second part: nothing else was committed
 
     cluster = {"RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
     done = subprocess.run(command, env={**env, **cluster}, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)

@@ -19,13 +19,28 @@ listing semantics: keys relative to INPUT, the prompts sidecar and anything unde
 OUTPUT left out, ``source_etag`` from the listing (``etag:…`` / ``mtime:…``). A listed URI that is
 not under INPUT cannot be named under OUTPUT: it becomes a row with ``read_error`` set, so it ends
 as an ``error`` manifest row like any unreadable object.
+
+Local entries that are not regular files get a row each too (:func:`entry`): a symlink whose target
+is a regular file inside INPUT (its real path under INPUT's real path) is followed — its row is named
+after the link, ``path`` is the target's real path, size and mtime are the target's — and any other
+symlink (to a file outside INPUT, to a directory, dangling) or FIFO, socket or device becomes a row
+with ``read_error`` saying why: it is never opened.
+
+File names that are not UTF-8 (bytes that os.listdir hands over as surrogates) are kept byte-exact
+by an escape: in ``source_key``, ``source_uri`` and ``path`` such a byte is written ``\\xHH`` (two
+lower-case hex digits) and a backslash ``\\\\`` (storage.escape_name; UTF-8 names and object-store keys
+without backslashes are unchanged). The reader unescapes ``path`` to read the exact file and
+Output.image_path unescapes the key to name its output (byte-exact on a local OUTPUT); a rerun lists
+the same escaped URI and skips it. Input lists and sidecar keys name such objects in the escaped form.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
+import stat
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -33,6 +48,7 @@ from urllib.parse import unquote_plus
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from fsspec.implementations.local import LocalFileSystem
 
 from .. import storage
 from ..config import PipelineConfig
@@ -95,6 +111,10 @@ class _Scope:
     def root_uri(self, fs: Any) -> str:
         return storage.to_uri(fs, self.root).rstrip("/")
 
+    def real_root(self, fs: Any) -> str | None:
+        """INPUT's real path on a local filesystem (where symlinks may point), else None."""
+        return os.path.realpath(self.root) if isinstance(fs, LocalFileSystem) else None
+
     def finish(self, table: pa.Table) -> pa.Table:
         """Drop excluded URIs and directory markers, attach sidecar prompts, count what is listed."""
         uri = table["source_uri"]
@@ -133,21 +153,55 @@ def fan_out_units(input_uri: str, options: Mapping[str, Any], depth: int, exclud
             below += sorted(e["name"].rstrip("/") for e in entries if e.get("type") == "directory"
                             and storage.to_uri(fs, e["name"].rstrip("/")) not in excluded)
         level = below
-    return units + [{"kind": "tree", "dir": d} for d in level]
+    # A unit travels through Arrow: a directory name that is not UTF-8 goes escaped.
+    return [{**u, "dir": storage.escape_name(u["dir"])}
+            for u in units + [{"kind": "tree", "dir": d} for d in level]]
+
+
+def entry(fs: Any, key: str, path: str, info: Mapping[str, Any], real_root: str | None) -> dict[str, Any]:
+    """The LISTING_SCHEMA row (without prompts) of one listed entry at ``path`` (``key`` relative to
+    INPUT, both as the filesystem gives them): escaped, and judged when it is not a regular file."""
+    read_path, error = path, None
+    if info.get("type", "file") not in ("file", "directory"):
+        read_path, info, error = _judge(path, info, real_root)
+    return {"source_key": storage.escape_name(key), "source_uri": storage.to_uri(fs, path),
+            "path": storage.escape_name(read_path) if error is None else None,
+            "size": int(info.get("size") or 0), "prompts": [],
+            "source_etag": storage.object_version(info), "read_error": error}
+
+
+def _judge(path: str, info: Mapping[str, Any], real_root: str | None) -> tuple[str, Mapping[str, Any], str | None]:
+    """(path to read, info, None) for a symlink to a regular file inside INPUT (``real_root``);
+    (path, info, why it is not read) for anything else that is not a file or a directory."""
+    if not info.get("islink") or real_root is None:
+        return path, info, "not a regular file (a FIFO, socket or device): not read"
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except OSError as exc:
+        where = storage.escape_name(str(info.get("destination") or "?"))
+        return path, info, f"dangling symlink (to {where}): {exc.strerror or type(exc).__name__}: not read"
+    if stat.S_ISDIR(st.st_mode):
+        return path, info, "symlink to a directory: not followed (files inside INPUT are listed where they are)"
+    if not (target == real_root or target.startswith(real_root.rstrip("/") + "/")):
+        return path, info, "symlink to a file outside INPUT: not read"
+    if not stat.S_ISREG(st.st_mode):
+        return path, info, "symlink to something that is not a regular file: not read"
+    return target, {**info, "type": "file", "size": st.st_size, "mtime": st.st_mtime}, None
 
 
 def _list_units(batch: pa.Table, *, scope: _Scope) -> Iterator[pa.Table]:
     """Ray task: list each unit of the batch, yielding LISTING_SCHEMA tables of ≤ LIST_BATCH_ROWS rows."""
     fs = scope.fs()
     prefix = scope.root.rstrip("/") + "/"
+    real_root = scope.real_root(fs)
     listed = False
     for unit in batch.to_pylist():
         rows = []
+        unit = {**unit, "dir": storage.unescape_name(unit["dir"])}
         for path, info in _unit_entries(fs, unit):
             key = posixpath.basename(path) if unit["kind"] == "file" else path[len(prefix):]
-            rows.append({"source_key": key, "source_uri": storage.to_uri(fs, path), "path": path,
-                         "size": int(info.get("size") or 0), "prompts": [],
-                         "source_etag": storage.object_version(info), "read_error": None})
+            rows.append(entry(fs, key, path, info, real_root))
             if len(rows) >= LIST_BATCH_ROWS:
                 table, rows = scope.finish(pa.Table.from_pylist(rows, schema=LISTING_SCHEMA)), []
                 if table.num_rows:
@@ -168,11 +222,11 @@ def _unit_entries(fs: Any, unit: dict) -> Iterator[tuple[str, dict]]:
         yield directory, storage.retrying(fs.info, directory, what=f"listing {directory}")
     elif unit["kind"] == "files":
         entries = storage.retrying(fs.ls, directory, detail=True, what=f"listing {directory}")
-        for info in sorted((e for e in entries if e.get("type", "file") == "file"), key=lambda e: e["name"]):
+        for info in sorted((e for e in entries if e.get("type", "file") != "directory"), key=lambda e: e["name"]):
             if not (info["name"].endswith("/") and not info.get("size")):
                 yield info["name"], info
     else:
-        for _, path, info in storage.list_objects(fs, directory):
+        for _, path, info in storage.list_objects(fs, directory, others=True):
             yield path, info
 
 
@@ -190,11 +244,12 @@ def _normalize(batch: pa.Table, *, scope: _Scope, url_encoded: bool) -> pa.Table
         batch = batch.filter(pc.invert(pc.fill_null(_boolean(batch["is_delete_marker"]), False)))
     fs = scope.fs()
     root_uri = scope.root_uri(fs)
-    prefix, root = root_uri + "/", scope.root.rstrip("/")
+    prefix, root = root_uri + "/", storage.escape_name(scope.root.rstrip("/"))
     if "bucket" in names and "key" in names:   # inventory rows: bucket + key (URL-encoded in CSV)
         keys = _text(batch["key"])
         if url_encoded:
             keys = pa.array([unquote_plus(k) if k else k for k in keys.to_pylist()], pa.string())
+        keys = pc.replace_substring(keys, "\\", "\\\\")    # escaped as the fan-out lists them
         uris = pc.binary_join_element_wise("s3://", _text(batch["bucket"]), "/", keys, "")
     elif "uri" in names:
         uris = _text(batch["uri"])

@@ -40,6 +40,7 @@ class Written:
     """What the manifest row records about one written output."""
 
     output_uri: str
+    output_key: str          # relative to OUTPUT: the row still finds its file when OUTPUT moves
     output_sha256: str
     output_format: str
     output_bytes: int
@@ -86,7 +87,8 @@ class PhotoWriter:
                              f"{fmt} file; output not written")
         path = self.output.image_path(record["source_key"], fmt)
         storage.atomic_write(self.output.fs, path, data)
-        return Written(output_uri=self.output.to_uri(path), output_sha256=sha256_hex(data), output_format=fmt,
+        return Written(output_uri=self.output.to_uri(path), output_key=self.output.relative(path),
+                       output_sha256=sha256_hex(data), output_format=fmt,
                        output_bytes=len(data), bit_depth=depth, linf_levels=linf, psnr_db=psnr,
                        linf_bounded=lossless, metadata=md.summary(meta, dropped), c2pa_bytes=c2pa_bytes)
 

@@ -15,6 +15,12 @@ so that a retried partition replaces its own counts: the run's counts are exact.
 
 The planned rows are materialized in Ray's object store (the driver holds only block references):
 the join is a barrier anyway, and the counts are then exact before any photo is protected.
+
+A manifest part that cannot be read (truncated, empty) fails the plan closed, before any work: the
+task that meets it hands its name on as a ``corrupt`` row rather than failing (a failed Ray task ends
+the run in a traceback), and :func:`plan` raises provenance.CorruptPartError, one line naming the part.
+Rows record their image relative to OUTPUT too (``output_key``): the clean-up deletes an orphaned
+image under the OUTPUT it was given, even when that OUTPUT was copied or moved since.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import ray
 from .. import storage
 from ..config import PipelineConfig
 from ..manifest import ledger, writer
-from ..manifest.provenance import SCHEMA, list_parts, read_part, winners
+from ..manifest.output import Output
+from ..manifest.provenance import SCHEMA, CorruptPartError, list_parts, read_part, winners
 from . import progress
 from .identity import Run
 from .listing import LISTING_SCHEMA
@@ -48,11 +55,11 @@ PARTS_PER_TASK = 16
 MANIFEST_COLUMNS: tuple[str, ...] = (*ledger.LEDGER_COLUMNS, "output_uri")
 
 PLAN_SCHEMA = pa.schema([
-    ("kind", pa.string()),                # "todo" | "loser"
+    ("kind", pa.string()),                # "todo" | "loser" | "corrupt" (an unreadable part: plan() refuses)
     *LISTING_SCHEMA,
     ("reason", pa.string()),
     ("previous_sha256", pa.string()),
-    ("part", pa.string()),                # loser: the part holding the row, its position, its image
+    ("part", pa.string()),                # loser: the part holding the row, its position, its image; corrupt: the part
     ("row", pa.int64()),
     ("config_sha256", pa.string()),
     ("output_uri", pa.string()),
@@ -116,14 +123,29 @@ def plan(listing: ray.data.Dataset | None, run: Run, *, prompts: Sequence[str] |
         _plan_partition, batch_format="pyarrow", num_cpus=PLAN_CPUS, fn_kwargs=options)
     result = Plan(planned=planned.materialize())
     stats = ray.get(counter.plan_stats.remote())
+    corrupt = ray.get(counter.snapshot.remote()).get("corrupt_parts", 0)
     if own_counter:
         ray.kill(counter)
+    if corrupt:
+        _refuse_corrupt(result, output)
     result.listed, result.duplicates, result.losers = stats["listed"], stats["duplicates"], stats["losers"]
     result.reasons = stats["reasons"]
     logger.info("plan: %d object(s) listed, %d to process (%s), %d already done%s", result.listed, result.todo_count,
                 ", ".join(f"{n} {why}" for why, n in sorted(result.reasons.items())) or "nothing",
                 result.skipped, f", {result.duplicates} duplicate(s) in the list dropped" if result.duplicates else "")
     return result
+
+
+def _refuse_corrupt(result: Plan, output: Output) -> None:
+    """Fail closed on a manifest part that cannot be read (its photos' rows are unknown: protecting
+    them again or not would be a guess): CorruptPartError, one line naming the first such part."""
+    found = result.planned.map_batches(_select, batch_format="pyarrow", num_cpus=PLAN_CPUS,
+                                       fn_kwargs={"kind": "corrupt", "columns": ("part",)})
+    parts = sorted({row["part"] for row in found.take_all()})
+    for part in parts:
+        read_part(output.fs, part, ["source_uri"])   # raises CorruptPartError, with the reason
+    if parts:   # readable again (replaced meanwhile): still refuse, the plan was made without it
+        raise CorruptPartError(f"manifest part {output.to_uri(parts[0])} was unreadable while planning; run again")
 
 
 def remove_superseded(result: Plan, cfg: PipelineConfig) -> int:
@@ -177,14 +199,23 @@ def _manifest(parts: list[str], cfg: PipelineConfig, partitions: int) -> ray.dat
 
 def _read_parts(batch: pa.Table, *, root_uri: str, options: dict[str, Any], partitions: int) -> pa.Table:
     """Ray task: read manifest parts (MANIFEST_COLUMNS, missing ones as nulls) as JOIN_SCHEMA rows."""
-    fs, _ = storage.filesystem(root_uri, options)
+    output = Output.open(root_uri, options)
+    fs, here = output.fs, pa.scalar(output.uri.rstrip("/") + "/", pa.string())
     tables = []
     for part in batch["part"].to_pylist():
         try:
-            table = read_part(fs, part, MANIFEST_COLUMNS)
+            table = read_part(fs, part, (*MANIFEST_COLUMNS, "output_key"))
         except FileNotFoundError:   # compacted away since it was listed: its rows are in a newer part
             logger.warning("manifest part %s vanished while planning", part)
             continue
+        except CorruptPartError:    # named to the driver by a row (plan() fails closed with one line)
+            corrupt = {f.name: [None] for f in JOIN_SCHEMA}
+            corrupt.update({"_bucket": [0], "side": ["C"], _M + "part": [part]})
+            tables.append(pa.table(corrupt, schema=JOIN_SCHEMA))
+            continue
+        keys = table["output_key"]   # where each row's image is under this OUTPUT, wherever it was written
+        table = table.set_column(table.schema.get_field_index("output_uri"), "output_uri", pc.if_else(
+            pc.is_valid(keys), pc.binary_join_element_wise(here, keys, ""), table["output_uri"]))
         n = table.num_rows
         columns = {"_bucket": _buckets(table["source_uri"], partitions), "side": pa.array(["M"] * n)}
         for f in LISTING_SCHEMA:
@@ -219,9 +250,12 @@ def _plan_partition(group: pa.Table, *, config_sha: str, retry_errors: bool, det
     reasons = Counter(item["reason"] for item in decided)
     if new.num_rows:
         reasons["new"] += new.num_rows
+    corrupt = [{"kind": "corrupt", "part": p} for p in group.filter(pc.equal(side, "C"))[_M + "part"].to_pylist()]
+    if corrupt:
+        counter.add.remote(corrupt_parts=len(corrupt))
     stats = {"listed": listed.num_rows, "duplicates": duplicates, "losers": len(losers), "reasons": dict(reasons)}
     ray.get(counter.partition.remote(group["_bucket"][0].as_py(), stats))   # acknowledged before the task ends
-    return _output(_todo_table(new, "new"), decided, losers)
+    return _output(_todo_table(new, "new"), decided, losers, corrupt)
 
 
 def _config_changed(listed: pa.Table, others: pa.Table, config_sha: str) -> list[dict]:
@@ -273,8 +307,8 @@ def _losers(index: pa.Table) -> list[dict]:
     return losers
 
 
-def _output(new: pa.Table, decided: list[dict], losers: list[dict]) -> pa.Table:
-    rows = [{**item, "kind": "todo"} for item in decided] + [{**row, "kind": "loser"} for row in losers]
+def _output(new: pa.Table, decided: list[dict], losers: list[dict], corrupt: list[dict]) -> pa.Table:
+    rows = [{**item, "kind": "todo"} for item in decided] + [{**row, "kind": "loser"} for row in losers] + corrupt
     return pa.concat_tables([new, pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)])
 
 
@@ -284,12 +318,13 @@ def _select(batch: pa.Table, *, kind: str, columns: tuple[str, ...]) -> pa.Table
 
 def _rewrite_part(group: pa.Table, *, root_uri: str, options: dict[str, Any]) -> pa.Table:
     """Ray task: rewrite one part without its losing rows; delete their orphaned images."""
-    fs, _ = storage.filesystem(root_uri, options)
+    output = Output.open(root_uri, options)
+    fs = output.fs
     rows = group.to_pylist()
     removed = writer.drop_rows(fs, rows[0]["part"], {r["row"]: (r["source_uri"], r["config_sha256"]) for r in rows})
     for uri in sorted({r["output_uri"] for r in rows if r["output_uri"]}):
         try:
-            fs.rm(uri)
+            fs.rm(output.path_of(uri))
             logger.info("removed %s: its row was superseded and no current row lists it", uri)
         except FileNotFoundError:
             pass

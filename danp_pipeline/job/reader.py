@@ -19,11 +19,13 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import pickle
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 
 from .. import storage
 from ..config import PipelineConfig
@@ -105,15 +107,18 @@ def _normalize_key(key: str) -> str:
 
 def list_inputs(config: PipelineConfig, prompts: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one item per file under INPUT, minus the prompts sidecar and anything under OUTPUT."""
+    from .listing import entry
+
     fs, root = storage.filesystem(config.input_uri, config.storage_options)
     excluded = _excluded_roots(config)
     prompts = prompts or {}
-    for key, path, info in storage.list_objects(fs, root):
-        uri = storage.to_uri(fs, path)
+    real_root = os.path.realpath(root) if isinstance(fs, LocalFileSystem) else None
+    for key, path, info in storage.list_objects(fs, root, others=True):
+        row = entry(fs, key, path, info, real_root)
+        uri = row["source_uri"]
         if any(uri == ex or uri.startswith(ex.rstrip("/") + "/") for ex in excluded):
             continue
-        yield {"source_key": key, "source_uri": uri, "path": path, "size": int(info.get("size") or 0),
-               "prompts": list(prompts.get(key, ())), "source_etag": storage.object_version(info)}
+        yield {**row, "prompts": list(prompts.get(row["source_key"], ()))}
 
 
 def _excluded_roots(config: PipelineConfig) -> list[str]:
@@ -128,19 +133,22 @@ def _excluded_roots(config: PipelineConfig) -> list[str]:
 
 def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[str, Any], max_pixels: int) -> pa.Table:
     """Ray task: read and hash every object of the batch; failures become ``read_error``."""
-    fs, _ = storage.filesystem(input_uri, storage_options)
+    fs, root = storage.filesystem(input_uri, storage_options)
+    real_root = os.path.realpath(root) if isinstance(fs, LocalFileSystem) else None
     limit = max_source_bytes(max_pixels)
     rows = []
     for item in batch.to_pylist():
         if item.get("read_error"):   # refused by the listing (an object outside INPUT): never read
             rows.append({**item, "read_at": utcnow()})
             continue
+        path = storage.unescape_name(item["path"])   # the exact name (listing.py: the escape)
         try:  # never touch an object whose key could escape OUTPUT (or that a client may normalize)
-            storage.safe_key(item["source_key"])
+            storage.safe_key(storage.unescape_name(item["source_key"]))
+            _inside(real_root, path)
         except storage.UnsafeKeyError as exc:
             rows.append({**item, "read_error": str(exc), "read_at": utcnow()})
             continue
-        row = {**item, **_read_one(fs, item["path"], item.get("size") or 0, limit, storage_options)}
+        row = {**item, **_read_one(fs, path, item.get("size") or 0, limit, storage_options)}
         previous = item.get("previous_sha256")
         if previous and row.get("source_sha256") == previous:
             logger.info("%s: listing changed but bytes did not (sha256 %s); nothing to redo", item["source_key"],
@@ -150,6 +158,16 @@ def read_objects(batch: pa.Table, *, input_uri: str, storage_options: Mapping[st
             row["reason"] = f"changed (sha256 {previous[:12]}→{row['source_sha256'][:12]})"
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=READ_SCHEMA)
+
+
+def _inside(real_root: str | None, path: str) -> None:
+    """On a local filesystem, refuse a path that resolves outside INPUT (a symlink swapped in since
+    the listing, or a listed path through a linked directory): nothing outside INPUT is read."""
+    if real_root is None:
+        return
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise storage.UnsafeKeyError("resolves to a file outside INPUT (through a symlink): not read")
 
 
 def _read_one(fs: Any, path: str, listed_size: int, limit: int, storage_options: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 
 from .. import storage
 from ..config import FORMAT_EXTENSIONS
@@ -72,9 +73,28 @@ class Output:
         return storage.join(self.root, STATUS_NAME)
 
     def image_path(self, key: str, fmt: str = "png") -> str:
-        """Where the protected photo of input ``key`` goes in format ``fmt``; UnsafeKeyError for a key
-        that could escape OUTPUT."""
-        return storage.join(self.images_dir, output_name(storage.safe_key(key), fmt))
+        """Where the protected photo of input ``key`` (escaped, as listed) goes in format ``fmt``;
+        UnsafeKeyError for a key that could escape OUTPUT. On a local OUTPUT the name is the key's
+        exact bytes (storage.unescape_name); an object store, whose keys are UTF-8, gets the escaped key."""
+        exact = storage.safe_key(storage.unescape_name(key))
+        return storage.join(self.images_dir, output_name(exact if isinstance(self.fs, LocalFileSystem) else key, fmt))
+
+    def relative(self, path: str) -> str:
+        """``path`` (under OUTPUT) relative to OUTPUT, escaped: what a row records as ``output_key``."""
+        prefix = self.root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{self.to_uri(path)} is not under OUTPUT {self.uri}")
+        return storage.escape_name(path[len(prefix):])
+
+    def located(self, output_key: str | None, output_uri: str | None) -> str | None:
+        """The URI of a row's output under *this* OUTPUT: from ``output_key`` (relative, so that an
+        OUTPUT copied or moved elsewhere checks its own files), else the recorded ``output_uri``
+        (rows written before ``output_key`` existed)."""
+        return f"{self.uri.rstrip('/')}/{output_key}" if output_key else output_uri
+
+    def path_of(self, uri: str) -> str:
+        """The filesystem path of an (escaped) URI a row or :meth:`located` gives."""
+        return self.fs._strip_protocol(storage.unescape_name(uri))
 
     @property
     def attempts_dir(self) -> str:

@@ -22,7 +22,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage import retrying
+from ..storage import escape_name, retrying
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ SCHEMA = pa.schema([
     ("metadata", pa.string()),            # JSON: {"kept": {kind: bytes}, "stripped": […], "dropped": […]}
     ("c2pa_bytes", pa.int64()),           # bytes the signed C2PA manifest added; null when not signed
     ("steps_skipped", pa.int32()),        # PGD iterations whose step was skipped (non-finite gradient)
+    ("output_key", pa.string()),          # the output relative to OUTPUT (images/…); null in older rows
 ])
 
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
@@ -119,16 +120,34 @@ def list_parts(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> list[str]:
     return sorted(p for p in paths if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
 
 
+class CorruptPartError(ValueError):
+    """A manifest part that cannot be read as one (truncated, empty, not Parquet): its message is one
+    line naming the part and what to do, for the CLI to print (every command that reads the manifest
+    fails closed rather than redo or drop photos on a guess)."""
+
+    @classmethod
+    def of(cls, fs: fsspec.AbstractFileSystem, path: str, exc: BaseException) -> "CorruptPartError":
+        uri = escape_name(fs.unstrip_protocol(path))
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return cls(f"manifest part {uri} is unreadable ({reason}): move it aside, out of "
+                   f"{uri.rsplit('/', 1)[0]}/; the photos it recorded are redone on the next run")
+
+
 def read_part(fs: fsspec.AbstractFileSystem, path: str, columns: Iterable[str] | None = None) -> pa.Table:
-    """One part as ``columns`` of SCHEMA; columns a part predates (added later) read as nulls."""
+    """One part as ``columns`` of SCHEMA; columns a part predates (added later) read as nulls.
+    CorruptPartError when the part is not a readable manifest part."""
     wanted = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
-    parquet = pq.ParquetFile(pa.BufferReader(retrying(fs.cat_file, path, what=f"reading {path}")))
-    present = [name for name in wanted.names if name in parquet.schema_arrow.names]
-    table = parquet.read(columns=present)
-    for name in wanted.names:
-        if name not in present:
-            table = table.append_column(name, pa.nulls(table.num_rows, wanted.field(name).type))
-    return table.select(wanted.names).cast(wanted)
+    data = retrying(fs.cat_file, path, what=f"reading {path}")
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        present = [name for name in wanted.names if name in parquet.schema_arrow.names]
+        table = parquet.read(columns=present)
+        for name in wanted.names:
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows, wanted.field(name).type))
+        return table.select(wanted.names).cast(wanted)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorruptPartError.of(fs, path, exc) from exc
 
 
 def read_manifest(

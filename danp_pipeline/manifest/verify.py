@@ -1,7 +1,9 @@
 """``danp-protect verify OUTPUT``: re-hash protected outputs against the manifest.
 
 Checks, for every output named by an ``ok`` row (the newest one when a later configuration
-rewrote the same output), that the file exists and that its SHA-256 matches ``output_sha256``;
+rewrote the same output) — found under the OUTPUT given by the row's ``output_key``, so that a copied
+or moved OUTPUT checks its own files (rows older than that column name their file by ``output_uri``)
+— that the file exists and that its SHA-256 matches ``output_sha256``;
 that every file under ``OUTPUT/images/`` is listed by an ``ok`` row; and that no (source, config)
 has more than one row; and, for outputs signed with C2PA content credentials (``c2pa_bytes`` set),
 that the credentials validate: signature, the hash binding to the file's bytes, and the three
@@ -27,7 +29,7 @@ from .provenance import list_parts, sha256_hex
 logger = logging.getLogger(__name__)
 
 _COLUMNS = ("source_uri", "config_sha256", "status", "finished_at", "output_uri", "output_sha256", "c2pa_bytes",
-            "output_format")
+            "output_format", "output_key")
 _SHOWN = 20
 
 
@@ -60,7 +62,8 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
     ok = table.filter(pc.equal(table["status"], "ok")).sort_by([("finished_at", "descending")])
     expected: dict[str, str] = {}
     signed: dict[str, str] = {}
-    for uri, digest, c2pa_bytes, fmt in zip(ok["output_uri"].to_pylist(), ok["output_sha256"].to_pylist(),
+    uris = [output.located(key, uri) for key, uri in zip(ok["output_key"].to_pylist(), ok["output_uri"].to_pylist())]
+    for uri, digest, c2pa_bytes, fmt in zip(uris, ok["output_sha256"].to_pylist(),
                                             ok["c2pa_bytes"].to_pylist(), ok["output_format"].to_pylist()):
         if uri not in expected and c2pa_bytes is not None:
             signed[uri] = fmt or "png"
@@ -70,10 +73,11 @@ def verify(output_uri: str, storage_options: dict[str, Any] | None = None, threa
 
     def check(item: tuple[str, str]) -> tuple[str, str | None, str | None]:
         uri, digest = item
+        path = output.path_of(uri)
         try:
             if uri not in signed:
-                return uri, None if storage.sha256_file(fs, uri) == digest else "modified", None
-            data = storage.retrying(fs.cat_file, uri, what=f"reading {uri}")
+                return uri, None if storage.sha256_file(fs, path) == digest else "modified", None
+            data = storage.retrying(fs.cat_file, path, what=f"reading {uri}")
         except FileNotFoundError:
             return uri, "missing", None
         return uri, None if sha256_hex(data) == digest else "modified", _credentials(data, signed[uri], anchors)

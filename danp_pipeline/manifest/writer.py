@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import COMPACT_MIN_PARTS, COMPACT_ROWS
-from ..storage import atomic_write, join
+from ..storage import atomic_write, join, unescape_name
 from .provenance import (
     INDEX_COLUMNS,
     list_parts,
@@ -92,7 +92,7 @@ def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
     removed = sum(drop_rows(fs, part, rows) for part, rows in losers.items())
     for uri in sorted(orphans):
         try:
-            fs.rm(uri)
+            fs.rm(unescape_name(uri))
         except FileNotFoundError:
             continue
         logger.info("removed %s: its row was superseded and no current row lists it", uri)

@@ -17,6 +17,7 @@ from .objects import (
 )
 from .uris import (
                       UnsafeKeyError,
+                      escape_name,
                       filesystem,
                       join,
                       json_object,
@@ -27,8 +28,10 @@ from .uris import (
                       scrub,
                       secrets,
                       to_uri,
+                      unescape_name,
 )
 
-__all__ = ["CHUNK_BYTES", "RETRY_ATTEMPTS", "UnsafeKeyError", "atomic_write", "filesystem", "is_transient", "join",
-           "json_object", "list_files", "list_objects", "object_version", "parse_options", "read_hashed",
-           "reason", "resolve_options", "retrying", "safe_key", "scrub", "secrets", "sha256_file", "to_uri", "write_local"]
+__all__ = ["CHUNK_BYTES", "RETRY_ATTEMPTS", "UnsafeKeyError", "atomic_write", "escape_name", "filesystem",
+           "is_transient", "join", "json_object", "list_files", "list_objects", "object_version", "parse_options",
+           "read_hashed", "reason", "resolve_options", "retrying", "safe_key", "scrub", "secrets", "sha256_file",
+           "to_uri", "unescape_name", "write_local"]

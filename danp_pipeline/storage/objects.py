@@ -52,16 +52,20 @@ def list_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, 
         yield key, path, int(info.get("size") or 0)
 
 
-def list_objects(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """Like :func:`list_files`, with the listing's whole info dict (size, ETag, mtime, …)."""
+def list_objects(fs: fsspec.AbstractFileSystem, root: str, *,
+                 others: bool = False) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Like :func:`list_files`, with the listing's whole info dict (size, ETag, mtime, …). With
+    ``others``, also the entries that are neither files nor directories (type ``other``: a local
+    symlink, FIFO, socket or device), for the caller to judge (job/listing.py)."""
     if retrying(fs.isfile, root, what=f"listing {root}"):
         yield posixpath.basename(root), root, retrying(fs.info, root, what=f"listing {root}")
         return
     found = retrying(fs.find, root, withdirs=False, detail=True, what=f"listing {root}")
     prefix = root.rstrip("/") + "/"
+    kinds = ("file", "other") if others else ("file",)
     for path in sorted(found):
         info = found[path]
-        if info.get("type", "file") != "file" or not path.startswith(prefix):
+        if info.get("type", "file") not in kinds or not path.startswith(prefix):
             continue
         if path.endswith("/") and not info.get("size"):
             continue  # an empty "dir/" marker object, not a photo

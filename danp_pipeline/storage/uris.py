@@ -5,6 +5,15 @@ Options come from ``--storage-options`` (passed to fsspec as keyword arguments) 
 the standard AWS environment variables of the process that launches the job (:func:`resolve_options`),
 so that Ray workers on other nodes reach the same storage. Credentials never go into URIs, logs or
 error messages: :func:`scrub` removes them from any text that leaves this package.
+
+Names that are not UTF-8. A local file name is bytes; Python hands bytes that are not UTF-8 over as
+lone surrogates (U+DC80–U+DCFF), which Parquet and Arrow strings cannot hold. Every key, path and URI
+this package puts in a row or a message is therefore *escaped* (:func:`escape_name`, applied by
+:func:`to_uri`): such a byte becomes ``\\xHH`` (two lower-case hex digits, as ``ls -b`` and Python's
+``repr`` of bytes show it) and a backslash becomes ``\\\\``; nothing else changes, so keys of object
+stores and UTF-8 names read as before. :func:`unescape_name` gives back the exact name, and every
+storage call on a row's key, path or URI unescapes it first: the object is read, and its output named
+(on a local OUTPUT), byte for byte.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ _SECRET_OPTION = re.compile(r"secret|password|passwd|token|credential|key", re.I
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
                "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_TO_ESCAPE = re.compile(r"[\\\ud800-\udfff]")
+_ESCAPED = re.compile(r"\\(\\|x[89a-f][0-9a-f]|ud[89a-f][0-9a-f]{2})")
 
 
 class UnsafeKeyError(ValueError):
@@ -83,8 +94,34 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tu
 
 
 def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """Canonical URI of ``path`` on ``fs`` (``file:///abs/path``, ``s3://bucket/key``), no user info."""
-    return _USERINFO.sub("", fs.unstrip_protocol(path))
+    """Canonical URI of ``path`` on ``fs`` (``file:///abs/path``, ``s3://bucket/key``), no user info,
+    escaped (:func:`escape_name`)."""
+    return escape_name(_USERINFO.sub("", fs.unstrip_protocol(path)))
+
+
+def escape_name(name: str) -> str:
+    """``name`` as valid UTF-8, reversibly: an undecodable byte (a surrogate U+DCHH from os/fsspec)
+    becomes ``\\xHH``, any other lone surrogate ``\\udHHH``, a backslash ``\\\\``."""
+    return _TO_ESCAPE.sub(_escape_char, name)
+
+
+def unescape_name(name: str) -> str:
+    """The exact name :func:`escape_name` escaped; other backslash sequences are left as they are."""
+    return _ESCAPED.sub(_unescape_sequence, name) if "\\" in name else name
+
+
+def _escape_char(match: re.Match) -> str:
+    code = ord(match.group())
+    if code == 0x5C:
+        return "\\\\"
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def _unescape_sequence(match: re.Match) -> str:
+    body = match.group(1)
+    if body == "\\":
+        return "\\"
+    return chr(0xDC00 + int(body[1:], 16)) if body[0] == "x" else chr(int(body[1:], 16))
 
 
 def join(root: str, key: str) -> str:
