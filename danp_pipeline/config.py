@@ -71,8 +71,10 @@ COMMIT_ROWS = 1000
 COMMIT_SECONDS = 60.0
 
 #: Seconds the lease on OUTPUT (storage/lease.py, held by every run and ingest) lasts without renewal
-#: on object stores; a run whose holder died is taken over after it.
-LEASE_TTL_S = 3600.0
+#: on object stores; it is renewed every third of it. A run killed outright (kill -9, a lost driver)
+#: keeps the next run of its OUTPUT waiting this long at most (`--wait`); on local paths the kernel
+#: frees the lease at once.
+LEASE_TTL_S = 300.0
 
 #: The editor a run protects against unless told otherwise: InstructPix2Pix (Brooks et al.), loaded
 #: from the local Hugging Face cache or downloaded. The tiny and micro editors are for tests, the

@@ -311,7 +311,7 @@ def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpo
     env = s3_env(s3_endpoint)  # credentials and endpoint through the standard AWS variables only
     upload(s3_endpoint, "danp-out", "unrelated", {})
     command = _cli("run", "s3://danp-crash/in", "s3://danp-out/crash", "--batch-size", "1", "--commit-rows", "1",
-                   *FAST_ARGS)
+                   "--lease-ttl", "5", "--wait", "120", *FAST_ARGS)   # the killed run's lease expires in 5 s
     options = s3_options(s3_endpoint)
     fs = storage.filesystem("s3://danp-out", {**options, "skip_instance_cache": True})[0]
 
