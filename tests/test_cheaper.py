@@ -51,6 +51,8 @@ def test_timestep_subset_draws_m_distinct_bins_per_iteration(tiny_ip2p, photos):
         seen.update(bins)
     assert seen == {0, 1, 2, 3}                      # every bin gets its turn across iterations
     assert sum(len(c) for c in obj.chunks(1)) == 2
+    with pytest.raises(ValueError, match="draws come in order"):      # generator streams: no going back
+        obj.sampler.draw(0, (4, 8, 8))
 
 
 def test_fixed_noise_reuses_the_clean_branch_and_changes_nothing_else(tiny_ip2p, photos):

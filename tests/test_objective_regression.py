@@ -84,8 +84,7 @@ def run(bundle, case: str):
     method, cfg = CASES[case]
     prompts = [PROMPTS] if case == "prompt_subset" or method == "pgd-e2e" else [PROMPTS[:1]]
     x0 = as_batch(photo("astronaut"))
-    result = pgd(x0, build_objective(method, bundle, cfg, prompts, [11], x0), cfg, seeds=[11])
-    return result
+    return pgd(x0, build_objective(method, bundle, cfg, prompts, [11], x0), cfg, seeds=[11])
 
 
 @pytest.mark.parametrize("kind", ["ip2p", "sd"])
