@@ -1,4 +1,4 @@
-"""Cheaper protection at equal efficacy (issue 14): work per photo against edit-success reduction.
+"""Cheaper protection at equal efficacy: work per photo against edit-success reduction.
 
 Each candidate is an AttackConfig change (or the ``fast`` profile). For each one:
 
@@ -48,10 +48,10 @@ CANDIDATES: dict[str, dict] = {
     "fixed noise (clean reused)": {"noise": "fixed"},
     "half the timesteps": {"timestep_subset": 5},
     "30 steps α 2/255 cosine": {"steps": 30, "step_size": 2 / 255, "step_decay": "cosine"},
-    # The first fast profile (stop 18): it held the noise fixed and lost the unseen wordings (stop 23).
+    # The first fast profile: it held the noise fixed and lost the unseen wordings, so it was replaced.
     "first fast profile (fixed noise)": ("fast", {"noise": "fixed"}),
     "fast profile": "fast",
-    # The other preset candidate of stop 23's choice on training scenes (--split train).
+    # The other preset candidate when the fast profile was chosen on training scenes (--split train).
     "30 steps cosine + one-backward (k=5)": {"steps": 30, "step_size": 2 / 255, "step_decay": "cosine",
                                             "balance_every": 5},
     # Several prompts per photo: each iteration a random one of them (efficacy: --protect-set kinds, 3 prompts).

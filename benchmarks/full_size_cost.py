@@ -16,18 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _support import rss_bytes
 
 from danp_pipeline.config import AttackConfig
 from danp_pipeline.evaluation.memory import peak_memory
 from danp_pipeline.imaging.codec import decode_image
 from danp_pipeline.protect.immunizer import Immunizer
 from danp_pipeline.protect.models import load_editor
-
-
-def _rss_bytes() -> int:
-    """The process's current resident memory (Linux)."""
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
 
 
 def main() -> None:
@@ -54,7 +49,7 @@ def main() -> None:
     results = {}
     for steps in (1, args.steps):           # two step counts: per-iteration time without the setup
         cfg = AttackConfig(steps=steps, num_timesteps=args.timesteps, resolution=args.resolution)
-        before = _rss_bytes()
+        before = rss_bytes()
         with peak_memory(torch.device("cpu")) as peak:
             start = time.perf_counter()
             result = Immunizer(bundle, cfg).protect([decoded], "put her in a prison cell")[0]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-go GPU measurement for issue 5, about 3-6 minutes on an H100/H200 (budget: 8).
+# One-go GPU measurement of what protection costs on a real card, about 3-6 minutes on an H100/H200 (budget: 8).
 #
 # Full-size InstructPix2Pix architecture (SD v1.5 UNet with 8 input channels, SD VAE, CLIP ViT-L/14 text
 # encoder; random weights: same cost as the real model, no download), 512² working resolution, bf16,

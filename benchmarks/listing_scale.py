@@ -28,13 +28,13 @@ import hashlib
 import json
 import logging
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _support import peak_rss_mb, rss_mb, run_self
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu"
 WORK = Path(os.environ.get("DANP_BENCH_DIR", tempfile.gettempdir())) / "danp-listing-bench"
@@ -43,17 +43,6 @@ LIST_FILE_ROWS = 1_000_000
 MANIFEST_PART_ROWS = 50_000
 LEDGER_MAX = 1_000_000
 TREE_LIST_ROWS = 125_000
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def uris(root: str, start: int, stop: int) -> list[str]:
@@ -251,10 +240,7 @@ def listing_time(n: int, how: str) -> dict:
 
 
 def child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "_child", *args], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{args} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_self(__file__, "_child", *args, what=str(args))
 
 
 def main(argv: list[str]) -> None:

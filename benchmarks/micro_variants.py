@@ -45,7 +45,7 @@ def cell(sub: pd.DataFrame) -> dict:
     clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
     out = {"n": len(sub), "clean": float(clean.mean()), "protected": float(protected.mean()),
            "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": edit_deviation(sub["edits_psnr"])}
-    if "nba" in sub:           # the objective on the protected editor's copy, once per scene (runs since stop 23)
+    if "nba" in sub:           # the objective on the protected editor's copy, once per scene (older runs lack it)
         out["nba"] = float(sub.drop_duplicates("case")["nba"].mean())
     return out
 

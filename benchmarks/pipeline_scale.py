@@ -16,12 +16,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
+
+from _support import TreeSampler, peak_rss_mb, rss_mb, run_self
 
 SIZES = [(64, 48), (48, 64), (80, 60), (64, 64)]
 NAMES = ["astronaut", "chelsea", "coffee", "camera", "rocket"]
@@ -42,45 +41,6 @@ def make_photos(directory: Path, n: int) -> None:
         path.write_bytes(buf.getvalue())
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
-
-
-class TreeSampler(threading.Thread):
-    """Peak summed RSS of this process and all its descendants."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak_mb, self.stop = 0.0, threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.5):
-            self.peak_mb = max(self.peak_mb, sum(rss_mb(p) for p in descendants(os.getpid())))
-
-
 def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
     """Run the job once in this process and return its figures."""
     import logging
@@ -92,7 +52,7 @@ def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="danp-bench-"))
     make_photos(work / "in", n)
-    driver_before = rss_mb(os.getpid())
+    driver_before = rss_mb()
     sampler = TreeSampler()
     sampler.start()
     cfg = PipelineConfig(input_uri=str(work / "in"), output_uri=str(work / "out"), model="tiny-ip2p",
@@ -109,17 +69,14 @@ def one(n: int, steps: int, timesteps: int, resolution: int) -> dict:
         "steady_photos_per_hour": round((len(finished) - 1) * 3600 / span) if span else None,
         "mean_photo_s": round(sum(r["duration_s"] for r in rows) / len(rows), 3),
         "driver_rss_after_imports_mb": round(driver_before),
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "driver_peak_rss_mb": round(peak_rss_mb()),
         "job_tree_peak_rss_mb": round(sampler.peak_mb),
     }
 
 
 def measure(n: int, steps: int, timesteps: int, resolution: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "_one", str(n), str(steps), str(timesteps), str(resolution)],
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"run of {n} photos failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_self(__file__, "_one", str(n), str(steps), str(timesteps), str(resolution),
+                    what=f"run of {n} photos")
 
 
 def table(results: list[dict]) -> str:

@@ -140,3 +140,11 @@ def test_few_step_edit_is_differentiable_and_depends_on_the_photo(request, kind)
     assert out.shape == z.shape and torch.isfinite(out).all()
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     assert grad.abs().sum() > 0
+
+
+def test_sa_with_a_prompt_subset_uses_the_masks_of_the_drawn_prompts(tiny_ip2p, photos):
+    x0 = as_batch(photos[0])
+    cfg = method_config("sa", BASE.replace(prompt_subset=1))
+    sa = build_objective("sa", tiny_ip2p, cfg, [[PROMPT, "make it snow", "add fire"]], [1], x0)
+    grads, values = sa.gradients((x0 + 0.01).clamp(0, 1))
+    assert torch.isfinite(values["sa"]).all() and float(grads["sa"].abs().sum()) > 0

@@ -1,8 +1,10 @@
-"""Cheaper protection (issue 14): each knob does what it says and costs less work, counted in FLOPs.
+"""Cheaper protection: each knob does what it says and costs less work, counted in FLOPs.
 
 Tiny random-weight editor: these tests check mechanics (which timesteps, which noise, how many
 backward passes, the FLOPs counted), not efficacy; efficacy is measured on the micro benchmark.
 """
+
+import itertools
 
 import pytest
 import torch
@@ -10,7 +12,8 @@ from conftest import as_batch, photo
 
 from danp_pipeline.config import AttackConfig, PROFILES, profile_config
 from danp_pipeline.evaluation.bench import count_flops_of
-from danp_pipeline.protect.danp import COMBINED, DanpObjective, combine, pgd, step_size
+from danp_pipeline.protect.danp import COMBINED, Balancer, DanpObjective, pgd, step_size
+from danp_pipeline.protect.diffusion import Sampler
 
 PROMPTS = [["put her in a prison cell"]]
 
@@ -30,17 +33,26 @@ def objective(bundle, cfg, x0):
     return DanpObjective(bundle, cfg, PROMPTS, [5], x0)
 
 
+def twin_draws(obj, x, seeds=(5,)):
+    """The draws ``obj`` makes, iteration by iteration: a sampler on the same prompts and seeds."""
+    twin = Sampler(obj.bundle, obj.cfg, obj.sampler.prompts, list(seeds))
+    shape = (obj.bundle.vae.config.latent_channels, *(s // obj.bundle.vae_scale_factor for s in x.shape[-2:]))
+    return (twin.draw(i, shape) for i in itertools.count())
+
+
 def test_timestep_subset_draws_m_distinct_bins_per_iteration(tiny_ip2p, photos):
     x0, x = photos
     obj = objective(tiny_ip2p, config(timestep_subset=2), x0)
     seen = set()
-    for _ in range(6):
+    for _, draw in zip(range(6), twin_draws(obj, x)):
         obj.gradients(x)
-        bins = obj.bins[0].tolist()
+        bins = draw.bins[0].tolist()
         assert len(bins) == 2 and len(set(bins)) == 2 and bins == sorted(bins)
         seen.update(bins)
     assert seen == {0, 1, 2, 3}                      # every bin gets its turn across iterations
-    assert sum(len(c) for c in obj.chunks()) == 2
+    assert sum(len(c) for c in obj.chunks(1)) == 2
+    with pytest.raises(ValueError, match="draws come in order"):      # generator streams: no going back
+        obj.sampler.draw(0, (4, 8, 8))
 
 
 def test_fixed_noise_reuses_the_clean_branch_and_changes_nothing_else(tiny_ip2p, photos):
@@ -69,7 +81,7 @@ def test_balance_every_k_backpropagates_once_between_measurements(tiny_ip2p, pho
     full = objective(tiny_ip2p, config(noise="fixed", balance_every=3), x0)
     terms = full.gradients(x)[0]
     single = full.gradients(x)[0][COMBINED]
-    balanced = combine(terms, full.weights, "grad")
+    balanced = Balancer(full.weights, "grad").combine(terms)
     cos = torch.nn.functional.cosine_similarity(single.flatten(), balanced.flatten(), dim=0)
     assert cos > 0.999, float(cos)
 
@@ -137,12 +149,12 @@ def test_prompt_subset_draws_m_of_a_photos_prompts_per_iteration(tiny_ip2p, phot
     x0, x = photos
     obj = DanpObjective(tiny_ip2p, config(prompt_subset=1, noise="fixed"), FOUR, [5], x0)
     seen = set()
-    for _ in range(8):
+    for _, draw in zip(range(8), twin_draws(obj, x)):
         _, values = obj.gradients(x)
-        assert obj.prompts.counts == [1] and len(obj.pair_ids) == 1 and float(obj.prompts.pair_weight) == 1.0
-        assert torch.equal(obj.prompts.embeds[0], obj.all_prompts.embeds[int(obj.pair_ids[0])])
+        assert draw.prompts.counts == [1] and len(draw.pair_ids) == 1 and float(draw.prompts.pair_weight) == 1.0
+        assert torch.equal(draw.prompts.embeds[0], obj.sampler.prompts.embeds[int(draw.pair_ids[0])])
         assert torch.isfinite(values["nba"]).all()
-        seen.add(int(obj.pair_ids[0]))
+        seen.add(int(draw.pair_ids[0]))
     assert seen == {0, 1, 2, 3}                                   # every prompt gets its turn
     assert {slot % 4 for slot in obj.clean_cache} == seen          # cached per (bin, prompt of all four)
     # m at least the number of prompts keeps them all and draws nothing: the same gradients as m = 0.

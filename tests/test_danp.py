@@ -3,7 +3,7 @@ import torch
 from conftest import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.protect.danp import DanpObjective, combine, pgd, uniform_delta
+from danp_pipeline.protect.danp import Balancer, DanpObjective, pgd, uniform_delta
 from danp_pipeline.protect.diffusion import attack_timesteps
 
 PROMPT = [["put her in a prison cell"]]
@@ -132,9 +132,9 @@ def test_gradient_balance_gives_each_term_unit_l1_norm_and_survives_zeros():
     g1 = torch.randn(2, 3, 4, 4) * 1e-6
     g2 = torch.randn(2, 3, 4, 4) * 1e3
     g2[1] = 0
-    out = combine({"daa": g1, "nba": g2}, {"daa": 1.0, "nba": 1.0}, "grad")
+    out = Balancer({"daa": 1.0, "nba": 1.0}, "grad").combine({"daa": g1, "nba": g2})
     assert torch.allclose(out[1].abs().sum(), torch.tensor(1.0))          # only daa, normalized
     both = g1[0] / g1[0].abs().sum() + g2[0] / g2[0].abs().sum()
     assert torch.allclose(out[0], both)
-    raw = combine({"daa": g1, "nba": g2}, {"daa": 1.0, "nba": 0.5}, "raw")
+    raw = Balancer({"daa": 1.0, "nba": 0.5}, "raw").combine({"daa": g1, "nba": g2})
     assert torch.allclose(raw, g1 + 0.5 * g2)

@@ -56,7 +56,8 @@ def test_fast_is_the_default_and_batches_timesteps_up_to_the_unet_batch_limit(ti
 
     def chunks(prompts=PROMPTS, **changes):
         x0 = photos[0].expand(len(prompts), -1, -1, -1)
-        return list(DanpObjective(tiny_ip2p, config(**changes), prompts, list(range(len(prompts))), x0).chunks())
+        objective = DanpObjective(tiny_ip2p, config(**changes), prompts, list(range(len(prompts))), x0)
+        return list(objective.chunks(sum(map(len, prompts))))
 
     assert chunks() == [[0, 1, 2, 3]]                                   # every timestep in one UNet call
     assert chunks(path="reference") == [[0], [1], [2], [3]]             # Algorithm 1: one at a time
@@ -98,9 +99,9 @@ class NoiseLoss(DiffusionObjective):
         super().__init__(bundle, cfg, prompts, seeds)
         self.weights = {"noise": 1.0, "latent": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k):
-        eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t,
-                            self.pair_tensor(self.prompts.embeds, k), cond)
+    def chunk_losses(self, z, cond, t, noise, chunk):
+        eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t, chunk.repeat(chunk.prompts.embeds),
+                            cond)
         return {"noise": -(eps - noise).pow(2).flatten(1).sum(1), "latent": z.pow(2).flatten(1).sum(1)}, {}
 
 

@@ -50,9 +50,9 @@ import torch
 from ..config import AttackConfig
 from .danp import DanpObjective, DiffusionObjective, Objective
 from .diffusion import (
+    Sampler,
     add_noise,
     attack_strength,
-    draw_prompts,
     encode_mean,
     encode_prompts,
     latents_and_condition,
@@ -91,16 +91,19 @@ class PixelObjective:
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompt lists for {len(seeds)} images")
         self.bundle, self.cfg = bundle, cfg
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.scale = loss_scale(bundle, cfg)
+        self.iteration = 0                           # gradients() calls so far
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image losses [B] keyed by the names in ``weights``."""
+    def losses(self, x: torch.Tensor, iteration: int) -> dict[str, torch.Tensor]:
+        """Per-image losses [B] keyed by the names in ``weights``, at iteration ``iteration`` (0-based)."""
         raise NotImplementedError
 
     def gradients(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         x = x.detach().requires_grad_(True)
-        losses = self.losses(x)
+        try:
+            losses = self.losses(x, self.iteration)
+        finally:
+            self.iteration += 1
         names = list(self.weights)
         grads = {}
         for j, name in enumerate(names):
@@ -117,7 +120,7 @@ class EncoderAttack(PixelObjective):
         self.weights = {"pge": 1.0}
         self.target = _grey_mean(bundle, x0)
 
-    def losses(self, x):
+    def losses(self, x, iteration):
         mean = encode_mean(self.bundle, x)
         return {"pge": (mean - self.target).pow(2).flatten(1).mean(1)}
 
@@ -129,21 +132,20 @@ class DiffusionAttack(PixelObjective):
         super().__init__(bundle, cfg, prompts, seeds)
         self.weights = {"pgd_e2e": 1.0}
         self.steps = steps
-        self.prompts = encode_prompts(bundle, prompts, cfg.token_reduction)
+        self.sampler = Sampler(bundle, cfg, encode_prompts(bundle, prompts, cfg.token_reduction), seeds,
+                               per_timestep=False)
         self.uncond = encode_prompts(bundle, [[""]], cfg.token_reduction).embeds
 
-    def losses(self, x):
-        prompts, _ = draw_prompts(self.prompts, self.cfg.prompt_subset, self.generators)
-        pairs = prompts.image_index
+    def losses(self, x, iteration):
         z, cond = latents_and_condition(self.bundle, encode_mean(self.bundle, x))
-        noise = torch.cat([torch.randn((c, *z.shape[1:]), generator=g) for g, c in zip(self.generators, prompts.counts)])
+        draw = self.sampler.draw(iteration, tuple(z.shape[1:]))
+        prompts, pairs = draw.prompts, draw.prompts.image_index
         latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], prompts.embeds,
-                                self.uncond, noise.to(z.device), self.steps,
-                                attack_strength(self.bundle, self.cfg))
+                                self.uncond, draw.noise, self.steps, attack_strength(self.bundle, self.cfg))
         decoded = self.bundle.vae.decode((latents / self.bundle.vae.config.scaling_factor).to(self.bundle.dtype)).sample
         image = (decoded.float() + 1) / 2
         per_pair = (image - GREY).pow(2).flatten(1).mean(1) * prompts.pair_weight
-        return {"pgd_e2e": torch.zeros(len(self.generators), device=x.device).index_add(0, pairs, per_pair)}
+        return {"pgd_e2e": torch.zeros(len(prompts.counts), device=x.device).index_add(0, pairs, per_pair)}
 
 
 def few_step_edit(bundle: EditorBundle, z: torch.Tensor, cond: torch.Tensor | None, embeds: torch.Tensor,
@@ -186,9 +188,9 @@ class AttentionDistraction(DanpObjective):
         super().__init__(bundle, cfg.replace(mask="fixed", use_daa=True, use_nba=False), prompts, seeds, x0)
         self.weights = {"sa": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k):
-        att, _ = self._attention(add_noise(self.bundle, z, noise, t), cond, t, k)
-        inside = (att * self.pair_tensor(self.fixed_masks, k)).pow(2).flatten(1).sum(1)
+    def chunk_losses(self, z, cond, t, noise, chunk):
+        att, _ = self._attention(add_noise(self.bundle, z, noise, t), cond, t, chunk.prompts, chunk.k)
+        inside = (att * self.chunk_masks(chunk)).pow(2).flatten(1).sum(1)
         return {"sa": inside}, {"att_total": att.detach().pow(2).flatten(1).sum(1)}
 
 
@@ -202,9 +204,9 @@ class NoiseLossAttack(DiffusionObjective):
             self.weights["textural"] = 1.0
             self.target = _grey_mean(bundle, x0) * bundle.vae.config.scaling_factor
 
-    def chunk_losses(self, z, cond, t, noise, k):
-        eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t,
-                            self.pair_tensor(self.prompts.embeds, k), cond)
+    def chunk_losses(self, z, cond, t, noise, chunk):
+        eps = predict_noise(self.bundle, add_noise(self.bundle, z, noise, t), t, chunk.repeat(chunk.prompts.embeds),
+                            cond)
         losses = {"advdm": -(eps - noise).pow(2).flatten(1).sum(1)}
         if "textural" in self.weights:
             losses["textural"] = (z - self.target).pow(2).flatten(1).sum(1)
@@ -218,10 +220,10 @@ class ScoreDistillation(DiffusionObjective):
         super().__init__(bundle, cfg, prompts, seeds)
         self.weights = {"sds": 1.0}
 
-    def chunk_losses(self, z, cond, t, noise, k):
+    def chunk_losses(self, z, cond, t, noise, chunk):
         z_t = add_noise(self.bundle, z, noise, t)
         with torch.no_grad():
-            residual = predict_noise(self.bundle, z_t, t, self.pair_tensor(self.prompts.embeds, k),
+            residual = predict_noise(self.bundle, z_t, t, chunk.repeat(chunk.prompts.embeds),
                                      None if cond is None else cond.detach()) - noise
         # ∂/∂z of <residual, z_t> is √ᾱ_t · residual: the SDS gradient, without the UNet Jacobian.
         surrogate = (residual * z_t).flatten(1).sum(1)

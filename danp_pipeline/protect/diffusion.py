@@ -1,8 +1,9 @@
-"""Forward passes of a frozen editor that every objective shares.
+"""Forward passes of a frozen editor that every objective shares, and the objectives' random draws.
 
 Small functions over an :class:`~danp_pipeline.protect.models.EditorBundle`: encode prompts, encode a photo
 into latents (and, for InstructPix2Pix, the image conditioning), noise latents at a timestep,
-predict noise, and choose the attack timesteps 𝒯.
+predict noise, and choose the attack timesteps 𝒯. :class:`Sampler` draws each iteration's prompts,
+timesteps and noise.
 """
 
 from __future__ import annotations
@@ -65,6 +66,106 @@ def draw_prompts(batch: PromptBatch, m: int, generators: list[torch.Generator]) 
                           dtype=torch.float32)
     return PromptBatch(embeds=batch.embeds[index], token_weights=batch.token_weights[index],
                        image_index=batch.image_index[index], pair_weight=weight, counts=counts), ids
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one iteration of an objective draws: its (image, prompt) pairs, timesteps and noise."""
+
+    iteration: int
+    prompts: PromptBatch              # this iteration's pairs: every prompt, or ``prompt_subset`` per image
+    pair_ids: torch.Tensor            # [P] host: those pairs' indices among all pairs
+    bins: torch.Tensor | None         # [B, m] host: the |𝒯| bins the timesteps come from (None: an edit's draw)
+    timesteps: torch.Tensor | None    # [B, m] on the editor's device
+    noise: torch.Tensor               # [m, P, C, h, w] on the editor's device ([P, C, h, w]: an edit's draw)
+
+    @property
+    def pair_images(self) -> torch.Tensor:
+        """[P] host: the image of each pair."""
+        return torch.tensor([i for i, c in enumerate(self.prompts.counts) for _ in range(c)])
+
+
+class Sampler:
+    """Every random draw of an objective, from per-image generators seeded with the images' seeds, so that
+    a photo's draws depend on its seed and the iteration only (not on its batch). The generators are
+    streams: iterations are drawn in order, each once.
+
+    Per iteration each image draws which of its prompts it uses (``prompt_subset``), then its timesteps (one
+    per bin, or the bin centres), then with ``timestep_subset`` a random m of the |𝒯| bins, then noise for
+    every bin and every one of its prompts (the chosen ones are kept); ``noise="fixed"`` draws the noise in
+    the first iteration only. ``per_timestep=False`` (a few-step edit, no timesteps): the prompts, then one
+    noise per chosen pair."""
+
+    def __init__(self, bundle: EditorBundle, cfg: AttackConfig, prompts: PromptBatch, seeds: list[int], *,
+                 per_timestep: bool = True) -> None:
+        self.bundle, self.cfg, self.prompts, self.per_timestep = bundle, cfg, prompts, per_timestep
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.strength = attack_strength(bundle, cfg)
+        self.centres = attack_timesteps(bundle.num_train_timesteps, cfg.num_timesteps, self.strength, "centres")
+        self.per_iteration = cfg.timestep_subset or cfg.num_timesteps      # timesteps drawn per iteration (m)
+        self.next_iteration = 0
+        self.fixed_noise: list[torch.Tensor] | None = None                 # noise="fixed": one draw per image
+
+    def draw(self, iteration: int, latent_shape: tuple[int, ...]) -> Draw:
+        """Iteration ``iteration``'s draw for latents of shape [C, h, w]."""
+        if iteration != self.next_iteration:
+            raise ValueError(f"draws come in order: asked for iteration {iteration}, "
+                             f"the next one is {self.next_iteration}")
+        self.next_iteration += 1
+        prompts, pair_ids = draw_prompts(self.prompts, self.cfg.prompt_subset, self.generators)
+        if not self.per_timestep:
+            noise = torch.cat([torch.randn((c, *latent_shape), generator=gen)
+                               for gen, c in zip(self.generators, prompts.counts)])
+            return Draw(iteration, prompts, pair_ids, None, None, noise.to(self.bundle.device))
+        n, m = self.cfg.num_timesteps, self.per_iteration
+        ts, bins = [], []
+        for gen in self.generators:
+            if self.cfg.timesteps == "random":
+                ts.append(attack_timesteps(self.bundle.num_train_timesteps, n, self.strength, "random", gen))
+            else:
+                ts.append(self.centres)
+            bins.append(torch.randperm(n, generator=gen)[:m].sort().values if m < n else torch.arange(n))
+        if self.fixed_noise is None or self.cfg.noise == "fresh":
+            noises = [torch.randn((n, count, *latent_shape), generator=gen)
+                      for gen, count in zip(self.generators, self.prompts.counts)]
+            if self.cfg.noise == "fixed":
+                self.fixed_noise = noises
+        else:
+            noises = self.fixed_noise
+        timesteps = torch.stack([t[b] for t, b in zip(ts, bins)]).to(self.bundle.device)        # [B, m]
+        noise = torch.cat([nz[b] for nz, b in zip(noises, bins)], dim=1)[:, pair_ids]            # [m, P, C, h, w]
+        return Draw(iteration, prompts, pair_ids, torch.stack(bins), timesteps, noise.to(self.bundle.device))
+
+
+def repeat_pairs(value: torch.Tensor, k: int) -> torch.Tensor:
+    """A per-pair tensor [P, ...] repeated for k timesteps, chunk-major [k·P, ...]."""
+    return value.repeat(k, *([1] * (value.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One UNet call: the draw's timesteps ``steps`` (indices into its m) × every pair of the draw, chunk-major
+    (sample j·P + p is timestep ``steps[j]`` of pair p)."""
+
+    draw: Draw
+    steps: list[int]
+
+    @property
+    def k(self) -> int:
+        return len(self.steps)
+
+    @property
+    def prompts(self) -> PromptBatch:
+        return self.draw.prompts
+
+    def repeat(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-pair tensor [P, ...] for every sample of the chunk, [k·P, ...]."""
+        return repeat_pairs(value, self.k)
+
+    @property
+    def bins(self) -> torch.Tensor:
+        """[k·P] host: the |𝒯| bin of each sample."""
+        return self.draw.bins[self.draw.pair_images][:, self.steps].T.reshape(-1)
 
 
 def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
