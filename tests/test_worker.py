@@ -208,14 +208,14 @@ def test_a_protection_that_did_not_happen_is_never_ok(cfg, tmp_path, monkeypatch
 
     from danp_pipeline.protect import danp
 
-    real, calls = danp.combine, []
+    real, calls = danp.Balancer.combine, []
 
-    def combine(*args, **kwargs):
-        g = real(*args, **kwargs)
+    def combine(self, *args, **kwargs):
+        g = real(self, *args, **kwargs)
         calls.append(1)
         return torch.full_like(g, float("nan")) if broken == "every" or len(calls) == 1 else g
 
-    monkeypatch.setattr(danp, "combine", combine)
+    monkeypatch.setattr(danp.Balancer, "combine", combine)
     files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
     row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     if broken == "every":
