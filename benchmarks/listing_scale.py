@@ -10,7 +10,7 @@ process that starts its own local Ray (2 CPUs), the job's own steps run — list
 planning.plan → remove_superseded → the todo rows streamed back to the driver (where protection
 would start) — and the driver's peak RSS (``VmHWM`` = ru_maxrss, this process only; Ray's workers
 and object store are other processes) is recorded with the time of each step. Up to
-``LEDGER_MAX`` keys, today's plan (the whole list and manifest in the driver, ledger.plan) runs in a
+``LEDGER_MAX`` keys, today's plan (the whole list and manifest in the driver, ledger.decide) runs in a
 third process on the same inputs, and both plans are compared by an order-free digest of
 (source URI, reason) and by their reason counts.
 
@@ -157,7 +157,7 @@ def distributed(n: int) -> dict:
 
 
 def ledger_today(n: int) -> dict:
-    """Today's plan on the same inputs: the whole list and manifest on the driver, ledger.plan."""
+    """Today's plan on the same inputs: the whole list and manifest on the driver, ledger.decide."""
     import pyarrow.parquet as pq
 
     from danp_pipeline.config import DEFAULT_PROMPTS
@@ -174,7 +174,7 @@ def ledger_today(n: int) -> dict:
                                                             table["etag"].to_pylist())]
     del table
     index = Output.open(str(base / "out")).read(ledger.LEDGER_COLUMNS)
-    todo = ledger.plan(items, index, CONFIG_SHA, prompts=DEFAULT_PROMPTS)
+    todo = ledger.decide(items, index, CONFIG_SHA, prompts=DEFAULT_PROMPTS)
     seconds = time.perf_counter() - clock
     reasons: dict[str, int] = {}
     for item in todo:

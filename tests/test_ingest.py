@@ -44,10 +44,11 @@ def current(output_uri: str, options: dict | None = None) -> dict[str, dict]:
 
 @pytest.fixture(params=["ledger", pytest.param("distributed", marks=pytest.mark.integration)])
 def planner(request, tmp_path):
-    """``ledger.plan``, or the same question answered by job/planning.py: the items as a Ray Dataset
-    joined with the index written as a manifest, on the session's local Ray."""
+    """``ledger.decide`` on the whole index, or the job's plan (job/planning.py, which asks it per hash
+    partition): the items as a Ray Dataset joined with the index written as a manifest, on the session's
+    local Ray. Both must give the same answers."""
     if request.param == "ledger":
-        return ledger.plan
+        return ledger.decide
     import pyarrow as pa
     import ray
 

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
+from pipeline_support import fast_config, ray_local  # noqa: F401
+
 from danp_pipeline import storage
 from danp_pipeline.manifest import provenance, writer
 from danp_pipeline.manifest.output import Output
@@ -95,27 +97,38 @@ def test_a_rerun_skips_ok_and_error_rows_unless_retrying_and_ignores_other_confi
     listed = [{"source_uri": f"s3://b/{name}.jpg", "size": None} for name in ("ok", "err", "other", "new")]
 
     def todo(config, **kw):
-        return [(i["source_uri"].rsplit("/", 1)[-1], i["reason"]) for i in ledger.plan(listed, index, config, **kw)]
+        return [(i["source_uri"].rsplit("/", 1)[-1], i["reason"]) for i in ledger.decide(listed, index, config, **kw)]
 
     assert todo("c1") == [("other.jpg", "new"), ("new.jpg", "new")]
     assert todo("c1", retry_errors=True) == [("err.jpg", "retry"), ("other.jpg", "new"), ("new.jpg", "new")]
     assert len(todo("c3")) == 4
 
 
-def test_remove_superseded_leaves_exactly_one_row_per_identity(manifest):
+def remove_superseded(root) -> int:
+    """The run's clean-up of superseded rows (job/planning.py, in Ray tasks) on the manifest under ``root``."""
+    from danp_pipeline.job import planning
+    from danp_pipeline.job.identity import Run
+
+    cfg = fast_config("in", str(root), plan_partitions=2)
+    return planning.remove_superseded(planning.plan(None, Run(cfg, "r", "{}", "c"), prompts=None), cfg)
+
+
+@pytest.mark.integration
+def test_remove_superseded_leaves_exactly_one_row_per_identity(manifest, tmp_path, ray_local):
     fs, mdir = manifest
     old = writer.write_part(fs, mdir, [row("s3://b/1.jpg", "error", minutes=0), row("s3://b/2.jpg")])
     lone = writer.write_part(fs, mdir, [row("s3://b/3.jpg", "error", minutes=0)])
     writer.write_part(fs, mdir, [row("s3://b/1.jpg", "ok", minutes=2), row("s3://b/3.jpg", "error", minutes=2)])
-    assert writer.remove_superseded(fs, mdir) == 2
+    assert remove_superseded(tmp_path) == 2
     table = provenance.read_manifest(fs, mdir)
     assert sorted(table["source_uri"].to_pylist()) == ["s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg"]
     assert dict(zip(table["source_uri"].to_pylist(), table["status"].to_pylist()))["s3://b/1.jpg"] == "ok"
     assert fs.exists(old) and not fs.exists(lone)  # rewritten without the loser / deleted when empty
-    assert writer.remove_superseded(fs, mdir) == 0
+    assert remove_superseded(tmp_path) == 0
 
 
-def test_a_superseded_rows_image_goes_unless_a_current_row_lists_it(manifest, tmp_path):
+@pytest.mark.integration
+def test_a_superseded_rows_image_goes_unless_a_current_row_lists_it(manifest, tmp_path, ray_local):
     fs, mdir = manifest
     images = {name: tmp_path / "images" / f"{name}.png" for name in ("changed-bad", "changed-ok")}
     for path in images.values():
@@ -127,7 +140,7 @@ def test_a_superseded_rows_image_goes_unless_a_current_row_lists_it(manifest, tm
     # New bytes of both photos: one fails (error row, no image), one is protected again to the same file.
     writer.write_part(fs, mdir, [row("s3://b/bad.jpg", "error", minutes=5, source_sha256="b"),
                                  row("s3://b/ok.jpg", minutes=5, source_sha256="b", output_uri=uri["changed-ok"])])
-    assert writer.remove_superseded(fs, mdir) == 2
+    assert remove_superseded(tmp_path) == 2
     assert not images["changed-bad"].exists()     # the old photo's protection is not left unlisted
     assert images["changed-ok"].exists()          # overwritten by the new protection, still listed
 

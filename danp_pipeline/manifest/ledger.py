@@ -17,14 +17,13 @@ never displacing an ok row for the same bytes) decides:
 
 A row without a fingerprint (written before ingestion existed, or by a store whose listing has
 neither ETag nor mtime) is compared on size alone. The manifest keeps one current row per
-(object, configuration): after a run that re-processed objects, writer.remove_superseded drops
-the rows they replaced, and the new row's ``reason`` keeps the old SHA-256.
+(object, configuration): after a run that re-processed objects, the planner's clean-up
+(job/planning.py) drops the rows they replaced, and the new row's ``reason`` keeps the old SHA-256.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -47,23 +46,12 @@ def current_rows(index: pa.Table, config_sha: str) -> dict[str, dict[str, Any]]:
     return {row["source_uri"]: row for row in mine.to_pylist()}
 
 
-def plan(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, retry_errors: bool = False,
-         detect_changes: bool = False, prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The listed items this run must process, each with ``reason`` (and ``previous_sha256`` when
-    its bytes may have changed). ``prompts``: what a photo without its own (``item["prompts"]``) is
-    protected against in this run; None skips the prompts check."""
-    todo = decide(listed, index, config_sha, retry_errors=retry_errors, detect_changes=detect_changes,
-                  prompts=prompts)
-    reasons = Counter(item["reason"] for item in todo)
-    if reasons:
-        logger.info("to process: %s", ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())))
-    return todo
-
-
 def decide(listed: Iterable[dict[str, Any]], index: pa.Table, config_sha: str, *, retry_errors: bool = False,
            detect_changes: bool = False, prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """:func:`plan` without its log line: the decision alone, also made per partition by the
-    distributed plan (job/planning.py), which must give the same answers."""
+    """The listed items this run must process, each with ``reason`` (and ``previous_sha256`` when its
+    bytes may have changed); job/planning.py asks it once per hash partition of the archive.
+    ``prompts``: what a photo without its own (``item["prompts"]``) is protected against in this run;
+    None skips the prompts check."""
     current = current_rows(index, config_sha)
     todo = []
     for item in listed:

@@ -4,15 +4,14 @@ Every name under OUTPUT is spelled here and nowhere else::
 
     OUTPUT/
       images/<name>             protected photos, named after their input key (output_name())
-      manifest/part-*.parquet   provenance rows, one part per committed batch (writer.py)
+      manifest/part-*.parquet   provenance rows, in parts the driver commits (writer.py, job/committer.py)
       _attempts/<hash>.json     a photo's attempt in progress (job/attempts.py bounds poison photos)
       _run.lock                 the lease that keeps runs on one OUTPUT apart (storage/lease.py)
       _status.json              the progress of the current or last run (job/progress.py)
 
-A run works the manifest in three steps, distributed over Ray (job/planning.py, since archives
-outgrow the driver's memory): ``plan`` (the listing joined with the current rows: what to process,
-and the rows a crashed run left superseded), ``remove_superseded`` and ``finish`` (drop the rows
-this run replaced; merge small parts). manifest.ledger decides each object, there and in tests.
+A run plans against the manifest in Ray tasks (job/planning.py, since archives outgrow the driver's
+memory): the listing joined with the current rows (manifest.ledger decides each object), then the
+superseded rows dropped and small parts merged. This object reads and commits rows.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ STATUS_NAME = "_status.json"
 
 
 class Output:
-    """One OUTPUT location: where each file goes, and the manifest's prepare → plan → finish."""
+    """One OUTPUT location: where each file goes; its manifest read and committed."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
         self.fs, self.root = fs, root

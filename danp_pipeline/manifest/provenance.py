@@ -3,7 +3,7 @@
 The manifest is a Parquet dataset under ``OUTPUT/manifest/``: many small part files with one fixed
 schema (:data:`SCHEMA`), one row per input object and configuration. A row is identified by
 ``(source_uri, config_sha256)``. When a reader meets more than one row for an identity (after a
-retry, a re-protection of changed bytes, or a crash before the clean-up of writer.remove_superseded)
+retry, a re-protection of changed bytes, or a crash before the planner's clean-up, job/planning.py)
 the newest row by ``finished_at`` wins, except that an ``error`` row never displaces an ``ok`` row
 for the same bytes (same ``source_sha256``, or bytes unknown because the read failed).
 """

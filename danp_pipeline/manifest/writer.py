@@ -1,13 +1,13 @@
-"""Manifest writing: one Parquet part per committed batch, written atomically.
+"""Manifest writing: Parquet parts written atomically, rows dropped from them, parts merged.
 
 A part is the commit point of its photos: a photo whose row is in a part is done, a photo whose
-row is not will be (re)computed by the next run. Parts are named after what they contain,
-``part-<sha256(config_sha256, sorted (source URI, source SHA-256)))[:32]>.parquet``, so a batch that
-Ray retries after an actor died overwrites its own part instead of adding a second copy, while the
-re-protection of changed bytes gets a new part and its old row is superseded (remove_superseded).
-
-One part per batch means a million small files for a million photos, and every run reads them all
-to plan; :func:`compact` merges small parts into parts of up to ``COMPACT_ROWS`` rows.
+row is not will be (re)computed by the next run. The driver commits parts of many rows
+(job/committer.py). Parts are named after what they contain,
+``part-<sha256(config_sha256, sorted (source URI, source SHA-256)))[:32]>.parquet``, so committing the
+same rows again overwrites their part instead of adding a second copy, while the re-protection of
+changed bytes gets a new part and its old row is superseded: job/planning.py finds such rows and
+drops them with :func:`drop_rows`. :func:`compact` merges small parts into parts of up to
+``COMPACT_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -61,45 +61,6 @@ def write_part(fs: fsspec.AbstractFileSystem, manifest_dir: str, rows: Sequence[
     return path
 
 
-def remove_superseded(fs: fsspec.AbstractFileSystem, manifest_dir: str) -> int:
-    """Drop rows that lost to another row of the same (source_uri, config_sha256).
-
-    Happens after ``--retry-errors`` (the old error row loses to the new row), after ingestion
-    re-processed changed bytes, or after a crash that let a straggling worker commit a photo twice.
-    Each affected part is rewritten atomically without the losing rows (deleted when nothing is
-    left). A losing row's protected image that no current row lists is deleted too: when the new
-    bytes of a changed photo fail, the old photo's protection must not stay behind as an unlisted
-    file. Returns the number of rows removed.
-    """
-    index = read_manifest(fs, manifest_dir, (*INDEX_COLUMNS, "output_uri"), with_part=True)
-    if index.num_rows == 0:
-        return 0
-    index = index.append_column("_row", pa.array(_row_numbers(index["part"].to_pylist()), pa.int64()))
-    kept = winners(index)
-    if kept.num_rows == index.num_rows:
-        return 0
-    keep_ids = set(zip(kept["part"].to_pylist(), kept["_row"].to_pylist()))
-    listed = set(kept["output_uri"].to_pylist())
-    losers: dict[str, dict[int, tuple[str, str]]] = {}
-    orphans: set[str] = set()
-    for part, row, uri, config, output in zip(index["part"].to_pylist(), index["_row"].to_pylist(),
-                                              index["source_uri"].to_pylist(), index["config_sha256"].to_pylist(),
-                                              index["output_uri"].to_pylist()):
-        if (part, row) not in keep_ids:
-            losers.setdefault(part, {})[row] = (uri, config)
-            if output and output not in listed:
-                orphans.add(output)
-    removed = sum(drop_rows(fs, part, rows) for part, rows in losers.items())
-    for uri in sorted(orphans):
-        try:
-            fs.rm(unescape_name(uri))
-        except FileNotFoundError:
-            continue
-        logger.info("removed %s: its row was superseded and no current row lists it", uri)
-    logger.info("manifest: removed %d superseded row(s) from %d part(s)", removed, len(losers))
-    return removed
-
-
 def drop_rows(fs: fsspec.AbstractFileSystem, part: str, rows: Mapping[int, tuple[str, str]]) -> int:
     """Rewrite one part atomically without the rows at these positions (deleted when nothing is
     left), used by the distributed clean-up (job/planning.py). A position whose (source_uri,
@@ -122,16 +83,6 @@ def drop_rows(fs: fsspec.AbstractFileSystem, part: str, rows: Mapping[int, tuple
     return len(drop)
 
 
-def _row_numbers(parts: list[str]) -> list[int]:
-    """Position of each row inside its part (rows of one part are contiguous in read order)."""
-    numbers, last, n = [], None, 0
-    for part in parts:
-        n = n + 1 if part == last else 0
-        numbers.append(n)
-        last = part
-    return numbers
-
-
 def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: int | None = None,
             min_parts: int | None = None) -> tuple[int, int]:
     """Merge the manifest's small parts (< ``rows_per_part`` rows) into parts of ``rows_per_part`` rows
@@ -141,7 +92,7 @@ def compact(fs: fsspec.AbstractFileSystem, manifest_dir: str, *, rows_per_part: 
     Safe beside a running job: merged parts are committed before their sources are deleted, so a
     reader sees every row at least once, and rows seen twice (a crash in between, or a batch that
     Ray retries after compaction and commits its old part again) have the same identity and are
-    resolved by winners() / remove_superseded. Parts committed while compacting are left alone.
+    resolved by winners() and the planner's clean-up (job/planning.py). Parts committed while compacting are left alone.
     """
     rows_per_part = COMPACT_ROWS if rows_per_part is None else rows_per_part
     min_parts = COMPACT_MIN_PARTS if min_parts is None else min_parts
