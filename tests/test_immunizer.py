@@ -58,3 +58,25 @@ def test_public_api_is_importable_in_three_lines():
     immunizer = Immunizer(editor, AttackConfig(steps=1, num_timesteps=1, resolution=64))
     (result,) = immunizer.protect([photo("astronaut", (32, 32))], prompts=["add fire"])
     assert result.image.size == (32, 32)
+
+
+def test_photos_of_different_sizes_share_unet_calls_when_the_editor_sees_them_alike(tiny_ip2p, monkeypatch):
+    """Full sizes differ but the attacker's views are the same size (3:2, areas within √2): one PGD run,
+    every UNet call serves both; another aspect ratio gets its own. Each result keeps its own size and bound."""
+    from danp_pipeline.protect import immunizer
+
+    runs, real = [], immunizer.pgd
+
+    def counted(x0, objective, cfg, seeds=None, gray=None):
+        runs.append(tuple(x0.shape))
+        return real(x0, objective, cfg, seeds, gray)
+
+    monkeypatch.setattr(immunizer, "pgd", counted)
+    photos = [photo("astronaut", (96, 64)), photo("coffee", (105, 70)), photo("chelsea", (64, 64))]
+    results = Immunizer(tiny_ip2p, FAST).protect(photos, prompts=["put her in a prison cell"])
+    assert sorted(runs) == [(1, 3, 64, 64), (2, 3, 70, 105)]      # padded to the larger photo's size
+    for original, result in zip(photos, results):
+        assert result.pixels.shape == original.shape
+        diff = np.abs(result.pixels.astype(int) - original.astype(int)).max()
+        assert diff == result.linf_levels and 0 < diff <= FAST.linf_levels_bound
+    assert results[0].editor_size == results[1].editor_size == (64, 40)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -112,22 +113,32 @@ class Immunizer:
         """The attacker's views the optimization averages over (the config's filters × sizes × …)."""
         return attacker_views(self.config, self.editor.vae_scale_factor)
 
-    def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int]) -> Objective:
-        """The method's objective on the attacker's views of full-size photos x0 [B,3,H,W]."""
+    def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int],
+                  sizes: list[tuple[int, int]] | None = None) -> Objective:
+        """The method's objective on the attacker's views of full-size photos x0 [B,3,H,W] (``sizes``:
+        each photo's (h, w) when photos of different sizes are padded into x0)."""
         def build(seen: torch.Tensor) -> Objective:
             return build_objective(self.config.method, self.editor, self.config, prompts, seeds, seen)
 
-        return ViewedObjective(build, x0, self.views(), seed=self.config.seed * 1_000_003 + sum(seeds))
+        return ViewedObjective(build, x0, self.views(), seed=self.config.seed * 1_000_003 + sum(seeds), sizes=sizes)
+
+    def batch_key(self, height: int, width: int) -> tuple:
+        """Photos with equal keys share UNet calls: every attacker view gives them the same size (one view
+        drawn per iteration serves them all), and their areas are within a factor of √2 of each other, so
+        padding them to the largest costs little memory. Equal full sizes always share."""
+        views = tuple((v.for_size(height, width), v.size_for(height, width)) for v in self.views())
+        return views, int(2 * math.log2(height * width))
 
     def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int],
-                gray: list[bool] | None = None) -> PGDResult:
-        """Run PGD on a batch of full-size photos x0 [B,3,H,W] in [0,1]; ``gray`` marks grayscale ones."""
+                gray: list[bool] | None = None, sizes: list[tuple[int, int]] | None = None) -> PGDResult:
+        """Run PGD on a batch of full-size photos x0 [B,3,H,W] in [0,1]; ``gray`` marks grayscale ones;
+        ``sizes``: each photo's (h, w) in the top-left corner of x0 when they differ (padded)."""
         x0 = x0.to(self.editor.device, torch.float32)
         tied = None if gray is None else torch.tensor(gray, dtype=torch.bool)
         if self.config.method == "random":
             delta = uniform_delta(x0, self.config.eps, seeds)
             return PGDResult(delta if tied is None else tie_channels(delta, tied), {})
-        return pgd(x0, self.objective(x0, prompts, seeds), self.config, seeds, tied)
+        return pgd(x0, self.objective(x0, prompts, seeds, sizes), self.config, seeds, tied)
 
     def protect(
         self,
@@ -142,23 +153,23 @@ class Immunizer:
         if len(seeds) != len(photos):
             raise ValueError(f"got {len(seeds)} seeds for {len(photos)} photos")
         decoded = [as_decoded(p) for p in photos]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for i, img in enumerate(decoded):
-            groups[(img.width, img.height)].append(i)
+            groups[self.batch_key(img.height, img.width)].append(i)
         results: list[ProtectedImage | None] = [None] * len(photos)
-        for size, members in groups.items():
+        for members in groups.values():
             start = time.perf_counter()
-            x0 = torch.stack([to_tensor(decoded[i], size) for i in members])
+            x0, sizes = _padded([to_tensor(decoded[i], (decoded[i].width, decoded[i].height)) for i in members])
             out = self.perturb(x0, [per_photo[i] for i in members], [seeds[i] for i in members],
-                               [decoded[i].grayscale for i in members])
-            seen = self.views()[0](x0[:1]).shape[-2:]
+                               [decoded[i].grayscale for i in members], sizes)
+            seen = self.views()[0].size_for(decoded[members[0]].height, decoded[members[0]].width)
             elapsed = (time.perf_counter() - start) / len(members)
             for j, i in enumerate(members):
-                results[i] = self._finish(decoded[i], out, j, (int(seen[1]), int(seen[0])), elapsed)
+                results[i] = self._finish(decoded[i], out, j, (seen[1], seen[0]), elapsed)
         return results  # type: ignore[return-value]
 
     def _finish(self, img: DecodedImage, out: PGDResult, j: int, size: tuple[int, int], seconds: float) -> ProtectedImage:
-        pixels = apply_delta(img, out.delta[j].cpu(), self.config.eps)
+        pixels = apply_delta(img, out.delta[j, :, :img.height, :img.width].cpu(), self.config.eps)
         terms = {name: (float(h[0][j]), float(h[-1][j])) for name, h in out.history.items()}
         total = out.total()
         total_first, total_last = (float("nan"),) * 2 if total is None else (float(total[0, j]), float(total[-1, j]))
@@ -177,3 +188,16 @@ class Immunizer:
             return [list(validate_prompts(p)) for p in prompts]
         shared = list(validate_prompts(prompts))
         return [shared] * n
+
+
+def _padded(photos: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]] | None]:
+    """Photos [3,h,w] as one batch: stacked when their sizes are equal (sizes None), else each in the
+    top-left corner of a zero batch of the largest height and width, with their sizes."""
+    sizes = [tuple(p.shape[-2:]) for p in photos]
+    if len(set(sizes)) == 1:
+        return torch.stack(photos), None
+    batch = torch.zeros(len(photos), 3, max(h for h, _ in sizes), max(w for _, w in sizes))
+    for i, (p, (h, w)) in enumerate(zip(photos, sizes)):
+        batch[i, :, :h, :w] = p
+    return batch, sizes
+

@@ -125,6 +125,12 @@ class View:
         resized, _ = editor_size(*source, self.long_side, self.multiple)
         return replace(self, filter="none") if resized == source else self
 
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the editor sees of an (height, width) photo through this view."""
+        if self.crop:
+            height, width = height - 2 * int(height * self.crop), width - 2 * int(width * self.crop)
+        return editor_size(height, width, self.long_side, self.multiple)[1]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.jpeg_quality:
             from .jpeg import jpeg_round_trip
@@ -166,15 +172,19 @@ def attacker_views(cfg: AttackConfig, multiple: int) -> list[View]:
 class ViewedObjective:
     """An objective on what the attacker's editor sees of full-size photos x [B,3,H,W]: each call draws
     one view (seeded: expectation over transformations across iterations), evaluates the inner
-    objective on view(x), and pulls each term's gradient back through the view to x."""
+    objective on view(x), and pulls each term's gradient back through the view to x.
+
+    Photos of different sizes share it when every view gives them the same size (Immunizer.batch_key):
+    they are padded into x, ``sizes`` gives each photo's (h, w) in its top-left corner, and each is
+    viewed from its own region (the padding gets no gradient, so its δ stays 0)."""
 
     def __init__(self, build: Callable[[torch.Tensor], Objective], x0: torch.Tensor, views: list[View],
-                 seed: int) -> None:
+                 seed: int, sizes: list[tuple[int, int]] | None = None) -> None:
         if not views:
             raise ValueError("at least one attacker view is needed")
         # Views that coincide on photos of this size (no resampling: the filter does not matter) are one.
-        self.build, self.x0 = build, x0
-        self.views = list(dict.fromkeys(v.for_size(*x0.shape[-2:]) for v in views))
+        self.build, self.x0, self.sizes = build, x0, sizes
+        self.views = list(dict.fromkeys(v.for_size(*(sizes[0] if sizes else x0.shape[-2:])) for v in views))
         self.generator = torch.Generator().manual_seed(int(seed))
         self.inner: dict[View, Objective] = {}
         self.weights = dict(self._objective(self.views[0]).weights)
@@ -183,8 +193,13 @@ class ViewedObjective:
         """The inner objective of one view, built on that view of the clean photos (clean branch, masks)."""
         if view not in self.inner:
             with torch.no_grad():
-                self.inner[view] = self.build(view(self.x0))
+                self.inner[view] = self.build(self._see(view, self.x0))
         return self.inner[view]
+
+    def _see(self, view: View, x: torch.Tensor) -> torch.Tensor:
+        if self.sizes is None:
+            return view(x)
+        return torch.cat([view(x[i:i + 1, :, :h, :w]) for i, (h, w) in enumerate(self.sizes)])
 
     def draw(self) -> View:
         return self.views[int(torch.randint(len(self.views), (1,), generator=self.generator))]
@@ -192,7 +207,7 @@ class ViewedObjective:
     def gradients(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         view = self.draw()
         x = x.detach().requires_grad_(True)
-        seen = view(x)
+        seen = self._see(view, x)
         grads_seen, values = self._objective(view).gradients(seen.detach())
         names = list(grads_seen)
         grads = {}
