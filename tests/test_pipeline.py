@@ -180,6 +180,14 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     assert tampered in caplog.text and deleted in caplog.text
 
 
+def _operator(ds, name: str):
+    """The logical operator of ``ds`` whose name mentions ``name`` (the graph is a chain)."""
+    op = ds._logical_plan.dag
+    while name not in op.name:
+        (op,) = op.input_dependencies
+    return op
+
+
 @pytest.mark.integration
 def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tolerance(tmp_path, ray_local):
     """Ray 2.60 deprecates map_batches(**ray_remote_args); the actor restarts the job relies on are
@@ -197,7 +205,7 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
         warnings.simplefilter("always")
         ds = pipeline.dataset([item], pipeline.Run.start(cfg, "r1"))
     assert not [w for w in caught if issubclass(w.category, RayDeprecationWarning)], [str(w.message) for w in caught]
-    protect = ds._logical_plan.dag
+    protect = _operator(ds, "Protector")
     assert not set(pipeline.ACTOR_FAULT_TOLERANCE) & set(protect.ray_remote_args)  # nothing to override the defaults
     applied = ActorPoolMapOperator._apply_default_remote_args(protect.ray_remote_args, DataContext.get_current())
     assert {k: applied[k] for k in pipeline.ACTOR_FAULT_TOLERANCE} == pipeline.ACTOR_FAULT_TOLERANCE
@@ -205,8 +213,12 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
     # and never for more than the largest node has (such a request would wait forever).
     assert protect.ray_remote_args["memory"] == cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
     largest = max(n["Resources"]["memory"] for n in ray_local.nodes() if n["Alive"])
-    huge = pipeline.dataset([item], pipeline.Run.start(cfg.replace(actor_memory=10**15), "r1"))._logical_plan.dag
+    huge = _operator(pipeline.dataset([item], pipeline.Run.start(cfg.replace(actor_memory=10**15), "r1")), "Protector")
     assert huge.ray_remote_args["memory"] == int(largest)
+    # The CPU stages around it hold no accelerator and ask for their own CPUs.
+    for stage in ("decode_objects", "write_outputs"):
+        args = _operator(ds, stage).ray_remote_args
+        assert args["num_cpus"] == cfg.cpus_per_task and not args.get("num_gpus"), (stage, args)
 
 
 def test_actor_memory_counts_the_editors_weights_and_the_largest_photo(tmp_path):
