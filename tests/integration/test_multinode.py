@@ -33,7 +33,7 @@ from danp_pipeline.job.faults import HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import Output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 420
 FAST = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0", "--batch-size", "1"]
