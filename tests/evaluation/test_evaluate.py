@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import photo
+from helpers import photo
 from PIL import Image
 from safetensors.torch import save_file
 

@@ -8,16 +8,18 @@ import itertools
 import json
 
 import numpy as np
-import pytest
-from archive_support import (
+from helpers import (
+    FAST_ATTACK,
     IPTC,
     XMP,
     archive_files,
+    check_linf,
     display_p3_icc,
     exif_block,
+    fast_config,
+    protect_rows,
     read_back,
 )
-from pipeline_support import FAST_ATTACK, check_linf, fast_config, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.config import FORMAT_EXTENSIONS
@@ -27,16 +29,6 @@ from danp_pipeline.job import reader
 from danp_pipeline.manifest.output import output_name
 
 BOUND = eps_levels(FAST_ATTACK.eps)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def protect(tmp_path, files, **changes):

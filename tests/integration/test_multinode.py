@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_support import encode, free_port, kill_session, real_photo
+from helpers import encode, free_port, kill_session, photo
 
 from danp_pipeline import storage
 from danp_pipeline.job.faults import HOLD_UNTIL_FILE_ENV
@@ -149,7 +149,7 @@ def photos(directory: Path, count: int) -> list[str]:
         keys.append(f"batch{i % 3}/img{i:02d}.jpg")
         path = directory / keys[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(real_photo(names[i % 4], (64 + 8 * (i % 3), 48)), "JPEG", quality=85 + i % 10))
+        path.write_bytes(encode(photo(names[i % 4], (64 + 8 * (i % 3), 48)), "JPEG", quality=85 + i % 10))
     return sorted(keys)
 
 

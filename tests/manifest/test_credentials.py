@@ -11,23 +11,12 @@ from pathlib import Path
 import c2pa
 import pyarrow as pa
 import pytest
-from archive_support import archive_files, make_test_ca
-from pipeline_support import fast_config, protect_rows
+from helpers import archive_files, fast_config, make_test_ca, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.job import reader
 from danp_pipeline.manifest.credentials import CredentialsError, Signer, validate
 from danp_pipeline.manifest.verify import verify
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_signed(tmp_path, files, chain, key, **changes):

@@ -14,7 +14,7 @@ import hashlib
 
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig, method_config, profile_config
 from danp_pipeline.protect.baselines import build_objective
