@@ -250,6 +250,26 @@ def protect_rows(run, batch):
     return rows
 
 
+def protect_files(cfg: PipelineConfig, files: dict[str, bytes]) -> list[dict]:
+    """Write ``files`` (key -> bytes) under the config's local INPUT, read them with the job's read stage
+    and protect them with :func:`protect_rows`; every row must be ok. The manifest rows, in ``files``' order."""
+    import pyarrow as pa
+
+    from danp_pipeline.job import reader
+
+    items = []
+    for key, data in files.items():
+        path = Path(cfg.input_uri) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        items.append({"source_key": key, "source_uri": f"file://{path}", "path": str(path), "size": len(data),
+                      "prompts": [], "source_etag": None})
+    batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
+                                max_pixels=cfg.max_pixels)
+    rows = protect_rows(cfg, batch).to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows]
+    return rows
+
 # -- archive files: ICC profile, EXIF/XMP/IPTC, a test CA for C2PA ----------------------------------
 
 XMP = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'

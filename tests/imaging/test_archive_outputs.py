@@ -17,7 +17,7 @@ from helpers import (
     display_p3_icc,
     exif_block,
     fast_config,
-    protect_rows,
+    protect_files,
     read_back,
 )
 
@@ -25,7 +25,6 @@ from danp_pipeline import storage
 from danp_pipeline.config import FORMAT_EXTENSIONS
 from danp_pipeline.imaging import metadata as md
 from danp_pipeline.imaging.codec import decode_image, eps_levels
-from danp_pipeline.job import reader
 from danp_pipeline.manifest.output import output_name
 
 BOUND = eps_levels(FAST_ATTACK.eps)
@@ -33,19 +32,7 @@ BOUND = eps_levels(FAST_ATTACK.eps)
 
 def protect(tmp_path, files, **changes):
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / f"out-{changes.get('output_format', 'png')}"), **changes)
-    items = []
-    for key, data in files.items():
-        path = tmp_path / "in" / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        items.append({"source_key": key, "source_uri": f"file://{path}", "path": str(path), "size": len(data),
-                      "prompts": [], "source_etag": None})
-    import pyarrow as pa
-
-    batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
-                                max_pixels=cfg.max_pixels)
-    rows = {r["source_key"]: r for r in protect_rows(cfg, batch).to_pylist()}
-    assert [r["status"] for r in rows.values()] == ["ok"] * len(files), [r["error"] for r in rows.values()]
+    rows = {r["source_key"]: r for r in protect_files(cfg, files)}
     fs, _ = storage.filesystem(cfg.output_uri)
     return rows, {k: fs.cat_file(r["output_uri"]) for k, r in rows.items()}
 
