@@ -1,6 +1,6 @@
 """Fixtures for every test folder: one torch thread, tiny random editors built once per session (real
-diffusers classes, no downloads), a moto S3 server and one local Ray instance. Helper functions are in
-helpers.py."""
+diffusers classes, no downloads), a moto S3 server and one local Ray instance; tests marked ``gpu`` are
+skipped where CUDA is missing. Helper functions are in helpers.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ import torch
 from helpers import moto_endpoint
 
 from danp_pipeline.protect.models import load_editor
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests run only where torch sees a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

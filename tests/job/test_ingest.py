@@ -128,6 +128,7 @@ def test_local_lock_excludes_a_second_run_until_released(tmp_path):
         pass
 
 
+@pytest.mark.integration
 def test_s3_lock_uses_conditional_writes_and_takes_over_only_an_expired_lease(s3_endpoint):
     upload(s3_endpoint, "danp-lock", "x", {})
     options = {**s3_options(s3_endpoint), "skip_instance_cache": True}

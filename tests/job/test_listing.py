@@ -141,6 +141,7 @@ def test_fan_out_and_list_files_give_todays_listing(tmp_path, ray_local):
                 for r in found} == expected, name
 
 
+@pytest.mark.integration
 def test_list_files_are_read_one_task_each_in_bounded_tables_and_empty_ones_add_nothing(tmp_path, ray_local,
                                                                                       monkeypatch):
     from danp_pipeline.job import inventory
