@@ -1,21 +1,33 @@
-"""Shared fixtures: tiny random editors built once per session (real diffusers classes, no downloads)."""
+"""Fixtures for every test folder: one torch thread, tiny random editors built once per session (real
+diffusers classes, no downloads), a moto S3 server and one local Ray instance; tests marked ``gpu`` are
+skipped where CUDA is missing. Helper functions are in helpers.py."""
 
 from __future__ import annotations
 
-import io
+import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import moto_endpoint
 
 from danp_pipeline.protect.models import load_editor
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests run only where torch sees a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Tiny models on a 2-core machine: a second intra-op thread only adds contention (measured 30x slower
-    under load), and Ray workers started by the tests need the other core."""
+    """As in a Ray actor (OMP_NUM_THREADS=1 for num_cpus<2). Tiny models on a 2-core machine: a second
+    intra-op thread only adds contention (measured 30x slower under load), and Ray workers started by the
+    tests need the other core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -32,22 +44,20 @@ def tiny_sd():
     return load_editor("tiny-sd", device="cpu")
 
 
-def photo(name: str = "astronaut", size: tuple[int, int] | None = (64, 64)) -> np.ndarray:
-    """A real photo from scikit-image's bundled data, RGB uint8, optionally resized to (w, h)."""
-    from skimage import data
-
-    arr = getattr(data, name)()
-    img = Image.fromarray(arr)
-    if size is not None:
-        img = img.resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(img)
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    return moto_endpoint()
 
 
-def encode(arr: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (2 CPUs, no dashboard), shared by every module."""
+    import ray
 
+    from danp_pipeline.job.pipeline import SLOW_START_ENV
 
-def as_batch(*arrays: np.ndarray) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255 for a in arrays])
+    for name, value in SLOW_START_ENV.items():
+        os.environ.setdefault(name, value)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    return ray

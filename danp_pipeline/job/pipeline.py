@@ -60,7 +60,7 @@ OBJECTS_PER_BLOCK = 4
 #: kills its actor every time is given up after ``max_photo_attempts`` (job/attempts.py).
 #: These are Ray Data's defaults for actor pools. They are not passed to ``map_batches``: actor
 #: options other than its named parameters go through ``**ray_remote_args``, deprecated since Ray
-#: 2.60 (removed in 2.64); tests/test_pipeline.py checks that Ray Data still applies them.
+#: 2.60 (removed in 2.64); tests/integration/test_pipeline.py checks that Ray Data still applies them.
 ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import photo
 from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
@@ -12,6 +11,7 @@ from diffusers import (
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInstructPix2PixPipeline,
 )
+from helpers import photo
 
 from danp_pipeline.config import EditConfig
 from danp_pipeline.evaluation.editing import Editor, build_pipeline

@@ -8,52 +8,31 @@ import itertools
 import json
 
 import numpy as np
-import pytest
-from archive_support import (
+from helpers import (
+    FAST_ATTACK,
     IPTC,
     XMP,
     archive_files,
+    check_linf,
     display_p3_icc,
     exif_block,
+    fast_config,
+    protect_files,
     read_back,
 )
-from pipeline_support import FAST_ATTACK, check_linf, fast_config, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.config import FORMAT_EXTENSIONS
 from danp_pipeline.imaging import metadata as md
 from danp_pipeline.imaging.codec import decode_image, eps_levels
-from danp_pipeline.job import reader
 from danp_pipeline.manifest.output import output_name
 
 BOUND = eps_levels(FAST_ATTACK.eps)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def protect(tmp_path, files, **changes):
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / f"out-{changes.get('output_format', 'png')}"), **changes)
-    items = []
-    for key, data in files.items():
-        path = tmp_path / "in" / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        items.append({"source_key": key, "source_uri": f"file://{path}", "path": str(path), "size": len(data),
-                      "prompts": [], "source_etag": None})
-    import pyarrow as pa
-
-    batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
-                                max_pixels=cfg.max_pixels)
-    rows = {r["source_key"]: r for r in protect_rows(cfg, batch).to_pylist()}
-    assert [r["status"] for r in rows.values()] == ["ok"] * len(files), [r["error"] for r in rows.values()]
+    rows = {r["source_key"]: r for r in protect_files(cfg, files)}
     fs, _ = storage.filesystem(cfg.output_uri)
     return rows, {k: fs.cat_file(r["output_uri"]) for k, r in rows.items()}
 

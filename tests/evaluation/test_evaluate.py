@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import photo
+from helpers import photo
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -23,7 +23,7 @@ from danp_pipeline.evaluation.memory import peak_memory
 from danp_pipeline.evaluation.metrics import LPIPS, LPIPS_ENV_VAR, psnr
 from danp_pipeline.evaluation.report import COLUMNS, PANELS, amplify, summary_markdown
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 from PIL import Image
 
 from danp_pipeline.config import AttackConfig

@@ -14,8 +14,7 @@ import warnings
 
 import pyarrow as pa
 import pytest
-from pipeline_support import (  # noqa: F401
-    protect_rows,
+from helpers import (
     FAST_ARGS,
     FAST_ATTACK,
     SECRET_KEY,
@@ -26,9 +25,8 @@ from pipeline_support import (  # noqa: F401
     good_photos,
     kill_session,
     odd_photos,
-    ray_local,
-    real_photo,
-    s3_endpoint,
+    photo,
+    protect_rows,
     s3_env,
     s3_options,
     upload,
@@ -93,8 +91,8 @@ def test_an_output_copied_elsewhere_verifies_its_own_files_and_older_rows_still_
 
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), model="tiny-ip2p")
     (tmp_path / "in" / "sub").mkdir(parents=True)
-    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
-    (tmp_path / "in" / "sub" / "b.png").write_bytes(encode(real_photo("coffee", (64, 48)), "PNG"))
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 48)), "JPEG"))
+    (tmp_path / "in" / "sub" / "b.png").write_bytes(encode(photo("coffee", (64, 48)), "PNG"))
     batch = reader.read_objects(pa.Table.from_pylist(list(reader.list_inputs(cfg))), input_uri=cfg.input_uri,
                                 storage_options={}, max_pixels=cfg.max_pixels)
     rows = protect_rows(cfg, batch).to_pylist()
@@ -127,7 +125,7 @@ def manifest_rows(output_uri: str, options: dict | None = None) -> list[dict]:
 def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, ray_local, caplog):
     caplog.set_level(logging.DEBUG, logger="danp_pipeline")
     good, bad = {**good_photos(), **odd_photos()}, bad_inputs()
-    unsafe = {"nested/../../escape.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    unsafe = {"nested/../../escape.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     sidecar = {"photos/2024/astronaut.jpg": ["give him a hat", "make it snow"]}
     files = {**good, **{k: v for k, (v, _) in bad.items()}, **unsafe, "prompts.json": json.dumps(sidecar).encode()}
     upload(s3_endpoint, "danp-archive", "in", files)
@@ -239,7 +237,7 @@ def test_actor_memory_counts_the_editors_weights_and_the_largest_photo(tmp_path)
 @pytest.mark.integration
 def test_a_changed_configuration_is_reported_as_such_not_as_new(tmp_path, ray_local):
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 64)), "JPEG"))
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 64)), "JPEG"))
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
     assert pipeline.run(cfg).ok == 1
     other = cfg.replace(attack=cfg.attack.replace(eps=0.02))
@@ -279,12 +277,12 @@ def test_a_status_file_that_cannot_be_rewritten_is_removed_not_left_claiming_don
 @pytest.mark.integration
 def test_retry_errors_redoes_only_errors_and_keeps_one_row_each(tmp_path, ray_local, monkeypatch):
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 64)), "JPEG"))
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 64)), "JPEG"))
     (tmp_path / "in" / "b.jpg").write_bytes(b"")  # not yet uploaded completely
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
     first = pipeline.run(cfg)
     assert (first.ok, first.errors) == (1, 1)
-    (tmp_path / "in" / "b.jpg").write_bytes(encode(real_photo("coffee", (64, 64)), "JPEG"))
+    (tmp_path / "in" / "b.jpg").write_bytes(encode(photo("coffee", (64, 64)), "JPEG"))
     assert pipeline.run(cfg).skipped == 2  # errors are final by default
     retried = pipeline.run(cfg.replace(retry_errors=True))
     assert (retried.ok, retried.errors, retried.skipped) == (1, 0, 1)
@@ -317,7 +315,7 @@ def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpo
     """The first run starts its own local Ray (the CLI's default) and is killed, with all its
     processes, after its driver committed its second part (of one row each); the rerun joins the session's Ray cluster through
     RAY_ADDRESS (2 CPUs) and must finish, exit 0, without recomputing a committed photo."""
-    photos = {f"day{i}/img{i}.jpg": encode(real_photo(name, (64, 48)), "JPEG")
+    photos = {f"day{i}/img{i}.jpg": encode(photo(name, (64, 48)), "JPEG")
               for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut"])}
     upload(s3_endpoint, "danp-crash", "in", photos)
     env = s3_env(s3_endpoint)  # credentials and endpoint through the standard AWS variables only
@@ -366,7 +364,7 @@ def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path
     keys = [f"p{i}.jpg" for i in range(len(names))]
     (tmp_path / "in").mkdir()
     for key, name in zip(keys, names):
-        (tmp_path / "in" / key).write_bytes(encode(real_photo(name, (64, 48)), "JPEG"))
+        (tmp_path / "in" / key).write_bytes(encode(photo(name, (64, 48)), "JPEG"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     done = subprocess.run(_cli("run", str(tmp_path / "in"), str(tmp_path / "out"), "--batch-size", "2",
                                "--max-photo-attempts", "2", *FAST_ARGS),
@@ -392,7 +390,7 @@ def test_stopping_a_run_is_not_a_crash(tmp_path, ray_local):
     times, the photo is then protected ``ok`` although max_photo_attempts is 3. The runs start their
     own local Ray (the CLI's default); the actor holds its batch once the attempt is recorded."""
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 48)), "JPEG"))
     command = _cli("run", str(tmp_path / "in"), str(tmp_path / "out"), "--max-photo-attempts", "3", *FAST_ARGS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     attempts = tmp_path / "out" / "_attempts"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from archive_support import archive_files, make_test_ca
+from helpers import archive_files, make_test_ca
 
 from danp_pipeline import cli
 from danp_pipeline.job import preflight

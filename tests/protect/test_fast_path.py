@@ -10,7 +10,7 @@ entries (≥ 99.9%); on these seeds it is identical.
 
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
 from danp_pipeline.protect.danp import DanpObjective, DiffusionObjective, pgd

@@ -6,7 +6,7 @@ import hashlib
 import os
 
 import pytest
-from pipeline_support import ACCESS_KEY, SECRET_KEY, s3_endpoint, s3_options, upload  # noqa: F401
+from helpers import ACCESS_KEY, SECRET_KEY, s3_options, upload
 
 from danp_pipeline import storage
 from danp_pipeline.manifest.output import Output

@@ -26,14 +26,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pipeline_support import encode, free_port, kill_session, real_photo
+from helpers import encode, free_port, kill_session, photo
 
 from danp_pipeline import storage
 from danp_pipeline.job.faults import HOLD_UNTIL_FILE_ENV
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import Output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 420
 FAST = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0", "--batch-size", "1"]
@@ -149,7 +149,7 @@ def photos(directory: Path, count: int) -> list[str]:
         keys.append(f"batch{i % 3}/img{i:02d}.jpg")
         path = directory / keys[-1]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(real_photo(names[i % 4], (64 + 8 * (i % 3), 48)), "JPEG", quality=85 + i % 10))
+        path.write_bytes(encode(photo(names[i % 4], (64 + 8 * (i % 3), 48)), "JPEG", quality=85 + i % 10))
     return sorted(keys)
 
 

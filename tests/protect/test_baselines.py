@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import (
     EVAL_METHODS,

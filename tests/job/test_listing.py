@@ -12,14 +12,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_support import (  # noqa: F401
-    fast_config,
-    ray_local,
-    s3_client,
-    s3_endpoint,
-    s3_options,
-    upload,
-)
+from helpers import fast_config, s3_client, s3_options, upload
 
 from danp_pipeline import storage
 from danp_pipeline.job import listing, planning, progress, reader
@@ -148,6 +141,7 @@ def test_fan_out_and_list_files_give_todays_listing(tmp_path, ray_local):
                 for r in found} == expected, name
 
 
+@pytest.mark.integration
 def test_list_files_are_read_one_task_each_in_bounded_tables_and_empty_ones_add_nothing(tmp_path, ray_local,
                                                                                       monkeypatch):
     from danp_pipeline.job import inventory
@@ -262,12 +256,12 @@ def test_status_file_and_progress_line(tmp_path, ray_local):
 
 @pytest.mark.integration
 def test_run_from_an_input_list_gives_each_listed_object_one_row_and_a_status_file(tmp_path, ray_local):
-    from pipeline_support import encode, real_photo
+    from helpers import encode, photo
 
     from danp_pipeline.job import pipeline
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
+    (tmp_path / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 48)), "JPEG"))
     (tmp_path / "in" / "not-listed.jpg").write_bytes(b"never read")
     outside = f"file://{tmp_path}/elsewhere.jpg"
     listed = [f"file://{tmp_path}/in/a.jpg", outside, f"file://{tmp_path}/in/gone.jpg", f"{tmp_path}/in/a.jpg"]
@@ -299,16 +293,16 @@ TWIN = "caf\\xe9 d\\xe9j\\xe0.jpg"            # a UTF-8 name spelling LATIN1's e
 def odd_entries(root) -> None:
     """INPUT with a name that is not UTF-8, symlinks of every kind (at the top and one level down, so
     that both the per-directory and the recursive listing tasks meet them), and a file outside INPUT."""
-    from pipeline_support import encode, real_photo
+    from helpers import encode, photo
 
     (root / "in" / "sub").mkdir(parents=True)
     (root / "in" / "dir").mkdir()
-    (root / "in" / "a.jpg").write_bytes(encode(real_photo("astronaut", (64, 48)), "JPEG"))
-    (root / "in" / "sub" / "b.png").write_bytes(encode(real_photo("coffee", (64, 48)), "PNG"))
+    (root / "in" / "a.jpg").write_bytes(encode(photo("astronaut", (64, 48)), "JPEG"))
+    (root / "in" / "sub" / "b.png").write_bytes(encode(photo("coffee", (64, 48)), "PNG"))
     with open(bytes(root / "in") + b"/" + LATIN1, "wb") as fh:
-        fh.write(encode(real_photo("chelsea", (64, 48)), "JPEG"))
+        fh.write(encode(photo("chelsea", (64, 48)), "JPEG"))
     (root / "in" / TWIN).write_bytes(b"a twin that must not be mistaken for LATIN1")
-    (root / "outside.jpg").write_bytes(encode(real_photo("camera", (64, 48)), "JPEG"))
+    (root / "outside.jpg").write_bytes(encode(photo("camera", (64, 48)), "JPEG"))
     for link, target in [("in/link.jpg", "a.jpg"), ("in/sub/up.jpg", "../a.jpg"), ("in/out.jpg", "../outside.jpg"),
                          ("in/sub/out.jpg", str(root / "outside.jpg")), ("in/gone.jpg", "missing.jpg"),
                          ("in/dirlink", "dir")]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import photo
+from helpers import photo
 
 from danp_pipeline.config import AttackConfig, profile_config
 from danp_pipeline.evaluation.objective_probe import ObjectiveProbe

@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig, PROFILES, profile_config
 from danp_pipeline.evaluation.bench import count_flops_of

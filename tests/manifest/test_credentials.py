@@ -9,41 +9,17 @@ import logging
 from pathlib import Path
 
 import c2pa
-import pyarrow as pa
 import pytest
-from archive_support import archive_files, make_test_ca
-from pipeline_support import fast_config, protect_rows
+from helpers import archive_files, fast_config, make_test_ca, protect_files
 
 from danp_pipeline import storage
-from danp_pipeline.job import reader
 from danp_pipeline.manifest.credentials import CredentialsError, Signer, validate
 from danp_pipeline.manifest.verify import verify
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_signed(tmp_path, files, chain, key, **changes):
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), c2pa_cert=chain, c2pa_key=key, **changes)
-    items = []
-    for name, data in files.items():
-        path = tmp_path / "in" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        items.append({"source_key": name, "source_uri": f"file://{path}", "path": str(path), "size": len(data),
-                      "prompts": [], "source_etag": None})
-    batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
-                                max_pixels=cfg.max_pixels)
-    rows = protect_rows(cfg, batch).to_pylist()
-    assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows]
-    return cfg, rows
+    return cfg, protect_files(cfg, files)
 
 
 def test_signed_outputs_carry_the_three_assertions_and_verify(tmp_path, caplog):

@@ -8,16 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from pipeline_support import (  # noqa: F401
-    encode,
-    fast_config,
-    ray_local,
-    real_photo,
-    s3_client,
-    s3_endpoint,
-    s3_options,
-    upload,
-)
+from helpers import encode, fast_config, photo, s3_client, s3_options, upload
 
 from danp_pipeline import storage
 from danp_pipeline.job import ingest
@@ -28,8 +19,8 @@ from danp_pipeline.manifest.output import LOCK_NAME, Output
 from danp_pipeline.storage.lease import Lease, LockHeld
 
 
-def photo(name: str, size=(64, 48), quality=90) -> bytes:
-    return encode(real_photo(name, size), "JPEG", quality=quality)
+def jpeg(name: str, size=(64, 48), quality=90) -> bytes:
+    return encode(photo(name, size), "JPEG", quality=quality)
 
 
 def current(output_uri: str, options: dict | None = None) -> dict[str, dict]:
@@ -138,6 +129,7 @@ def test_local_lock_excludes_a_second_run_until_released(tmp_path):
         pass
 
 
+@pytest.mark.integration
 def test_s3_lock_uses_conditional_writes_and_takes_over_only_an_expired_lease(s3_endpoint):
     upload(s3_endpoint, "danp-lock", "x", {})
     options = {**s3_options(s3_endpoint), "skip_instance_cache": True}
@@ -169,7 +161,7 @@ def test_s3_lock_uses_conditional_writes_and_takes_over_only_an_expired_lease(s3
 @pytest.mark.integration
 def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_local):
     options = s3_options(s3_endpoint)
-    upload(s3_endpoint, "danp-ingest", "in", {"day1/a.jpg": photo("astronaut"), "day1/b.jpg": photo("chelsea")})
+    upload(s3_endpoint, "danp-ingest", "in", {"day1/a.jpg": jpeg("astronaut"), "day1/b.jpg": jpeg("chelsea")})
     upload(s3_endpoint, "danp-ingest-out", "unrelated", {})
     cfg = fast_config("s3://danp-ingest/in", "s3://danp-ingest-out/archive", storage_options=options)
 
@@ -178,7 +170,7 @@ def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_loc
     rows = current(cfg.output_uri, options)
     assert {r["reason"] for r in rows.values()} == {"new"} and all(r["source_etag"] for r in rows.values())
 
-    upload(s3_endpoint, "danp-ingest", "in", {"day2/c.jpg": photo("coffee"), "day2/d.jpg": photo("camera")})
+    upload(s3_endpoint, "danp-ingest", "in", {"day2/c.jpg": jpeg("coffee"), "day2/d.jpg": jpeg("camera")})
     second = ingest.ingest(cfg)
     assert (second.ok, second.skipped) == (2, 2)
     rows = current(cfg.output_uri, options)
@@ -186,7 +178,7 @@ def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_loc
     assert rows["day1/a.jpg"]["run_id"] == first.run_id and rows["day2/c.jpg"]["run_id"] == second.run_id
 
     old_sha = rows["day1/b.jpg"]["source_sha256"]
-    edited = photo("chelsea", quality=60)
+    edited = jpeg("chelsea", quality=60)
     upload(s3_endpoint, "danp-ingest", "in", {"day1/b.jpg": edited})
     third = ingest.ingest(cfg)
     assert (third.ok, third.skipped) == (1, 3)
@@ -216,7 +208,7 @@ def test_ingest_protects_only_new_then_changed_photos_on_s3(s3_endpoint, ray_loc
 def test_overlapping_ingest_runs_never_protect_a_photo_twice(tmp_path, ray_local):
     (tmp_path / "in").mkdir()
     for i, name in enumerate(["astronaut", "chelsea", "coffee"]):
-        (tmp_path / "in" / f"{i}.jpg").write_bytes(photo(name))
+        (tmp_path / "in" / f"{i}.jpg").write_bytes(jpeg(name))
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
     lock_path = tmp_path / "out" / LOCK_NAME
     results: dict[str, object] = {}
@@ -244,7 +236,7 @@ def test_two_runs_started_together_protect_every_photo_once(tmp_path, ray_local)
     first and then finds everything done. The work is counted as rows ever committed (every part)."""
     (tmp_path / "in").mkdir()
     for i, name in enumerate(["astronaut", "chelsea", "coffee"]):
-        (tmp_path / "in" / f"{i}.jpg").write_bytes(photo(name))
+        (tmp_path / "in" / f"{i}.jpg").write_bytes(jpeg(name))
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), lease_wait_s=300)
     results: dict[str, object] = {}
     runs = [threading.Thread(target=lambda name=name: results.update({name: pipeline.run(cfg)})) for name in "ab"]
@@ -260,7 +252,7 @@ def test_two_runs_started_together_protect_every_photo_once(tmp_path, ray_local)
 def test_a_run_refuses_an_output_whose_lease_another_holds(tmp_path):
     """No Ray, no work: the lease is taken before anything starts, and the refusal names the holder."""
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "a.jpg").write_bytes(photo("astronaut"))
+    (tmp_path / "in" / "a.jpg").write_bytes(jpeg("astronaut"))
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
     fs, root = storage.filesystem(cfg.output_uri)
     with Lease(fs, Output(fs, root).lock_path, ttl_s=60) as holder:

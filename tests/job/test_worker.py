@@ -5,16 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from pipeline_support import (
-    FAST_ATTACK,
-    protect_rows,
-    bad_inputs,
-    check_linf,
-    encode,
-    fast_config,
-    odd_photos,
-    real_photo,
-)
+from helpers import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, photo, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
@@ -38,18 +29,6 @@ def read_batch(cfg, files: dict[str, bytes], tmp_path, prompts=None) -> pa.Table
                                storage_options=cfg.storage_options, max_pixels=cfg.max_pixels)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """As in a Ray actor (OMP_NUM_THREADS=1 for num_cpus<2): on a busy 2-core machine two OpenMP
-    threads can be ~50x slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def cfg(tmp_path):
     return fast_config(str(tmp_path / "in"), str(tmp_path / "out"))
@@ -57,7 +36,7 @@ def cfg(tmp_path):
 
 def test_one_row_per_input_in_order_with_readable_reasons(cfg, tmp_path):
     bad = bad_inputs()
-    files = {"good.jpg": encode(real_photo("astronaut", (80, 64)), "JPEG"), **{k: v for k, (v, _) in bad.items()}}
+    files = {"good.jpg": encode(photo("astronaut", (80, 64)), "JPEG"), **{k: v for k, (v, _) in bad.items()}}
     batch = read_batch(cfg, files, tmp_path)
     out = protect_rows(Run.start(cfg, run_id="r1"), batch)
     assert out.schema == provenance.SCHEMA
@@ -96,8 +75,8 @@ def test_odd_but_valid_images_are_all_protected(cfg, tmp_path):
 
 def test_sidecar_prompts_win_and_others_fall_back(tmp_path):
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), prompts=("make it snow",))
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
-             "b.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG"),
+             "b.jpg": encode(photo("coffee", (64, 64)), "JPEG")}
     out = protect_rows(cfg, read_batch(cfg, files, tmp_path, prompts={"a.jpg": ("add a hat", "make her smile")}))
     assert out["prompts"].to_pylist() == [["add a hat", "make her smile"], ["make it snow"]]
 
@@ -105,7 +84,7 @@ def test_sidecar_prompts_win_and_others_fall_back(tmp_path):
 def test_unsafe_keys_and_read_errors_never_reach_the_disk(cfg, tmp_path):
     record = {"source_uri": "s3://b/in/x/../../escape.jpg", "path": "b/in/x/../../escape.jpg",
               "source_key": "x/../../escape.jpg", "size": 3, "prompts": [],
-              "data": encode(real_photo("astronaut", (64, 64)), "JPEG"), "read_error": None}
+              "data": encode(photo("astronaut", (64, 64)), "JPEG"), "read_error": None}
     vanished = {**record, "source_uri": "s3://b/in/v.jpg", "source_key": "v.jpg", "data": None,
                 "read_error": "object vanished between listing and reading"}
     out = protect_rows(cfg, [record, vanished]).to_pylist()
@@ -115,8 +94,8 @@ def test_unsafe_keys_and_read_errors_never_reach_the_disk(cfg, tmp_path):
 
 
 def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
-             "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG"),
+             "poison.jpg": encode(photo("coffee", (64, 64)), "JPEG")}
     run = Run.start(cfg)
     batch = reader.decode_objects(read_batch(cfg, files, tmp_path), run=run)
     protector = Protector(run)
@@ -145,8 +124,8 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
     """Ray restarts a dead actor and retries its batch without limit; the attempt records bound that.
     Each call below is what Ray's retry does after the actor process died."""
     cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), batch_size=2, max_photo_attempts=2)
-    files = {"good.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"),
-             "poison.jpg": encode(real_photo("coffee", (64, 64)), "JPEG")}
+    files = {"good.jpg": encode(photo("astronaut", (64, 64)), "JPEG"),
+             "poison.jpg": encode(photo("coffee", (64, 64)), "JPEG")}
     run = Run.start(cfg, run_id="r1")
     batch = reader.decode_objects(read_batch(cfg, files, tmp_path), run=run)
     monkeypatch.setenv(CRASH_ON_KEY_ENV, "poison.jpg")
@@ -177,7 +156,7 @@ def test_a_photo_that_keeps_killing_its_worker_becomes_an_error_row(tmp_path, mo
 
 
 def test_an_attempt_that_ends_leaves_no_attempt_record(cfg, tmp_path):
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG"), "bad.jpg": b"not an image"}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG"), "bad.jpg": b"not an image"}
     out = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()
     assert [r["status"] for r in out] == ["ok", "error"]
     assert not list((tmp_path / "out" / ATTEMPTS_DIR).iterdir())
@@ -186,13 +165,13 @@ def test_an_attempt_that_ends_leaves_no_attempt_record(cfg, tmp_path):
 def test_write_failure_is_an_error_row(cfg, tmp_path):
     (tmp_path / "out" / "images").mkdir(parents=True)
     (tmp_path / "out" / "images" / "blocked").write_bytes(b"a file where a directory must go")
-    files = {"blocked/a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    files = {"blocked/a.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     out = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()
     assert out[0]["status"] == "error" and out[0]["error"].startswith("cannot write output")
 
 
 def test_same_photo_same_config_same_bytes(cfg, tmp_path):
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     batch = read_batch(cfg, files, tmp_path)
     first = protect_rows(cfg, batch)["output_sha256"][0].as_py()
     second = protect_rows(cfg, batch)["output_sha256"][0].as_py()
@@ -216,7 +195,7 @@ def test_a_protection_that_did_not_happen_is_never_ok(cfg, tmp_path, monkeypatch
         return torch.full_like(g, float("nan")) if broken == "every" or len(calls) == 1 else g
 
     monkeypatch.setattr(danp.Balancer, "combine", combine)
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     if broken == "every":
         assert row["status"] == "error" and row["output_uri"] is None
@@ -231,7 +210,7 @@ def test_an_unchanged_photo_is_never_ok(cfg, tmp_path, monkeypatch):
     from danp_pipeline.protect import immunizer
 
     monkeypatch.setattr(immunizer, "apply_delta", lambda img, delta, eps: img.rgb.copy())
-    files = {"a.jpg": encode(real_photo("astronaut", (64, 64)), "JPEG")}
+    files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     assert row["status"] == "error" and "unchanged (L∞ 0 levels)" in row["error"]
 

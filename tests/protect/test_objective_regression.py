@@ -5,7 +5,7 @@ The hashes are sha256 of the float32 tensors' bytes, recorded with the single-th
 (conftest pins one torch thread). They pin the objective machinery (sampler, balancer, chunking, caches):
 a refactor that changes any draw, any summation order or any step shows here. A different torch build or
 CPU may round differently; then record the hashes again from the commit before the change under test
-(``python tests/test_objective_regression.py`` prints them) and compare against that.
+(``PYTHONPATH=tests python tests/protect/test_objective_regression.py`` prints them) and compare against that.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hashlib
 
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig, method_config, profile_config
 from danp_pipeline.protect.baselines import build_objective

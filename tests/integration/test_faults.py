@@ -18,17 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from botocore.exceptions import ClientError
-from pipeline_support import (  # noqa: F401
-    FAST_ARGS,
-    SECRET_KEY,
-    encode,
-    fast_config,
-    ray_local,
-    real_photo,
-    s3_endpoint,
-    s3_options,
-    upload,
-)
+from helpers import FAST_ARGS, SECRET_KEY, encode, fast_config, photo, s3_options, upload
 
 from danp_pipeline import cli, storage
 from danp_pipeline.job import pipeline
@@ -165,9 +155,9 @@ def test_retrying_retries_only_transient_errors_and_gives_up_after_the_budget(mo
 
 @pytest.mark.integration
 def test_job_survives_a_flaky_s3_endpoint_and_records_permanent_failures(s3_endpoint, ray_local):
-    photos = {f"in/{i}.jpg": encode(real_photo(name, (64, 48)), "JPEG")
+    photos = {f"in/{i}.jpg": encode(photo(name, (64, 48)), "JPEG")
               for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut", "chelsea"])}
-    photos["in/denied.jpg"] = encode(real_photo("coffee", (64, 48)), "JPEG")
+    photos["in/denied.jpg"] = encode(photo("coffee", (64, 48)), "JPEG")
     upload(s3_endpoint, "danp-flaky", "src", photos)
     upload(s3_endpoint, "danp-flaky-out", "unrelated", {})
     proxy = FaultProxy(s3_endpoint, every=3, deny=("/danp-flaky/src/in/denied.jpg",))
@@ -208,7 +198,7 @@ def one_error_line(caplog, command: list[str]) -> tuple[int, str]:
 def test_a_corrupt_manifest_part_is_named_in_one_line_by_run_verify_and_compact(tmp_path, ray_local, caplog):
     (tmp_path / "in").mkdir()
     for name in ("astronaut", "coffee"):
-        (tmp_path / "in" / f"{name}.jpg").write_bytes(encode(real_photo(name, (64, 48)), "JPEG"))
+        (tmp_path / "in" / f"{name}.jpg").write_bytes(encode(photo(name, (64, 48)), "JPEG"))
     out = tmp_path / "out"
     run = ["run", str(tmp_path / "in"), str(out), "--model", "tiny-ip2p", *FAST_ARGS]
     assert cli.entrypoint(run) == 0

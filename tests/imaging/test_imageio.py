@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import math
 import resource
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import skimage
 import skimage.data
 import torch
+from helpers import encode, png_header_only
 from PIL import Image, ImageFile
 
 from danp_pipeline.imaging.codec import (
@@ -38,15 +37,6 @@ SIZES = [(37, 53), (300, 200), (513, 1023)]  # (w, h)
 # ---------------------------------------------------------------- helpers
 
 
-def _encode(arr_or_img: np.ndarray | Image.Image, fmt: str, **kwargs: object) -> bytes:
-    img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
-    if fmt == "PNG":
-        kwargs.setdefault("compress_level", 1)  # fast; PNG is lossless at any level
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
 def _resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BICUBIC))
 
@@ -56,18 +46,6 @@ def _as_decoded(rgb: np.ndarray, grayscale: bool = False) -> DecodedImage:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     return DecodedImage(rgb=rgb, alpha=None, grayscale=grayscale, source_mode="RGB",
                         source_format=None, notes=())
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR (1-bit gray) claiming width x height, with a tiny IDAT."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +62,12 @@ def photos() -> dict[str, np.ndarray]:
 def test_decode_real_photos_png_exact_jpeg_close(photos, name, size):
     arr = _resized(photos[name], size)
     gray = arr.ndim == 2
-    png = decode_image(_encode(arr, "PNG"))
+    png = decode_image(encode(arr, "PNG"))
     assert (png.width, png.height) == size and png.rgb.dtype == np.uint8
     assert png.grayscale is gray and png.alpha is None and png.source_format == "PNG"
     expected = np.repeat(arr[..., None], 3, axis=2) if gray else arr
     np.testing.assert_array_equal(png.rgb, expected)
-    jpg = decode_image(_encode(arr, "JPEG", quality=95))
+    jpg = decode_image(encode(arr, "JPEG", quality=95))
     assert (jpg.width, jpg.height) == size and jpg.grayscale is gray
     assert jpg.source_format == "JPEG" and jpg.source_mode == ("L" if gray else "RGB")
     assert psnr_db(_as_decoded(expected), jpg.rgb) > 30.0
@@ -129,14 +107,14 @@ def test_jpeg_magic_followed_by_garbage_rejected_readably():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_files_rejected(photos, fmt):
-    data = _encode(photos["chelsea"], fmt)
+    data = encode(photos["chelsea"], fmt)
     with pytest.raises(ImageDecodeError, match=r"^truncated or corrupt image data: "):
         decode_image(data[: len(data) // 2])
 
 
 def test_decompression_bomb_refused_without_allocating():
     before_limit, before_trunc = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
-    bomb = _png_header_only(50_000, 50_000)
+    bomb = png_header_only(50_000, 50_000)
     assert len(bomb) < 200
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for max_pixels in (40_000_000, 10**10):  # Pillow's own bomb error must also become ours
@@ -151,19 +129,19 @@ def test_decompression_bomb_refused_without_allocating():
 def test_max_pixels_checked_from_header_before_decoding():
     # The IDAT is empty: a decode attempt would say "truncated", so "too large" proves no decode.
     with pytest.raises(ImageDecodeError) as info:
-        decode_image(_png_header_only(2000, 3000), max_pixels=1_000_000)
+        decode_image(png_header_only(2000, 3000), max_pixels=1_000_000)
     assert str(info.value) == "image too large: 2000x3000 = 6000000 pixels > max_pixels 1000000"
     with warnings.catch_warnings(record=True) as caught:  # Pillow's bomb warning range
         warnings.simplefilter("always")
         with pytest.raises(ImageDecodeError, match=r"10000x10000 = 100000000 pixels > max_pixels"):
-            decode_image(_png_header_only(10_000, 10_000))
+            decode_image(png_header_only(10_000, 10_000))
     assert not caught
     with pytest.raises(ImageDecodeError, match=r"^truncated or corrupt image data"):
-        decode_image(_png_header_only(100, 100))
+        decode_image(png_header_only(100, 100))
 
 
 def test_tiny_image_rejected_by_min_side():
-    data = _encode(np.zeros((4, 4, 3), np.uint8), "PNG")
+    data = encode(np.zeros((4, 4, 3), np.uint8), "PNG")
     with pytest.raises(ImageDecodeError, match=r"^image too small: 4x4"):
         decode_image(data)
     assert decode_image(data, min_side=4).rgb.shape == (4, 4, 3)
@@ -181,7 +159,7 @@ def test_bad_arguments():
 
 def test_cmyk_jpeg_converted(photos):
     arr = _resized(photos["coffee"], (300, 200))
-    out = decode_image(_encode(Image.fromarray(arr).convert("CMYK"), "JPEG", quality=95))
+    out = decode_image(encode(Image.fromarray(arr).convert("CMYK"), "JPEG", quality=95))
     assert out.source_mode == "CMYK" and "CMYK converted to RGB" in out.notes
     assert not out.grayscale and out.rgb.shape == (200, 300, 3)
     assert np.abs(out.rgb.astype(int) - arr).mean() < 3.0
@@ -189,7 +167,7 @@ def test_cmyk_jpeg_converted(photos):
 
 def test_16bit_png_scaled_by_shift_not_clipped():
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # spans 0..65535
-    out = decode_image(_encode(values, "PNG"))
+    out = decode_image(encode(values, "PNG"))
     assert out.source_mode.startswith("I") and out.grayscale
     assert "16-bit samples kept" in out.notes and out.bit_depth == 16   # issue 13: protected at 16 bits
     assert np.array_equal(out.pixels16[..., 0], values)
@@ -201,24 +179,24 @@ def test_16bit_png_scaled_by_shift_not_clipped():
 def test_16bit_big_endian_and_32bit_int_tiff():
     values = (np.arange(64 * 64, dtype=np.uint32) * 16).reshape(64, 64)  # 0..65520
     big = Image.frombytes("I;16B", (64, 64), values.astype(">u2").tobytes())
-    out = decode_image(_encode(big, "TIFF"))
+    out = decode_image(encode(big, "TIFF"))
     np.testing.assert_array_equal(out.pixels16[..., 0], values)   # issue 13: 16-bit samples kept
     assert np.abs(out.rgb[..., 0].astype(int) - (values >> 8)).max() <= 1   # 8-bit view rounds
-    out = decode_image(_encode(Image.fromarray(values.astype(np.int32)), "TIFF"))
+    out = decode_image(encode(Image.fromarray(values.astype(np.int32)), "TIFF"))
     assert out.source_mode == "I" and out.grayscale
     np.testing.assert_array_equal(out.rgb[..., 0], values >> 8)
 
 
 def test_float_tiff_clipped():
     values = np.linspace(-100.0, 400.0, 32 * 32, dtype=np.float32).reshape(32, 32)
-    out = decode_image(_encode(Image.fromarray(values), "TIFF"))
+    out = decode_image(encode(Image.fromarray(values), "TIFF"))
     assert out.source_mode == "F" and out.grayscale
     np.testing.assert_array_equal(out.rgb[..., 0], np.rint(np.clip(values, 0, 255)).astype(np.uint8))
 
 
 def test_one_bit_image():
     checker = (np.indices((16, 24)).sum(axis=0) % 2).astype(bool)
-    out = decode_image(_encode(Image.fromarray(checker), "PNG"))
+    out = decode_image(encode(Image.fromarray(checker), "PNG"))
     assert out.source_mode == "1" and out.grayscale
     np.testing.assert_array_equal(out.rgb[..., 0], checker.astype(np.uint8) * 255)
 
@@ -228,11 +206,11 @@ def test_palette_with_and_without_transparency():
     colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
     pal = Image.frombytes("P", (16, 20), idx.tobytes())
     pal.putpalette(colors.flatten().tolist())
-    out = decode_image(_encode(pal, "PNG", transparency=2))
+    out = decode_image(encode(pal, "PNG", transparency=2))
     assert out.source_mode == "P" and not out.grayscale and out.alpha is not None
     np.testing.assert_array_equal(out.alpha, np.where(idx == 2, 0, 255))
     np.testing.assert_array_equal(out.rgb[idx != 2], colors[idx[idx != 2]])
-    plain = decode_image(_encode(pal, "PNG"))
+    plain = decode_image(encode(pal, "PNG"))
     assert plain.alpha is None
     np.testing.assert_array_equal(plain.rgb, colors[idx])
 
@@ -240,12 +218,12 @@ def test_palette_with_and_without_transparency():
 def test_rgba_and_la_keep_alpha():
     rng = np.random.default_rng(2)
     rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
-    out = decode_image(_encode(rgba, "PNG"))
+    out = decode_image(encode(rgba, "PNG"))
     assert out.source_mode == "RGBA" and not out.grayscale
     np.testing.assert_array_equal(out.rgb, rgba[..., :3])
     np.testing.assert_array_equal(out.alpha, rgba[..., 3])
     la = rng.integers(0, 256, (30, 40, 2), dtype=np.uint8)
-    out = decode_image(_encode(la, "PNG"))
+    out = decode_image(encode(la, "PNG"))
     assert out.source_mode == "LA" and out.grayscale
     np.testing.assert_array_equal(out.rgb, np.repeat(la[..., :1], 3, axis=2))
     np.testing.assert_array_equal(out.alpha, la[..., 1])
@@ -257,7 +235,7 @@ def test_exif_orientation_6_rotates_clockwise(photos, fmt):
     exif = Image.Exif()
     exif[0x0112] = 6
     kwargs = {"quality": 100} if fmt == "JPEG" else {}
-    out = decode_image(_encode(arr, fmt, exif=exif, **kwargs))
+    out = decode_image(encode(arr, fmt, exif=exif, **kwargs))
     assert (out.width, out.height) == (40, 60)
     assert "exif orientation 6 applied" in out.notes
     expected = np.rot90(arr, k=-1)  # 90° clockwise
@@ -311,7 +289,7 @@ def test_working_size_rejects_bad_values(kwargs, bad):
 
 
 def test_to_tensor(photos):
-    img = decode_image(_encode(_resized(photos["astronaut"], (513, 1023)), "PNG"))
+    img = decode_image(encode(_resized(photos["astronaut"], (513, 1023)), "PNG"))
     t = to_tensor(img, working_size(img.width, img.height))
     assert t.dtype == torch.float32 and tuple(t.shape) == (3, 512, 256)
     assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
@@ -426,7 +404,7 @@ def test_end_to_end_decode_protect_encode(photos, name, mode):
     arr = _resized(photos[name], (300, 200))
     if mode == "RGBA":
         arr = np.dstack([arr, np.linspace(0, 255, 300, dtype=np.uint8)[None].repeat(200, 0)])
-    img = decode_image(_encode(arr, "PNG"))
+    img = decode_image(encode(arr, "PNG"))
     w, h = working_size(img.width, img.height)
     x = to_tensor(img, (w, h))
     gen = torch.Generator().manual_seed(5)

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import as_batch, photo
+from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
 from danp_pipeline.protect.danp import Balancer, DanpObjective, pgd, uniform_delta

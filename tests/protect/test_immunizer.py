@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import encode, photo
+from helpers import encode, photo
 from PIL import Image
 
 from danp_pipeline import AttackConfig, Immunizer, load_editor
