@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow as pa
 import pytest
 
-from pipeline_support import fast_config, ray_local  # noqa: F401
+from helpers import fast_config
 
 from danp_pipeline import storage
 from danp_pipeline.manifest import provenance, writer
