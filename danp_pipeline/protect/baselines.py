@@ -1,4 +1,4 @@
-"""The paper's baselines as objectives for the one PGD loop (:func:`danp_pipeline.protect.danp.pgd`).
+"""The paper's baselines as objectives for the one PGD loop (:func:`danp_pipeline.protect.pgd.pgd`).
 
 Every method shares the loop, the budget γ (``eps``), the step α (``step_size``), the iteration
 count N (``steps``), the timesteps 𝒯 and the per-image seeds; only the objective differs. Each
@@ -48,7 +48,7 @@ import logging
 import torch
 
 from ..config import AttackConfig
-from .danp import DanpObjective, DiffusionObjective, Objective
+from .danp import DanpObjective, DiffusionObjective
 from .diffusion import (
     Sampler,
     add_noise,
@@ -60,6 +60,7 @@ from .diffusion import (
     predict_noise,
 )
 from .models import EditorBundle
+from .pgd import Objective
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from ..imaging.codec import (
     to_tensor,
 )
 from .baselines import build_objective
-from .danp import Objective, PGDResult, pgd, tie_channels, uniform_delta
 from .models import EditorBundle
+from .pgd import Objective, PGDResult, pgd, tie_channels, uniform_delta
 from .views import View, ViewedObjective, attacker_views
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AttackConfig
-from .danp import Objective
+from .pgd import Objective
 
 #: Pillow's filters: support radius at scale 1 and kernel.
 FILTERS = ("box", "bilinear", "bicubic", "lanczos")

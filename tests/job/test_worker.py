@@ -10,8 +10,8 @@ from helpers import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, od
 from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
 from danp_pipeline.job import faults, outputs, reader
-from danp_pipeline.job.identity import Run
 from danp_pipeline.job.faults import CRASH_ON_KEY_ENV
+from danp_pipeline.job.identity import Run
 from danp_pipeline.job.worker import Protector
 from danp_pipeline.manifest import provenance
 from danp_pipeline.manifest.output import ATTEMPTS_DIR
@@ -185,16 +185,16 @@ def test_a_protection_that_did_not_happen_is_never_ok(cfg, tmp_path, monkeypatch
     of two: still a protection, ``ok``, and the row counts the skipped step."""
     import torch
 
-    from danp_pipeline.protect import danp
+    from danp_pipeline.protect import pgd
 
-    real, calls = danp.Balancer.combine, []
+    real, calls = pgd.Balancer.combine, []
 
     def combine(self, *args, **kwargs):
         g = real(self, *args, **kwargs)
         calls.append(1)
         return torch.full_like(g, float("nan")) if broken == "every" or len(calls) == 1 else g
 
-    monkeypatch.setattr(danp.Balancer, "combine", combine)
+    monkeypatch.setattr(pgd.Balancer, "combine", combine)
     files = {"a.jpg": encode(photo("astronaut", (64, 64)), "JPEG")}
     row = protect_rows(cfg, read_batch(cfg, files, tmp_path)).to_pylist()[0]
     if broken == "every":

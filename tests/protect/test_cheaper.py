@@ -10,10 +10,11 @@ import pytest
 import torch
 from helpers import as_batch, photo
 
-from danp_pipeline.config import AttackConfig, PROFILES, profile_config
+from danp_pipeline.config import PROFILES, AttackConfig, profile_config
 from danp_pipeline.evaluation.bench import count_flops_of
-from danp_pipeline.protect.danp import COMBINED, Balancer, DanpObjective, pgd, step_size
+from danp_pipeline.protect.danp import DanpObjective
 from danp_pipeline.protect.diffusion import Sampler
+from danp_pipeline.protect.pgd import COMBINED, Balancer, pgd, step_size
 
 PROMPTS = [["put her in a prison cell"]]
 

@@ -3,8 +3,9 @@ import torch
 from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.protect.danp import Balancer, DanpObjective, pgd, uniform_delta
+from danp_pipeline.protect.danp import DanpObjective
 from danp_pipeline.protect.diffusion import attack_timesteps
+from danp_pipeline.protect.pgd import Balancer, pgd, uniform_delta
 
 PROMPT = [["put her in a prison cell"]]
 

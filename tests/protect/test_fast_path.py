@@ -13,8 +13,9 @@ import torch
 from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig
-from danp_pipeline.protect.danp import DanpObjective, DiffusionObjective, pgd
+from danp_pipeline.protect.danp import DanpObjective, DiffusionObjective
 from danp_pipeline.protect.diffusion import add_noise, predict_noise
+from danp_pipeline.protect.pgd import pgd
 
 PROMPTS = [["put her in a prison cell"]]
 GRAD_RTOL = 1e-4   # of the largest |entry| of each term's gradient

@@ -18,7 +18,7 @@ from helpers import as_batch, photo
 
 from danp_pipeline.config import AttackConfig, method_config, profile_config
 from danp_pipeline.protect.baselines import build_objective
-from danp_pipeline.protect.danp import pgd
+from danp_pipeline.protect.pgd import pgd
 
 PROMPTS = ["put her in a prison cell", "make it snow", "turn it into a painting"]
 BASE = AttackConfig(steps=4, num_timesteps=4, resolution=64).validate()

@@ -14,10 +14,11 @@ from PIL import Image
 from danp_pipeline.config import AttackConfig
 from danp_pipeline.evaluation.metrics import psnr
 from danp_pipeline.protect import danp as danp_module
-from danp_pipeline.protect.danp import DanpObjective, pgd
+from danp_pipeline.protect.danp import DanpObjective
 from danp_pipeline.protect.diffusion import attack_strength, attack_timesteps
 from danp_pipeline.protect.immunizer import Immunizer
 from danp_pipeline.protect.jpeg import jpeg_round_trip
+from danp_pipeline.protect.pgd import pgd
 from danp_pipeline.protect.views import (
     View,
     ViewedObjective,
