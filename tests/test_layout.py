@@ -89,3 +89,16 @@ print(code, heavy)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_the_cpu_stages_never_load_torch():
+    """Reading, decoding and writing run in CPU tasks that Ray starts as the job goes: importing torch there
+    cost each new worker 1.5 s of CPU beside the stages it should feed (benchmarks/accelerator_share.py)."""
+    script = """
+import sys
+from danp_pipeline.job import committer, outputs, reader
+print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

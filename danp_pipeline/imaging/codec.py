@@ -13,15 +13,17 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import deep
 from .metadata import Metadata
 from .metadata import read as read_metadata
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +236,7 @@ def working_size(width: int, height: int, resolution: int = 512, multiple: int =
     return snap(width), snap(height)
 
 
-def to_tensor(img: DecodedImage, size: tuple[int, int]) -> torch.Tensor:
+def to_tensor(img: DecodedImage, size: tuple[int, int]) -> "torch.Tensor":
     """float32 3xhxw tensor in [0, 1], resized (antialiased Lanczos) from ``img.rgb``; size is (w, h)."""
     if len(size) != 2:
         raise ValueError(f"size must be (width, height), got {size!r}")
@@ -244,6 +246,8 @@ def to_tensor(img: DecodedImage, size: tuple[int, int]) -> torch.Tensor:
     if (w, h) != (img.width, img.height):
         pixels = np.asarray(Image.fromarray(img.rgb).resize((w, h), Image.Resampling.LANCZOS))
     scaled = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)  # fresh, writable array
+    import torch   # here, not at the top: the CPU stages decode and write without ever loading torch
+
     return torch.from_numpy(scaled).permute(2, 0, 1).clamp_(0.0, 1.0).contiguous()
 
 
@@ -254,13 +258,16 @@ def eps_levels(eps: float) -> int:
     return max(0, math.ceil(255.0 * float(eps) - 1e-6))
 
 
-def apply_delta(img: DecodedImage, delta: torch.Tensor | np.ndarray, eps: float) -> np.ndarray:
+def apply_delta(img: DecodedImage, delta: "torch.Tensor | np.ndarray", eps: float) -> np.ndarray:
     """Upsample δ (3xhxw, [0,1] scale) to full size, clip to ±eps, add, quantize to uint8.
 
     Guarantees |out − rgb| ≤ ceil(255·eps) levels per channel and pixel. Returns HxWx3 uint8,
     or HxW uint8 for grayscale sources (δ averaged over channels first).
     """
     levels = eps_levels(eps)
+    import torch
+    import torch.nn.functional as F
+
     d = torch.as_tensor(delta).detach().to(device="cpu", dtype=torch.float32)
     if d.ndim == 4 and d.shape[0] == 1:
         d = d[0]
