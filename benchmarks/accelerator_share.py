@@ -58,9 +58,10 @@ def setup_worker() -> None:
     def timed(stage, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            clock = time.thread_time()
+            clock, start = time.thread_time(), time.time()
             out = fn(*args, **kwargs)
-            log(stage=stage, cpu=time.thread_time() - clock, n=getattr(out, "num_rows", 0))
+            log(stage=stage, cpu=time.thread_time() - clock, n=getattr(out, "num_rows", 0), start=start,
+                end=time.time(), pid=os.getpid())
             return out
         return wrapper
 
