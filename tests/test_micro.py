@@ -200,7 +200,7 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     from danp_pipeline import cli
 
     out = tmp_path / "suite"
-    argv = ["eval", "--suite", "micro", str(out), "--editors", f"{quick_editor},{quick_editor}", "--scenes", "2",
+    argv = ["micro-bench", str(out), "--editors", f"{quick_editor},{quick_editor}", "--scenes", "2",
             "--methods", "danp,random", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--transforms",
             "none,jpeg75", "--workers", "2"]
     assert cli.entrypoint(argv) == 0
@@ -229,7 +229,7 @@ def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_
     from danp_pipeline import cli
 
     out = tmp_path / "suite"
-    argv = ["eval", "--suite", "micro", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
+    argv = ["micro-bench", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
             "danp", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--view", "attacker", "--size-variants",
             "4x-16:9,4x-4:5,small-3:2", "--protect-set", "kinds"]
     assert cli.entrypoint(argv) == 0
