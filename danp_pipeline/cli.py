@@ -488,19 +488,21 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="editor weights: auto = bf16 on GPU, fp32 on CPU")
+                        help="editor weights: auto = bf16 on GPU, fp32 on CPU (the attack's precision: bench sets "
+                             "it here, not with --attack-option)")
     parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
-                        help="which implementation to time; both alternate iteration by iteration")
+                        help="which implementation to time; both alternate iteration by iteration (the attack's "
+                             "path: bench sets it here, not with --attack-option)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda (default: cuda when present); meta: count FLOPs per photo only, time "
-                             "nothing (full-size architectures at 512² in minutes, no memory)")
+                             "nothing (one traced iteration of each kind, not all --steps; no memory)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-flops", dest="flops", action="store_false",
-                        help="skip the extra iteration that counts FLOPs")
+                        help="skip counting FLOPs (counted on a copy of the architecture on the meta device)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    add_attack_options(parser)
+    add_attack_options(parser, omit=("precision", "path"))
 
 
 def run_bench(args: argparse.Namespace) -> int:
