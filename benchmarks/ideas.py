@@ -115,8 +115,9 @@ def main() -> None:
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     base = AttackConfig(resolution=args.resolution, precision=args.precision).validate()
     bundle = build_editor(args.arch, torch.device(args.device), args.precision)
+    counter = build_editor(args.arch, torch.device("meta"), args.precision) if args.flops else None
     report = benchmark(bundle, {n: base.replace(**VARIANTS[n]) for n in names}, batch_size=args.batch_size,
-                       iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
+                       iterations=args.iterations, warmup=args.warmup, counter=counter)
     report["arch"] = args.arch
     ref = report["results"].get("reference")
     if ref:
@@ -126,7 +127,8 @@ def main() -> None:
     if args.breakdown:
         parts = report["breakdown"] = breakdown(bundle, base, args.batch_size)
         if ref:
-            parts["unet_share_of_reference"] = base.num_timesteps * parts["unet_one_timestep_s"] / ref["sec_per_iteration"]
+            parts["unet_share_of_reference"] = (base.num_timesteps * parts["unet_one_timestep_s"]
+                                                / ref["sec_per_iteration"])
             parts["vae_share_of_reference"] = base.num_timesteps * parts["vae_s"] / ref["sec_per_iteration"]
     print(format_report(report))
     for name, res in report["results"].items():

@@ -1,4 +1,4 @@
-"""Pool several micro-benchmark runs (``danp-protect eval --suite micro``) on disjoint scenes into one
+"""Pool several micro-benchmark runs (``danp-protect micro-bench``) on disjoint scenes into one
 table, and compare two methods scene by scene.
 
 Each run directory holds the ``results.parquet`` the suite writes; runs on other scenes

@@ -1,6 +1,6 @@
 """How much of the protection reaches the attacker's editor, per photo size and aspect, on the micro benchmark.
 
-Compares an attacker-view run of ``danp-protect eval --suite micro --view attacker --size-variants …``
+Compares an attacker-view run of ``danp-protect micro-bench --view attacker --size-variants …``
 (each scene a full-size photo protected at full size, then resized by the attacker with Pillow) with
 editor-view runs of the same scenes (the attacker's copy protected directly at the editor's size: the
 reference). A variant is matched to the editor-view variant whose frame is the same (the small 3:2 photo's
@@ -44,7 +44,8 @@ def load(run: Path) -> pd.DataFrame:
 def cell(sub: pd.DataFrame) -> dict:
     clean, protected = sub["edit_success_clean"].to_numpy(bool), sub["edit_success_protected"].to_numpy(bool)
     out = {"n": len(sub), "clean": float(clean.mean()), "protected": float(protected.mean()),
-           "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1), "deviation": edit_deviation(sub["edits_psnr"])}
+           "reduction_pts": round(100 * (clean.mean() - protected.mean()), 1),
+           "deviation": edit_deviation(sub["edits_psnr"])}
     if "nba" in sub:           # the objective on the protected editor's copy, once per scene (older runs lack it)
         out["nba"] = float(sub.drop_duplicates("case")["nba"].mean())
     return out
@@ -66,7 +67,8 @@ def compare(attacker: pd.DataFrame, editor: pd.DataFrame, method: str) -> list[d
         reference = [v for v, f in frames.items() if f == frame]
         if not reference:
             raise SystemExit(f"no editor-view run has the frame of {variant} ({frame})")
-        ref = editor[(editor["variant"] == reference[0]) & (editor["method"] == method) & (editor["transform"] == "none")]
+        ref = editor[(editor["variant"] == reference[0]) & (editor["method"] == method)
+                     & (editor["transform"] == "none")]
         att = attacker[(attacker["variant"] == variant) & (attacker["method"] == method)]
         scenes = sorted(set(att["scene"]))
         if sorted(set(ref["scene"])) != scenes:
@@ -91,7 +93,8 @@ def markdown(rows: list[dict], transforms: list[str]) -> str:
             *([f"NBA kept, {t}" for t in transforms] if objective else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        setting = r["prompt_set"] if r["attack_editor"] == rows[0]["attack_editor"] else f"transfer ({r['attack_editor']})"
+        setting = (r["prompt_set"] if r["attack_editor"] == rows[0]["attack_editor"]
+                   else f"transfer ({r['attack_editor']})")
 
         def rate(c: dict) -> str:
             return f"{100 * c['clean']:.0f} → {100 * c['protected']:.0f} % ({c['reduction_pts']:.0f} pts)"
@@ -107,7 +110,7 @@ def markdown(rows: list[dict], transforms: list[str]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
-    ap.add_argument("--attacker", required=True, help="an eval --suite micro --view attacker run")
+    ap.add_argument("--attacker", required=True, help="an micro-bench --view attacker run")
     ap.add_argument("--editor", nargs="+", required=True, help="editor-view runs of the same scenes (references)")
     ap.add_argument("--method", default="danp")
     args = ap.parse_args()

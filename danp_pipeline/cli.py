@@ -1,10 +1,10 @@
 """The ``danp-protect`` command: all argument parsing of the project, and nothing else.
 
 One parser per subcommand (``run``, ``ingest``, ``demo``, ``verify``, ``compact``, ``eval``,
-``bench``), each paired with a handler that turns the parsed arguments into the library's typed
-configs and calls the library. ``jobs/*.py`` ask :func:`command_parser` for a parser by name.
-Defaults come from ``config.py``; the library is imported only inside handlers, so ``--help``
-and ``verify`` do not pay for torch and diffusers.
+``micro-bench``, ``bench``, ``train-editor``), each paired with a handler that turns the parsed
+arguments into the library's typed configs and calls the library. ``jobs/*.py`` ask
+:func:`command_parser` for a parser by name. Defaults come from ``config.py``; the library is
+imported only inside handlers, so ``--help`` and ``verify`` do not pay for torch and diffusers.
 """
 
 from __future__ import annotations
@@ -44,23 +44,30 @@ def _csv_list(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
-# -- attack options (run, ingest, eval, bench) ------------------------------------------------------
+# -- attack options (run, ingest, eval, micro-bench, bench) ----------------------------------------
 
-def add_attack_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that runs the immunizer; defaults come from AttackConfig."""
+def add_attack_options(parser: argparse.ArgumentParser, omit: tuple[str, ...] = ()) -> None:
+    """Options shared by every command that runs the immunizer; defaults come from AttackConfig. ``omit``:
+    attack settings the command decides itself (eval's ``--methods`` decides ``method``; bench's own
+    ``--path`` and ``--precision``), offered neither as a flag here nor as an ``--attack-option`` key."""
     d = AttackConfig()
+    parser.set_defaults(attack_omitted=tuple(omit))
     g = parser.add_argument_group("attack (docs/method.md)")
-    g.add_argument("--method", default=d.method, choices=C.METHODS, help=f"objective (default {d.method})")
+    if "method" not in omit:
+        g.add_argument("--method", default=d.method, choices=C.METHODS, help=f"objective (default {d.method})")
     g.add_argument("--eps", type=float, default=d.eps, help=f"L∞ budget γ on the [0,1] scale (default {d.eps})")
     g.add_argument("--steps", type=int, default=d.steps, help=f"PGD iterations N (default {d.steps})")
     g.add_argument("--step-size", type=float, default=None,
                    help="PGD step α (default 1/255; --profile fast: a fixed fraction of --eps). An explicit "
                         "value is always kept")
-    g.add_argument("--timesteps", type=int, default=d.num_timesteps, help=f"|𝒯| per iteration (default {d.num_timesteps})")
+    g.add_argument("--timesteps", type=int, default=d.num_timesteps,
+                   help=f"|𝒯| per iteration (default {d.num_timesteps})")
     g.add_argument("--timestep-mode", choices=("centres", "random"), default=d.timesteps,
                    help="the |𝒯| timesteps of an iteration: the centres of equal bins, or a random draw per bin "
                         f"(default {d.timesteps})")
-    g.add_argument("--resolution", type=int, default=d.resolution, help=f"working resolution, longer side (default {d.resolution})")
+    if "resolution" not in omit:
+        g.add_argument("--resolution", type=int, default=d.resolution,
+                       help=f"working resolution, longer side (default {d.resolution})")
     g.add_argument("--seed", type=int, default=d.seed,
                    help=f"seed of the attack's noise and timestep draws; recorded in each row (default {d.seed})")
     g.add_argument("--profile", choices=C.PROFILES, default=C.PROFILES[0],
@@ -69,31 +76,32 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
                         "between norm measurements (scales --steps and --timesteps; --attack-option still "
                         "overrides)")
     g.add_argument("--attack-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other attack setting (repeatable), one of: " + ", ".join(_attack_option_keys()))
+                   help="any other attack setting (repeatable), one of: " + ", ".join(_attack_option_keys(omit)))
 
 
 #: Attack settings with options of their own (not repeated in --attack-option's list).
 _ATTACK_FLAGS = ("method", "eps", "steps", "step_size", "num_timesteps", "timesteps", "resolution", "seed")
 
 
-def _attack_option_keys() -> list[str]:
-    return [name for name in AttackConfig.__dataclass_fields__ if name not in _ATTACK_FLAGS]
+def _attack_option_keys(omit: tuple[str, ...] = ()) -> list[str]:
+    return [name for name in AttackConfig.__dataclass_fields__ if name not in _ATTACK_FLAGS + tuple(omit)]
 
 
 def attack_config(args: argparse.Namespace) -> AttackConfig:
+    d, omitted = AttackConfig(), getattr(args, "attack_omitted", ())
     fields = {
-        "method": args.method, "eps": args.eps, "steps": args.steps,
-        "num_timesteps": args.timesteps, "timesteps": args.timestep_mode, "resolution": args.resolution,
-        "seed": args.seed,
+        "method": getattr(args, "method", d.method), "eps": args.eps, "steps": args.steps,
+        "num_timesteps": args.timesteps, "timesteps": args.timestep_mode,
+        "resolution": getattr(args, "resolution", d.resolution), "seed": args.seed,
     }
     known = AttackConfig.__dataclass_fields__
     options = {}
     for item in args.attack_option:
         key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"--attack-option expects KEY=VALUE with KEY one of {', '.join(_attack_option_keys())}; "
-                             f"got {item!r}")
-        options[key] = _parse_value(raw, getattr(AttackConfig(), key))
+        if not sep or key not in known or key in omitted:
+            raise ValueError(f"--attack-option expects KEY=VALUE with KEY one of "
+                             f"{', '.join(_attack_option_keys(omitted))}; got {item!r}")
+        options[key] = _parse_value(raw, getattr(d, key))
     base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields).validate(),
                             step_size=args.step_size)
     cfg = base.replace(**options)
@@ -335,54 +343,51 @@ def run_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- eval, bench -------------------------------------------------------------------------------------
+# -- eval, micro-bench, bench -------------------------------------------------------------------------
+
+def add_comparison_options(parser: argparse.ArgumentParser, cls: type, size_variants_help: str) -> None:
+    """What eval and micro-bench compare, on which device; defaults from ``cls`` (EvalConfig or
+    MicroSuiteConfig)."""
+    methods = _default(cls, "methods")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--methods", type=_csv_list(str), default=methods,
+                        help=f"comma-separated (default: all of {','.join(methods)})")
+    parser.add_argument("--seeds", type=_csv_list(int), default=_default(cls, "seeds"),
+                        help=f"edit seeds (default {','.join(map(str, _default(cls, 'seeds')))})")
+    parser.add_argument("--transforms", type=_csv_list(str), default=_default(cls, "transforms"),
+                        help=f"robustness transforms of the protected file, from {','.join(C.ROBUSTNESS_TRANSFORMS)} "
+                             f"(default {','.join(_default(cls, 'transforms'))})")
+    parser.add_argument("--view", choices=("editor", "attacker"), default=_default(cls, "view"),
+                        help="editor: photos at the editor's size; attacker: full-size photos protected at full "
+                             f"size, then resized by the attacker (default {_default(cls, 'view')})")
+    parser.add_argument("--size-variants", type=_csv_list(str), default=_default(cls, "size_variants"),
+                        help=f"from {','.join(C.SIZE_VARIANTS)}: {size_variants_help} "
+                             f"(default {','.join(_default(cls, 'size_variants'))})")
+
+
+def add_workers_option(parser: Any, default: int) -> None:
+    """``--workers``: the same meaning wherever it is offered (evaluation/workers.py)."""
+    parser.add_argument("--workers", type=int, default=default,
+                        help="parallel workers: Ray actors, each loading the editor(s) once and evaluating whole "
+                             f"photos or scenes; fractional CPUs, GPUs only where the cluster has them (default "
+                             f"{default}{': in this process' if default == 1 else ''})")
+
 
 def configure_eval(parser: argparse.ArgumentParser) -> None:
-    e, methods = EditConfig(), tuple(C.EVAL_METHODS)
-    parser.add_argument("paths", nargs="+", metavar="[INPUT] OUTPUT",
-                        help="INPUT: folder of photos (with --prompt) or a JSON/JSONL/CSV file of {photo, instruction} "
-                             "pairs, photo paths relative to the file (no INPUT with --suite); OUTPUT: folder for "
-                             "results.parquet, summary.md and grids/")
-    parser.add_argument("--suite", choices=("micro",), default=None,
-                        help="micro: the built-in benchmark with ground truth on the trained micro-editors "
-                             "(held-out scenes of the micro world; INPUT, --model and --prompt do not apply)")
-    m = MicroSuiteConfig()
-    parser.add_argument("--scenes", type=int, default=m.scenes, help=f"micro: scenes (default {m.scenes})")
-    parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="micro: which scenes of the split")
-    parser.add_argument("--split", choices=("heldout", "train"), default=m.split,
-                        help="micro: held-out scenes and wordings (the benchmark; default), or training scenes with "
-                             "the other training wording as the unseen one (development: choose methods here)")
-    parser.add_argument("--workers", type=int, default=m.workers,
-                        help=f"micro: processes sharing the scenes, one torch thread each; in jobs/evaluate.py: "
-                             f"evaluator actors (default {m.workers})")
-    parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
-                        help="micro: protect against the first, edit with each (default micro-ip2p,micro-ip2p-b)")
+    e = EditConfig()
+    parser.add_argument("input", metavar="INPUT",
+                        help="folder of photos (with --prompt) or a JSON/JSONL/CSV file of {photo, instruction} "
+                             "pairs, photo paths relative to the file")
+    parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
                         help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
     parser.add_argument("--revision", default=None)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
     parser.add_argument("--prompt", action="append", default=[], help="instruction for a folder INPUT (repeatable)")
     parser.add_argument("--protect-prompt", action="append", default=[],
                         help="protect against these instead of each pair's own instruction (unseen-prompt setting)")
-    parser.add_argument("--methods", type=_csv_list(str), default=methods,
-                        help=f"comma-separated (default: all of {','.join(methods)})")
-    parser.add_argument("--seeds", type=_csv_list(int), default=_default(EvalConfig, "seeds"),
-                        help="edit seeds (default 0,1,2)")
-    parser.add_argument("--transforms", type=_csv_list(str), default=None,
-                        help=f"robustness transforms (default: all of {','.join(C.ROBUSTNESS_TRANSFORMS)}; "
-                             "micro: none)")
-    parser.add_argument("--view", choices=("editor", "attacker"), default=_default(EvalConfig, "view"),
-                        help="editor: photos resized to the editor's size first; attacker: full-size variants "
-                             "protected at full size, then resized by the attacker (default editor)")
+    add_comparison_options(parser, EvalConfig, "the full-size photos of the attacker view")
     parser.add_argument("--attacker-filters", type=_csv_list(str), default=_default(EvalConfig, "attacker_filters"),
                         help="attacker view: the attacker's Pillow resize filters (default lanczos,bicubic,bilinear)")
-    parser.add_argument("--size-variants", type=_csv_list(str), default=None,
-                        help=f"full-size photos, from {','.join(C.SIZE_VARIANTS)} (attacker view; default "
-                             f"{','.join(C.EVAL_SIZE_VARIANTS)}); micro: the scenes' sizes and aspects in either "
-                             f"view (default {','.join(m.size_variants)})")
-    parser.add_argument("--protect-set", choices=("own", "kinds"), default=m.protect_set,
-                        help="micro: protect against the attacker's instruction (own) or it and one edit of every "
-                             "other kind on the same object (kinds: several prompts per photo; default own)")
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
@@ -391,45 +396,18 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scheduler", choices=C.EDIT_SCHEDULERS, default=e.scheduler)
     parser.add_argument("--lpips-weights", default=None, help="local safetensors file of LPIPS weights "
                         "(default: $DANP_LPIPS_WEIGHTS); without it LPIPS is reported as unavailable")
-    add_attack_options(parser)
+    add_attack_options(parser, omit=("method",))
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
-    if args.method != "danp":
-        logger.warning("--method is ignored by eval; use --methods (got --method %s)", args.method)
-        args.method = "danp"
     edit = EditConfig(steps=args.editor_steps, guidance_scale=args.guidance_scale,
                       image_guidance_scale=args.image_guidance_scale, strength=args.strength,
                       scheduler=args.scheduler).validate()
-    transforms = C.ROBUSTNESS_TRANSFORMS if args.transforms is None else tuple(args.transforms)
     return EvalConfig(model=args.model, revision=args.revision, methods=tuple(args.methods), attack=attack_config(args),
-                      edit=edit, seeds=tuple(args.seeds), transforms=transforms,
+                      edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
                       protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
                       device=args.device, view=args.view, attacker_filters=tuple(args.attacker_filters),
-                      size_variants=tuple(args.size_variants or C.EVAL_SIZE_VARIANTS)).validate()
-
-
-def _eval_paths(args: argparse.Namespace) -> None:
-    """INPUT and OUTPUT from the positional paths: OUTPUT alone with --suite, INPUT OUTPUT otherwise."""
-    expected = 1 if args.suite else 2
-    if len(args.paths) != expected:
-        usage = "eval --suite micro OUTPUT" if args.suite else "eval INPUT OUTPUT"
-        raise ValueError(f"{usage} takes {expected} path(s), got {len(args.paths)}: {args.paths}")
-    args.input, args.output = (None, args.paths[0]) if args.suite else args.paths
-
-
-def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
-    from .micro.world import SIZE
-
-    attack = attack_config(args)
-    if attack.resolution != SIZE:   # the micro world's photos and editors are SIZE pixels
-        attack = attack.replace(resolution=SIZE)
-    transforms = ("none",) if args.transforms is None else tuple(args.transforms)
-    return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
-                            methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
-                            transforms=transforms, view=args.view, device=args.device, workers=args.workers,
-                            size_variants=tuple(args.size_variants or MicroSuiteConfig.size_variants),
-                            protect_set=args.protect_set, split=args.split).validate()
+                      size_variants=tuple(args.size_variants)).validate()
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
@@ -438,9 +416,6 @@ def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
 
     from .evaluation.evaluate import load_pairs
 
-    _eval_paths(args)
-    if args.suite:
-        raise ValueError("--suite runs in the danp-protect eval command, not as a pairs job")
     config = eval_config(args)
     resolution = config.attack.resolution if config.view == "editor" else None   # attacker: full size
     pairs = load_pairs(args.input, tuple(args.prompt), resolution, config.attack.resolution_multiple)
@@ -452,17 +427,6 @@ def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.evaluate import run
 
-    _eval_paths(args)
-    if args.suite == "micro":
-        from .evaluation import micro_suite
-
-        config = micro_suite_config(args)
-        logger.info("micro benchmark: %d scene(s) × %d method(s) × %d seed(s), editors %s", config.scenes,
-                    len(config.methods), len(config.seeds), ", ".join(config.editors))
-        paths = micro_suite.run(config, args.output)
-        logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
-        return 0
-
     config, pairs = eval_inputs(args)
     paths = run(config, pairs, args.output)
     logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
@@ -470,12 +434,54 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def configure_eval_job(parser: argparse.ArgumentParser) -> None:
-    """``eval`` plus the actor pool of jobs/evaluate.py (``--workers``, eval's own option, counts its actors)."""
+    """``eval`` plus its workers, for jobs/evaluate.py."""
     configure_eval(parser)
     pool = parser.add_argument_group("Ray")
+    add_workers_option(pool, 1)
     pool.add_argument("--address", default=None, help="Ray cluster address (default: the job's cluster or a local one)")
-    pool.add_argument("--cpus-per-worker", type=float, default=0.5)
-    pool.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+    pool.add_argument("--cpus-per-worker", type=float, default=0.5, help="CPUs each worker asks Ray for (default 0.5)")
+    pool.add_argument("--gpus-per-worker", type=float, default=None,
+                      help="default: 1 when the cluster has GPUs, else 0")
+
+
+def configure_micro_bench(parser: argparse.ArgumentParser) -> None:
+    m = MicroSuiteConfig()
+    parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
+    parser.add_argument("--scenes", type=int, default=m.scenes, help=f"scenes (default {m.scenes})")
+    parser.add_argument("--scene-seed", type=int, default=m.scene_seed, help="which scenes of the split (default 0)")
+    parser.add_argument("--split", choices=("heldout", "train"), default=m.split,
+                        help="held-out scenes and wordings (the benchmark; default), or training scenes with the "
+                             "other training wording as the unseen one (development: choose methods here)")
+    parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
+                        help=f"protect against the first, edit with each (default {','.join(m.editors)})")
+    parser.add_argument("--protect-set", choices=("own", "kinds"), default=m.protect_set,
+                        help="protect against the attacker's instruction (own) or it and one edit of every other "
+                             "kind on the same object (kinds: several prompts per photo; default own)")
+    add_comparison_options(parser, MicroSuiteConfig, "the scenes' sizes and aspects, in either view")
+    add_workers_option(parser, m.workers)
+    add_attack_options(parser, omit=("method", "resolution"))    # the micro world's size is the resolution
+
+
+def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
+    from .micro.world import SIZE
+
+    attack = attack_config(args).replace(resolution=SIZE)     # the micro world's photos and editors
+    return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
+                            methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
+                            transforms=tuple(args.transforms), view=args.view, device=args.device, workers=args.workers,
+                            size_variants=tuple(args.size_variants), protect_set=args.protect_set,
+                            split=args.split).validate()
+
+
+def run_micro_bench(args: argparse.Namespace) -> int:
+    from .evaluation import micro_suite
+
+    config = micro_suite_config(args)
+    logger.info("micro benchmark: %d scene(s) × %d method(s) × %d seed(s), editors %s", config.scenes,
+                len(config.methods), len(config.seeds), ", ".join(config.editors))
+    paths = micro_suite.run(config, args.output)
+    logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
+    return 0
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
@@ -484,19 +490,21 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="editor weights: auto = bf16 on GPU, fp32 on CPU")
+                        help="editor weights: auto = bf16 on GPU, fp32 on CPU (the attack's precision: bench sets "
+                             "it here, not with --attack-option)")
     parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
-                        help="which implementation to time; both alternate iteration by iteration")
+                        help="which implementation to time; both alternate iteration by iteration (the attack's "
+                             "path: bench sets it here, not with --attack-option)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
     parser.add_argument("--device", default=None,
                         help="cpu or cuda (default: cuda when present); meta: count FLOPs per photo only, time "
-                             "nothing (full-size architectures at 512² in minutes, no memory)")
+                             "nothing (one traced iteration of each kind, not all --steps; no memory)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--no-flops", dest="flops", action="store_false",
-                        help="skip the extra iteration that counts FLOPs")
+                        help="skip counting FLOPs (counted on a copy of the architecture on the meta device)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    add_attack_options(parser)
+    add_attack_options(parser, omit=("precision", "path"))
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -574,7 +582,10 @@ COMMANDS: dict[str, Command] = {
     "verify": Command(configure_verify, run_verify, "re-hash protected outputs against the manifest"),
     "compact": Command(configure_compact, run_compact,
                        f"merge the manifest's small Parquet parts (runs do it past {C.COMPACT_MIN_PARTS} of them)"),
-    "eval": Command(configure_eval, run_eval, "measure protection efficacy, fidelity, robustness and cost"),
+    "eval": Command(configure_eval, run_eval,
+                    "measure protection efficacy, fidelity, robustness and cost on your photos and editor"),
+    "micro-bench": Command(configure_micro_bench, run_micro_bench,
+                           "measure protection against trained micro-editors, with ground truth (the micro world)"),
     "bench": Command(configure_bench, run_bench, "time the immunizer and report photos/hour and peak memory"),
     "train-editor": Command(configure_train_editor, run_train_editor,
                             "train a micro-editor on the micro edit world (the benchmark's proxy editors)"),

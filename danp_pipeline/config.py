@@ -377,7 +377,7 @@ FAST_BALANCE_EVERY = 5           # per-term gradient norms measured every 5th it
 FAST_TIMESTEP_FRACTION = 0.5     # of the |𝒯| bins, a random half each iteration
 # Fresh noise every iteration, as the paper: a fast profile that held the noise fixed to reuse the clean branch
 # (-21 % FLOPs) lost the unseen wordings (held-out: 0.9 vs 9.3 pts in the attacker's view); this one was chosen
-# on training scenes (`eval --suite micro --split train`).
+# on training scenes (`micro-bench --split train`).
 FAST_NOISE = "fresh"
 
 
@@ -489,7 +489,7 @@ MICRO_ATTACK = AttackConfig(resolution=64)
 
 @dataclass(frozen=True)
 class MicroSuiteConfig:
-    """``danp-protect eval --suite micro`` (evaluation/micro_suite.py): held-out scenes of the micro world,
+    """``danp-protect micro-bench`` (evaluation/micro_suite.py): held-out scenes of the micro world,
     protected against ``editors[0]``, edited by every editor (the others: transfer)."""
 
     # Protected against micro-ip2p: its object words attend to their objects as SD's do (trained in, see
@@ -513,7 +513,7 @@ class MicroSuiteConfig:
     # is then the edit's other training wording), so that nothing is tuned on held-out scenes or wordings.
     split: str = "heldout"
     device: str | None = None
-    workers: int = 1                            # processes, each with one torch thread and its own editors
+    workers: int = 1                            # parallel Ray workers (evaluation/workers.py), one torch thread each
 
     def __post_init__(self) -> None:
         self.validate()

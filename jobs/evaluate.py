@@ -3,10 +3,10 @@
     ray job submit --working-dir . -- python jobs/evaluate.py pairs.json out/ \\
         --model timbrooks/instruct-pix2pix --workers 4 --gpus-per-worker 1
 
-Same options and report as ``danp-protect eval`` (see danp_pipeline/evaluation/evaluate.py), plus the pool:
-``--workers`` Ray actors each load the editor once and evaluate whole pairs; the driver reads the
-photos, ships them to the actors and writes results.parquet, summary.md and grids/. On a
-CPU-only machine give actors a fraction of a CPU so that they never claim them all.
+Same options and report as ``danp-protect eval`` (see danp_pipeline/evaluation/evaluate.py), plus the
+workers (evaluation/workers.py): ``--workers`` Ray actors each load the editor once and evaluate whole
+pairs; the driver reads the photos, ships them to the actors and writes results.parquet, summary.md and
+grids/. On a CPU-only machine give workers a fraction of a CPU so that they never claim them all.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 
 import ray
-from ray.util import ActorPool
 
 from danp_pipeline import cli
 from danp_pipeline.config import EvalConfig
 from danp_pipeline.evaluation import evaluate
+from danp_pipeline.evaluation.workers import run_on_workers
 from danp_pipeline.job.pipeline import default_gpus_per_actor
 
 logger = logging.getLogger("danp_pipeline.jobs.evaluate")
@@ -33,18 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(config: EvalConfig, pairs: list[evaluate.Pair], output: str, *, workers: int = 1,
         cpus_per_worker: float = 0.5, gpus_per_worker: float | None = None):
-    """Evaluate the pairs on a pool of Ray actors (Ray must be initialized) and write the report."""
-    if workers < 1 or cpus_per_worker <= 0:
-        raise ValueError(f"workers must be >= 1 and cpus_per_worker > 0, got {workers} and {cpus_per_worker}")
+    """Evaluate the pairs on Ray actors (Ray must be initialized) and write the report."""
     if gpus_per_worker is None:
         gpus_per_worker = default_gpus_per_actor()
-    actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(evaluate.Evaluator)
-    pool = ActorPool([actor.remote(config) for _ in range(min(workers, len(pairs)))])
-    results = []
-    for name, rows, grid in pool.map_unordered(lambda a, pair: a.__call__.remote(pair), pairs):
-        logger.info("evaluated %s (%d/%d)", name, len(results) + 1, len(pairs))
-        results.append((name, rows, grid))
-    results.sort(key=lambda item: item[0])
+    results = run_on_workers(evaluate.Evaluator, (config,), pairs, workers=workers, num_cpus=cpus_per_worker,
+                             num_gpus=gpus_per_worker, label="pair")
     return evaluate.write_results(config, results, output)
 
 

@@ -5,8 +5,10 @@ random weights, which cost exactly what the real models cost and need no downloa
 ``gradients()`` — one PGD iteration: VAE encode, |𝒯| UNet passes with their backward, VAE backward —
 on a fixed protected photo. With ``--path both`` the reference and fast paths alternate iteration by
 iteration, so that both see the same machine load; medians are reported. Per-photo time is
-``setup + steps × iteration`` over the batch. FLOPs are counted on one extra iteration with
-``torch.utils.flop_counter`` and set against the device's dense bf16 peak where it is known.
+``setup + steps × iteration`` over the batch. Only the asked iterations run on the device: FLOPs are
+counted on a copy of the architecture on the "meta" device (shapes only, no arithmetic) with
+``torch.utils.flop_counter``, one traced iteration per kind of iteration (:class:`Work`), and set
+against the device's dense bf16 peak where it is known.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,13 +42,17 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
 
 
 def run(arch: str, configs: dict[str, AttackConfig], *, device: str | None = None, precision: str = "auto",
-        threads: int | None = None, **options: Any) -> dict[str, Any]:
-    """Build the editor of ``arch`` and :func:`benchmark` the named configs on it (``danp-protect bench``)."""
+        threads: int | None = None, count_flops: bool = True, **options: Any) -> dict[str, Any]:
+    """Build the editor of ``arch`` and :func:`benchmark` the named configs on it (``danp-protect bench``);
+    with ``count_flops``, the work is counted on a second copy of ``arch`` built on the meta device."""
     if threads:
         torch.set_num_threads(threads)
     first = next(iter(configs.values()))
     bundle = build_editor(arch, pick_device(device), precision, first.seed)
-    report = benchmark(bundle, configs, **options)
+    counter = None
+    if count_flops and bundle.device.type != "meta":
+        counter = build_editor(arch, torch.device("meta"), precision, first.seed)
+    report = benchmark(bundle, configs, counter=counter, **options)
     report["arch"] = arch
     return report
 
@@ -65,8 +72,10 @@ def build_editor(arch: str, device: torch.device, precision: str, seed: int = 0)
 
 
 def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_size: int = 1, prompts: int = 1,
-              iterations: int = 3, warmup: int = 1, count_flops: bool = True) -> dict[str, Any]:
-    """Time one PGD iteration of each named config, alternating between them; returns a JSON-able report."""
+              iterations: int = 3, warmup: int = 1, counter: EditorBundle | None = None) -> dict[str, Any]:
+    """Time ``warmup + iterations`` PGD iterations of each named config, alternating between them, and count
+    their work on ``counter`` (the same architecture on the meta device; None: not counted); on a meta
+    ``bundle``, count only. Returns a JSON-able report."""
     if any(cfg.method == "random" for cfg in configs.values()):
         raise ValueError("method 'random' draws noise once and runs no PGD iterations: nothing to time")
     if batch_size < 1 or prompts < 1 or iterations < 1 or warmup < 0:
@@ -100,7 +109,8 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
             for it in range(warmup):
                 objectives[name].gradients(x)
             sync()
-        results[name] = {"config": _knobs(cfg), "setup_s": setup, "peak_memory_bytes": peak.bytes(), "iteration_s": [], "iteration_cpu_s": []}
+        results[name] = {"config": _knobs(cfg), "setup_s": setup, "peak_memory_bytes": peak.bytes(),
+                         "iteration_s": [], "iteration_cpu_s": []}
     for rnd in range(iterations):          # alternate configs iteration by iteration: same machine load for all
         for name, objective in objectives.items():
             _layout(bundle, configs[name])
@@ -116,9 +126,12 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     device = describe_device(bundle.device)
     for name, res in results.items():
         res.update(summarize(res, configs[name].steps, batch_size))
-        if count_flops:
-            res["flop_per_iteration"] = count_flops_of(lambda: objectives[name].gradients(x))
-            res.update(count_photo_flops(bundle, configs[name], x0, x, prompt_lists, seeds))
+        if counter is not None:
+            work = count_work(counter, configs[name], x0, x, prompt_lists, seeds,
+                              iterations=max(configs[name].steps, warmup + iterations))
+            res.update(work.photo(configs[name].steps, len(x0)))
+            timed = range(warmup, warmup + iterations)           # the iterations the clock measured
+            res["flop_per_iteration"] = sum(work.flop(i) for i in timed) / len(timed)
             res["achieved_tflops"] = res["flop_per_iteration"] / res["sec_per_iteration"] / 1e12
             if device["peak_tflops"] and bundle.dtype in (torch.bfloat16, torch.float16):
                 res["fraction_of_peak"] = res["achieved_tflops"] / device["peak_tflops"]
@@ -137,15 +150,48 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
 def _knobs(cfg: AttackConfig) -> dict[str, Any]:
     """The config fields that change how much work an iteration does or how it is laid out."""
     return {k: getattr(cfg, k) for k in ("path", "timestep_batch", "channels_last", "compile", "gradient_checkpointing",
-                                         "vae_recompute", "steps", "num_timesteps", "timestep_subset", "prompt_subset", "noise",
-                                         "balance_every", "step_decay", "step_size")}
+                                         "vae_recompute", "steps", "num_timesteps", "timestep_subset", "prompt_subset",
+                                         "noise", "balance_every", "step_decay", "step_size")}
 
 
-def count_photo_flops(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
-                      prompt_lists: list[list[str]], seeds: list[int]) -> dict[str, float]:
-    """The counted work of protecting the photos x0: building the objective (clean latents, masks) and every
-    one of ``cfg.steps`` gradient evaluations (at x: which photo does not change the count), per photo.
-    The PGD update itself is elementwise and not counted. Works on the "meta" device (no arithmetic)."""
+@dataclass
+class Work:
+    """The counted work of protecting a batch: building the objective, and each traced gradient evaluation
+    (iteration index -> FLOPs). Iterations of one kind do the same work: the first (which also derives the
+    clean branch), and then, with ``balance_every`` = k > 1, the measuring ones (every k-th) and those with
+    a single backward in between; ``flop(i)`` is the traced iteration of i's kind."""
+
+    setup_flop: int
+    traced: dict[int, int]
+    period: int = 1
+
+    def kind(self, i: int) -> int:
+        """The first iteration of i's kind."""
+        if i == 0:
+            return 0
+        return self.period if self.period > 1 and i % self.period == 0 else 1
+
+    def flop(self, i: int) -> int:
+        return self.traced[i] if i in self.traced else self.traced[self.kind(i)]
+
+    def photo(self, steps: int, photos: int) -> dict[str, float]:
+        """Per photo: the setup and ``steps`` gradient evaluations (the PGD update, elementwise, is not counted)."""
+        iterations = sum(self.flop(i) for i in range(steps))
+        return {"setup_flop": self.setup_flop, "iterations_flop": iterations,
+                "tflop_per_photo": (self.setup_flop + iterations) / photos / 1e12,
+                "traced_iterations": len(self.traced)}
+
+
+def count_work(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
+               prompt_lists: list[list[str]], seeds: list[int], *, every: bool = False,
+               iterations: int | None = None) -> Work:
+    """Trace building the objective of x0 and its gradient evaluations at x (which photo does not change the
+    count), for iterations 0 … ``iterations`` - 1 (default ``cfg.steps``). On the meta device, where no branch
+    depends on values, one iteration of each kind is traced (the first, the second and, when ``balance_every``
+    = k > 1, the k-th; those between run uncounted); every one where the kinds are not known ahead: fixed
+    noise drawn for a subset of timesteps or prompts (its clean cache fills at random), several attacker
+    views, a device with values, or ``every``."""
+    x0, x = x0.to(bundle.device), x.to(bundle.device)
     objective = None
 
     def setup() -> None:
@@ -153,9 +199,24 @@ def count_photo_flops(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor,
         objective = Immunizer(bundle, cfg).objective(x0, prompt_lists, seeds)
 
     setup_flop = count_flops_of(setup)
-    iterations = count_flops_of(lambda: [objective.gradients(x) for _ in range(cfg.steps)])
-    return {"setup_flop": setup_flop, "iterations_flop": iterations,
-            "tflop_per_photo": (setup_flop + iterations) / len(x0) / 1e12}
+    period = max(1, cfg.balance_every)
+    random_cache = cfg.noise == "fixed" and (cfg.timestep_subset or cfg.prompt_subset)
+    kinds_known = bundle.device.type == "meta" and not random_cache and len(getattr(objective, "views", ())) <= 1
+    needed = cfg.steps if iterations is None else iterations
+    work = Work(setup_flop, {}, period)
+    for i in range(needed if every or not kinds_known else min(needed, period + 1 if period > 1 else 2)):
+        if every or not kinds_known or work.kind(i) == i:
+            work.traced[i] = count_flops_of(lambda: objective.gradients(x))
+        else:                       # of a kind already traced: run (a third of the cost) to reach the next kind
+            objective.gradients(x)
+    return work
+
+
+def count_photo_flops(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
+                      prompt_lists: list[list[str]], seeds: list[int], *, every: bool = False) -> dict[str, float]:
+    """The counted work of protecting the photos x0 (:func:`count_work`), per photo: building the objective
+    (clean latents, masks) and every one of ``cfg.steps`` gradient evaluations."""
+    return count_work(bundle, cfg, x0, x, prompt_lists, seeds, every=every).photo(cfg.steps, len(x0))
 
 
 def _layout(bundle: EditorBundle, cfg: AttackConfig) -> None:
@@ -214,7 +275,8 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['timesteps']} timesteps, {report['steps']} steps per photo"]
     for name, res in report["results"].items():
         if "sec_per_iteration" not in res:     # meta device: counted, not timed
-            lines.append(f"  {name:<10} {res['tflop_per_photo']:.4g} TFLOP/photo (setup {res['setup_flop'] / 1e12:.3g})")
+            lines.append(f"  {name:<10} {res['tflop_per_photo']:.4g} TFLOP/photo "
+                         f"(setup {res['setup_flop'] / 1e12:.3g}; {res['traced_iterations']} iteration(s) traced)")
             continue
         flops = ""
         if "achieved_tflops" in res:

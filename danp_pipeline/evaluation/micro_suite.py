@@ -1,4 +1,4 @@
-"""``danp-protect eval --suite micro OUT``: protection efficacy with ground truth, on trained micro-editors.
+"""``danp-protect micro-bench OUT``: protection efficacy with ground truth, on trained micro-editors.
 
 The micro edit world (micro/world.py) knows the correct edit of every held-out scene, so the question
 "does the protection stop the edit?" has a measured answer: the edit of the clean photo succeeds
@@ -29,8 +29,6 @@ methods on a known task, they do not promise how a method does against a real ed
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from dataclasses import dataclass
 
@@ -244,9 +242,9 @@ def summary_markdown(df, settings: dict) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         lines.append("| " + " | ".join(str(v) for v in (
-            r["method"], r["variant"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"], r["edit_success_clean"],
-            r["edit_success_protected"], r["success_reduction"], r["edits_psnr"], r["edits_ssim"],
-            r["target_psnr_protected"], r["nba"], r["fidelity_psnr"], r["seconds"])) + " |")
+            r["method"], r["variant"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"],
+            r["edit_success_clean"], r["edit_success_protected"], r["success_reduction"], r["edits_psnr"],
+            r["edits_ssim"], r["target_psnr_protected"], r["nba"], r["fidelity_psnr"], r["seconds"])) + " |")
     import json
 
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",
@@ -282,62 +280,23 @@ def write_report(rows: list[dict], grids: dict[str, list[list[np.ndarray]]], out
     return paths
 
 
-_WORKER_SUITE: MicroSuite | None = None
-
-
-def exit_with_parent(parent: int, poll_s: float = 2.0) -> threading.Thread:
-    """Exit this process once ``parent`` (its parent's pid, taken in the parent) is no longer its parent.
-    A worker of a killed suite (SIGTERM/SIGKILL skip the pool's shutdown) would otherwise keep protecting
-    scenes for nobody, on the cores of the next run."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
-    thread.start()
-    return thread
-
-
-def _start_worker(config: MicroSuiteConfig, log_level: int, parent: int) -> None:
-    """Pool initializer: one torch thread and one copy of the editors per worker process; its log lines
-    (one per scene and method) go to stderr like the parent's. It exits if the parent dies."""
-    global _WORKER_SUITE
-    import torch
-
-    exit_with_parent(parent)
-
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
-    torch.set_num_threads(1)
-    _WORKER_SUITE = MicroSuite(config)
-
-
-def _run_case(case: Case) -> tuple[int, list[dict], list[list[np.ndarray]]]:
-    assert _WORKER_SUITE is not None, "worker not initialised"
-    rows, panels = _WORKER_SUITE(case)
-    return case.index, rows, panels
-
-
 def run(config: MicroSuiteConfig, output_dir) -> dict:
-    """Evaluate every case (in ``config.workers`` processes when > 1) and write the report."""
+    """Evaluate every case (on ``config.workers`` Ray actors when > 1, one torch thread each) and write the
+    report; the rows are the same whichever worker ran which case."""
     todo = cases(config)
-    if config.workers == 1:
+    workers = min(config.workers, len(todo))
+    if workers == 1:
         suite = MicroSuite(config)
-        results = [(case.index, *suite(case)) for case in todo]
+        results = [suite(case) for case in todo]
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from . import workers as pool
 
-        level = logging.getLogger().getEffectiveLevel()
-        with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), initializer=_start_worker,
-                                 initargs=(config, level, os.getpid()), mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = []
-            for result in pool.map(_run_case, todo):
-                results.append(result)
-                logger.info("micro benchmark: %d of %d scenes done", len(results), len(todo))
+        with pool.ray_session():
+            results = pool.run_on_workers(MicroSuite, (config,), todo, workers=workers, threads=1, label="case",
+                                          num_cpus=pool.cpus_per_worker(workers),
+                                          num_gpus=pool.gpus_per_worker(config.device, workers))
     rows, grids = [], {}
-    for index, case_rows, panels in sorted(results, key=lambda r: r[0]):
+    for case, (case_rows, panels) in zip(todo, results):
         rows += case_rows
-        grids[f"case-{index}"] = panels
+        grids[f"case-{case.index}"] = panels
     return write_report(rows, grids, output_dir, config.settings())

@@ -25,9 +25,10 @@ def test_bench_reports_both_paths_as_json(tmp_path):
         for key in ("sec_per_iteration", "cpu_sec_per_iteration", "sec_per_photo", "photos_per_hour",
                     "peak_memory_bytes", "flop_per_iteration", "achieved_tflops", "setup_flop", "tflop_per_photo"):
             assert res[key] > 0, (name, key)
-        # a photo's work: the setup plus its 4 iterations, each as much as the separately counted one (the
-        # first also runs the objective's prepare(): a fraction of a percent here)
-        assert res["iterations_flop"] == pytest.approx(4 * res["flop_per_iteration"], rel=0.02)
+        # a photo's work: the setup plus its 4 iterations; the one timed here is the first, which also derives
+        # the clean branch (the objective's prepare()): a few percent more than each of the others
+        assert 0.95 * 4 * res["flop_per_iteration"] < res["iterations_flop"] < 4 * res["flop_per_iteration"]
+        assert res["traced_iterations"] == 2               # the first, and one of the three alike
         assert res["tflop_per_photo"] * 1e12 == pytest.approx(res["setup_flop"] + res["iterations_flop"])
         assert len(res["iteration_s"]) == 1
     # --device meta counts the same work from shapes alone, timing nothing
@@ -38,8 +39,8 @@ def test_bench_reports_both_paths_as_json(tmp_path):
     assert meta["device"]["type"] == "meta"
     for name, res in meta["results"].items():
         assert "sec_per_iteration" not in res
-        # within 2%: without values, meta takes every data-dependent branch as if all terms were non-zero
-        assert res["tflop_per_photo"] == pytest.approx(report["results"][name]["tflop_per_photo"], rel=0.02)
+        # the timed run counts its work on the meta device too: the same count
+        assert res["tflop_per_photo"] == report["results"][name]["tflop_per_photo"]
     # same work on both paths, except the VAE: the reference encodes (and backpropagates) once per timestep
     assert report["results"]["reference"]["flop_per_iteration"] > report["results"]["fast"]["flop_per_iteration"]
     assert report["speedup_fast_over_reference"] > 0
@@ -59,3 +60,47 @@ def test_full_size_architectures_have_the_published_sizes(kind, unet_params):
     assert count(bundle.vae) == 83_653_863
     assert count(bundle.text_encoder) == 123_060_480     # CLIP ViT-L/14 text tower
     assert bundle.unet.config.in_channels == (8 if kind == "ip2p" else 4)
+
+
+FOUR = ["put her in a prison cell", "make it snow", "turn him into a clown", "add fire in the background"]
+
+
+@pytest.mark.parametrize("profile, changes, prompts", [
+    ("paper", {}, 1),
+    ("fast", {}, 1),                                             # balance_every=5, half the timesteps
+    ("fast", {"prompt_subset": 2}, 4),
+    ("paper", {"noise": "fixed", "balance_every": 3}, 1),
+    ("paper", {"timestep_subset": 2}, 1),
+])
+def test_one_traced_iteration_per_kind_counts_what_tracing_every_iteration_counts(profile, changes, prompts):
+    import torch
+
+    from danp_pipeline.config import AttackConfig, profile_config
+    from danp_pipeline.evaluation.bench import build_editor, count_work
+
+    cfg = profile_config(profile, AttackConfig(steps=40 if profile == "fast" else 7, num_timesteps=4,
+                                               resolution=64)).replace(**changes)
+    assert profile == "paper" or cfg.balance_every == 5
+    bundle = build_editor("tiny-ip2p", torch.device("meta"), "auto")
+    x0 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = (x0 + 0.03 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)).sign()).clamp(0, 1)
+    lists = [FOUR[:prompts]]
+    short, every = (count_work(bundle, cfg, x0, x, lists, [0], every=flag) for flag in (False, True))
+    assert sorted(short.traced) == ([0, 1, cfg.balance_every] if cfg.balance_every > 1 else [0, 1])
+    assert len(every.traced) == cfg.steps
+    assert [short.flop(i) for i in range(cfg.steps)] == [every.flop(i) for i in range(cfg.steps)]
+    assert short.photo(cfg.steps, 1)["iterations_flop"] == every.photo(cfg.steps, 1)["iterations_flop"]
+    kinds = {every.flop(i) for i in range(1, cfg.steps)}
+    assert len(kinds) == (2 if cfg.balance_every > 1 else 1)       # a measuring and a single-backward iteration
+
+
+def test_fixed_noise_on_a_subset_of_timesteps_is_traced_every_iteration():
+    import torch
+
+    from danp_pipeline.config import AttackConfig
+    from danp_pipeline.evaluation.bench import build_editor, count_work
+
+    cfg = AttackConfig(steps=4, num_timesteps=4, resolution=64, noise="fixed", timestep_subset=2)
+    bundle = build_editor("tiny-ip2p", torch.device("meta"), "auto")
+    x0 = torch.rand(1, 3, 64, 64)
+    assert len(count_work(bundle, cfg, x0, x0, [FOUR[:1]], [0]).traced) == 4     # its clean cache fills at random

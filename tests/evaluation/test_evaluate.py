@@ -60,7 +60,8 @@ def test_folder_pairs_every_photo_with_every_prompt_at_working_resolution(photo_
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "dict"])
 def test_pairs_files_resolve_photos_relative_to_the_file(photo_dir, fmt, monkeypatch):
     monkeypatch.chdir(photo_dir.parent)
-    rows = [{"photo": "astronaut.png", "instruction": "add fire"}, {"photo": "sub/chelsea.jpg", "prompt": "make it snow"}]
+    rows = [{"photo": "astronaut.png", "instruction": "add fire"},
+            {"photo": "sub/chelsea.jpg", "prompt": "make it snow"}]
     if fmt == "csv":
         text, suffix = "photo,instruction\nastronaut.png,add fire\nsub/chelsea.jpg,make it snow\n", "csv"
     elif fmt == "jsonl":
@@ -135,6 +136,38 @@ def test_summary_reports_mean_and_std_per_method_and_robustness():
     assert "| random | inf |" in text
     assert "30.00 ± 0.00" in text                             # the jpeg75 robustness column
     assert "- LPIPS was not computed" in text
+
+
+# -- the commands' options ---------------------------------------------------------------------------
+
+def options(name: str) -> dict[str, str]:
+    """A command's options (long form) and their help texts."""
+    parser = cli.command_parser(name)
+    return {a.option_strings[-1]: a.help for a in parser._actions if a.option_strings}
+
+
+def test_eval_and_micro_bench_offer_only_their_own_options():
+    evaluation, micro, job = options("eval"), options("micro-bench"), options("eval-job")
+    for absent in ("--suite", "--method", "--scenes", "--editors", "--split", "--protect-set", "--workers"):
+        assert absent not in evaluation, absent
+    for absent in ("--method", "--resolution", "--model", "--prompt", "--protect-prompt", "--attacker-filters",
+                   "--lpips-weights", "--editor-steps"):
+        assert absent not in micro, absent
+    shared = ("--methods", "--seeds", "--transforms", "--view", "--size-variants", "--device", "--eps", "--profile")
+    assert all(name in evaluation and name in micro for name in shared)
+    assert micro["--workers"] == job["--workers"]                  # one meaning: parallel Ray workers
+    assert set(job) == set(evaluation) | {"--workers", "--address", "--cpus-per-worker", "--gpus-per-worker"}
+    with pytest.raises(SystemExit):                                # one meaning per positional argument
+        cli.command_parser("eval").parse_args(["--suite", "micro", "out"])
+    args = cli.command_parser("micro-bench").parse_args(["out", "--workers", "2", "--transforms", "none,jpeg75"])
+    config = cli.micro_suite_config(args)
+    assert config.workers == 2 and config.transforms == ("none", "jpeg75") and config.attack.resolution == 64
+
+
+def test_eval_refuses_the_attack_settings_it_decides_itself(photo_dir, tmp_path):
+    args = eval_args([str(photo_dir), str(tmp_path / "out"), "--prompt", "add fire", "--attack-option", "method=pge"])
+    assert cli.run_command("eval", args) == 2            # --methods decides the method
+    assert "method" not in options("eval")["--attack-option"].split("one of:")[1]
 
 
 # -- the whole command -----------------------------------------------------------------------------

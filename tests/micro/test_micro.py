@@ -200,7 +200,7 @@ def test_micro_suite_reports_edit_success_per_method_setting_and_editor(quick_ed
     from danp_pipeline import cli
 
     out = tmp_path / "suite"
-    argv = ["eval", "--suite", "micro", str(out), "--editors", f"{quick_editor},{quick_editor}", "--scenes", "2",
+    argv = ["micro-bench", str(out), "--editors", f"{quick_editor},{quick_editor}", "--scenes", "2",
             "--methods", "danp,random", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--transforms",
             "none,jpeg75", "--workers", "2"]
     assert cli.entrypoint(argv) == 0
@@ -229,7 +229,7 @@ def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_
     from danp_pipeline import cli
 
     out = tmp_path / "suite"
-    argv = ["eval", "--suite", "micro", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
+    argv = ["micro-bench", str(out), "--editors", str(quick_editor), "--scenes", "1", "--methods",
             "danp", "--seeds", "0", "--steps", "2", "--timesteps", "2", "--view", "attacker", "--size-variants",
             "4x-16:9,4x-4:5,small-3:2", "--protect-set", "kinds"]
     assert cli.entrypoint(argv) == 0
@@ -242,39 +242,40 @@ def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_
     assert "| danp | 4x-4:5 |" in summary and "| danp | small-3:2 |" in summary
 
 
-def test_a_suite_worker_exits_when_its_parent_is_killed(tmp_path) -> None:
-    """Killing `eval --suite micro` (no pool shutdown) must not leave its workers running."""
+def test_a_suite_worker_exits_when_its_driver_is_killed(tmp_path) -> None:
+    """Killing `micro-bench` (no clean shutdown) must not leave its Ray workers running."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    script = tmp_path / "parent.py"
+    script = tmp_path / "driver.py"
     script.write_text(
-        "import multiprocessing, sys, time\n"
-        "from danp_pipeline.evaluation.micro_suite import exit_with_parent\n"
-        "def child(parent):\n"
-        "    exit_with_parent(parent, poll_s=0.1)\n"
-        "    time.sleep(600)\n"
-        "if __name__ == '__main__':\n"
-        "    import os\n"
-        "    p = multiprocessing.get_context('spawn').Process(target=child, args=(os.getpid(),))\n"
-        "    p.start()\n"
-        "    print(p.pid, flush=True)\n"
+        "import time\n"
+        "import ray\n"
+        "from danp_pipeline.evaluation import workers\n"
+        "class Idle:\n"
+        "    def __call__(self, item):\n"
+        "        time.sleep(600)\n"
+        "with workers.ray_session():\n"
+        "    [actor] = workers.start(Idle, (), 1, num_cpus=0.5, threads=1)\n"
+        "    print(ray.get(actor.pid.remote()), flush=True)\n"
+        "    actor.__call__.remote(0, None)\n"
         "    time.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    child_pid = int(parent.stdout.readline())
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
-    status = f"/proc/{child_pid}/status"
-    for _ in range(600):                        # up to 60 s (the child may still be importing); an exited
-        try:                                    # child nobody reaped yet is a zombie: gone as well
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RAY_ADDRESS": ""})
+    worker_pid = int(driver.stdout.readline())
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    status = f"/proc/{worker_pid}/status"
+    for _ in range(600):                        # up to 60 s; an exited worker nobody reaped yet is a zombie:
+        try:                                    # gone as well
             state = next(line for line in open(status) if line.startswith("State:"))
         except (FileNotFoundError, ProcessLookupError):
             return
         if "Z" in state.split()[1]:
             return
         time.sleep(0.1)
-    os.kill(child_pid, signal.SIGKILL)
-    raise AssertionError("the worker outlived its killed parent")
+    os.kill(worker_pid, signal.SIGKILL)
+    raise AssertionError("the worker outlived its killed driver")
