@@ -89,7 +89,8 @@ def main() -> None:
             files = {"own-size": own, "upsampled": upsampled(full, own_clean, own), "full-size": new}
             for name, file in files.items():
                 for filt in FILTERS:
-                    clean = own_clean if name == "own-size" else resize_for_editor(full, args.resolution, multiple, filt)
+                    clean = (own_clean if name == "own-size"
+                             else resize_for_editor(full, args.resolution, multiple, filt))
                     seen = file if name == "own-size" else attackers_copy(file, args.resolution, multiple, filt, "none")
                     values = probe(clean, seen, prompts)
                     mse = np.mean([np.mean(((editor(seen, args.prompt, s).astype(np.float32)

@@ -143,7 +143,8 @@ def check_run(suite_dir: Path, expected: dict) -> None:
 
 
 def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Namespace, out: Path) -> None:
-    suite_dir = out / name.replace("α", "alpha").replace(" ", "_").replace("/", "-").replace(",", "").replace("(", "").replace(")", "")
+    slug = name.replace("α", "alpha").replace(" ", "_").replace("/", "-")
+    suite_dir = out / slug.replace(",", "").replace("(", "").replace(")", "")
     if args.view == "attacker":
         suite_dir = suite_dir.with_name(suite_dir.name + "_attacker")
     if name == "paper" and args.paper_from:
@@ -192,7 +193,8 @@ def table(results: dict) -> list[str]:
                 kept = f" ({100 * e['reduction'] / paper['efficacy'][setting]['reduction']:.0f}%)"
             cells.append(f"{e['reduction']:.0f} pts{kept}")
         seen = row.get("efficacy_attacker", {})
-        cells.append(" / ".join(f"{seen[k]['reduction']:.0f}" for k in ("own", "unseen", "transfer") if k in seen) or "—")
+        reductions = [f"{seen[k]['reduction']:.0f}" for k in ("own", "unseen", "transfer") if k in seen]
+        cells.append(" / ".join(reductions) or "—")
         cells.append(f"{row['seconds_per_photo_micro']:.1f}" if "seconds_per_photo_micro" in row else "—")
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -79,7 +79,8 @@ def generate(n: int) -> Path:
         columns.update({
             "source_uri": pa.array([f"file://{root}/d{i % 1000:03d}/photo{i:09d}.jpg" for i in ids]),
             "status": pa.array(["ok" if i % 10 == 0 else "error" for i in ids]),
-            "config_sha256": pa.array([CONFIG_SHA] * m), "finished_at": pa.array([t0] * m, SCHEMA.field("finished_at").type),
+            "config_sha256": pa.array([CONFIG_SHA] * m),
+            "finished_at": pa.array([t0] * m, SCHEMA.field("finished_at").type),
             "source_sha256": pa.array([hashlib.sha256(str(i).encode()).hexdigest() for i in ids]),
             "source_bytes": pa.array(ids, pa.int64()), "source_etag": pa.array([f"etag:e{i}" for i in ids]),
             "prompts": pa.array([list(DEFAULT_PROMPTS)] * m, SCHEMA.field("prompts").type)})

@@ -69,7 +69,8 @@ def main() -> None:
         if args.tune:
             samples = world.make_split("train", args.scenes, seed=555)
             rows = []
-            grid = [tuple(float(v) for v in item.split(",")) for item in args.grid.split(";")] if args.grid else TUNE_GRID
+            grid = ([tuple(float(v) for v in item.split(",")) for item in args.grid.split(";")] if args.grid
+                    else TUNE_GRID)
             for steps, g, ig in grid:
                 steps = int(steps)
                 r = score(Editor(bundle, EditConfig(steps=steps, guidance_scale=g, image_guidance_scale=ig)), samples)
@@ -82,7 +83,8 @@ def main() -> None:
         training = json.loads((folder / "training.json").read_text())
         entry = {"sampler": dataclasses.asdict(micro_edit_config(name)),
                  "training": {k: training[k] for k in ("unet_steps_done", "times_s", "total_train_s",
-                                                       "weights_total_bytes", "vae_recon_psnr_heldout", "torch_threads")}}
+                                                       "weights_total_bytes", "vae_recon_psnr_heldout",
+                                                       "torch_threads")}}
         for wordings in ("train", "heldout"):
             r = score(editor, world.make_split("heldout", args.scenes, seed=1, wordings=wordings))
             entry[f"heldout_scenes_{wordings}_wordings"] = r

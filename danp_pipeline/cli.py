@@ -145,8 +145,10 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
                              "InstructPix2Pix). tiny-ip2p, tiny-sd (random weights) and the micro-editors are test "
                              "editors: outputs protected against them protect against nothing real")
     parser.add_argument("--revision", default=p("revision"), help="model revision (branch, tag or commit)")
-    parser.add_argument("--prompt", action="append", default=[], help="edit instruction to protect against (repeatable)")
-    parser.add_argument("--prompts-file", default=p("prompts_file"), help="JSON or CSV sidecar mapping object keys to prompts")
+    parser.add_argument("--prompt", action="append", default=[],
+                        help="edit instruction to protect against (repeatable)")
+    parser.add_argument("--prompts-file", default=p("prompts_file"),
+                        help="JSON or CSV sidecar mapping object keys to prompts")
     parser.add_argument("--actors", type=int, default=p("actors"),
                         help=f"editor actors (one editor each; default {p('actors')})")
     parser.add_argument("--gpus-per-actor", type=float, default=p("gpus_per_actor"),
@@ -601,7 +603,8 @@ def _verbosity(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _verbosity(argparse.ArgumentParser(
-        prog="danp-protect", description="Protect photo archives against malicious AI editing (DANP, arXiv 2512.14333)."))
+        prog="danp-protect",
+        description="Protect photo archives against malicious AI editing (DANP, arXiv 2512.14333)."))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         command.configure(sub.add_parser(name, help=command.help, description=command.help))

@@ -235,7 +235,8 @@ class AttackConfig:
         _integer("balance_every", self.balance_every, 1)
         _integer("resolution_multiple", self.resolution_multiple, 8)
         _integer("resolution", self.resolution, self.resolution_multiple)
-        _tuple("view_scales", self.view_scales, lambda v: isinstance(v, (int, float)) and 0 < v <= 8, "numbers in (0, 8]")
+        _tuple("view_scales", self.view_scales, lambda v: isinstance(v, (int, float)) and 0 < v <= 8,
+               "numbers in (0, 8]")
         _tuple("view_filters", self.view_filters, lambda v: v in RESIZE_FILTERS, f"names from {list(RESIZE_FILTERS)}")
         _tuple("view_jpeg", self.view_jpeg, lambda v: isinstance(v, int) and 1 <= v <= 100, "qualities in 1..100",
                empty=True)
@@ -416,7 +417,8 @@ class EditConfig:
         self.validate()
 
     def validate(self) -> "EditConfig":
-        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1):
+        if self.steps is not None and (not isinstance(self.steps, int) or isinstance(self.steps, bool)
+                                       or self.steps < 1):
             raise ValueError(f"steps must be None or an integer >= 1, got {self.steps!r}")
         _positive("guidance_scale", self.guidance_scale, allow_zero=True)
         _positive("image_guidance_scale", self.image_guidance_scale, allow_zero=True)

@@ -144,7 +144,8 @@ def test_cronjob_creates_an_ingest_rayjob_with_the_rights_it_needs():
     accounts = {d["metadata"]["name"] for d in by_kind(path, "ServiceAccount")}
     assert pod["serviceAccountName"] in accounts
     (role,) = by_kind(path, "Role")
-    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
+    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"]
+               for r in role["rules"])
     (binding,) = by_kind(path, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert {s["name"] for s in binding["subjects"]} == {pod["serviceAccountName"]}
@@ -199,8 +200,8 @@ def commands(text: str) -> list[list[str]]:
 
 def entrypoint_commands() -> list[tuple[str, list[str]]]:
     found = [(path.name, cmd) for path in DOC_FILES for cmd in commands(path.read_text())]
-    found += [("rayjob " + (j["metadata"].get("name") or j["metadata"]["generateName"]), commands(j["spec"]["entrypoint"])[0])
-              for j in all_rayjobs()]
+    found += [("rayjob " + (j["metadata"].get("name") or j["metadata"]["generateName"]),
+               commands(j["spec"]["entrypoint"])[0]) for j in all_rayjobs()]
     return found
 
 
@@ -219,7 +220,8 @@ def test_every_job_entrypoint_is_documented_and_used():
     assert len(entrypoint_commands()) >= 8
 
 
-@pytest.mark.parametrize("where,command", entrypoint_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]))
+@pytest.mark.parametrize("where,command", entrypoint_commands(),
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v[:2]))
 def test_entrypoint_exists_and_its_real_parser_accepts_the_options(where, command):
     script, argv = command[0], command[1:]
     assert (ROOT / script).is_file(), f"{where}: {script} does not exist"

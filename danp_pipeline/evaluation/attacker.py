@@ -26,7 +26,8 @@ PIL_FILTERS = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEA
 
 #: Full-size variants: name -> (aspect w:h, long side as a multiple of the editor's size).
 SIZE_VARIANTS: dict[str, tuple[tuple[int, int], float]] = {
-    "4x-1:1": ((1, 1), 4.0), "4x-3:2": ((3, 2), 4.0), "4x-16:9": ((16, 9), 4.0), "4x-4:5": ((4, 5), 4.0), "small-3:2": ((3, 2), 0.75),
+    "4x-1:1": ((1, 1), 4.0), "4x-3:2": ((3, 2), 4.0), "4x-16:9": ((16, 9), 4.0), "4x-4:5": ((4, 5), 4.0),
+    "small-3:2": ((3, 2), 0.75),
 }
 
 

@@ -133,7 +133,8 @@ class Evaluator:
 
     def __init__(self, config: EvalConfig) -> None:
         self.config = config.validate()
-        self.bundle = load_editor(config.model, config.revision, device=config.device, precision=config.attack.precision)
+        self.bundle = load_editor(config.model, config.revision, device=config.device,
+                                  precision=config.attack.precision)
         self.editor = Editor(self.bundle, config.edit)
         self.immunizers = {m: Immunizer(self.bundle, method_config(m, config.attack)) for m in config.methods}
         self.probe = ObjectiveProbe(self.bundle, config.attack)

@@ -147,7 +147,8 @@ def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str
     (out / "grids").mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     transforms = list(dict.fromkeys(df["transform"]))
-    df = df.sort_values(["photo", "variant", "method", "view", "seed", "transform"], kind="stable").reset_index(drop=True)
+    order = ["photo", "variant", "method", "view", "seed", "transform"]
+    df = df.sort_values(order, kind="stable").reset_index(drop=True)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     paths = {"parquet": out / "results.parquet", "summary": out / "summary.md"}

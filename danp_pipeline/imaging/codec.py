@@ -246,7 +246,7 @@ def to_tensor(img: DecodedImage, size: tuple[int, int]) -> "torch.Tensor":
     if (w, h) != (img.width, img.height):
         pixels = np.asarray(Image.fromarray(img.rgb).resize((w, h), Image.Resampling.LANCZOS))
     scaled = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)  # fresh, writable array
-    import torch   # here, not at the top: the CPU stages decode and write without ever loading torch
+    import torch  # here, not at the top: the CPU stages decode and write without ever loading torch
 
     return torch.from_numpy(scaled).permute(2, 0, 1).clamp_(0.0, 1.0).contiguous()
 

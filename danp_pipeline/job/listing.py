@@ -65,7 +65,8 @@ LISTING_SCHEMA = pa.schema([
     ("source_etag", pa.string()),
     ("read_error", pa.string()),
 ])
-#: Fan-out listing tasks are I/O-bound (LIST calls): a quarter CPU each (as the job's CPU tasks, PipelineConfig.cpus_per_task).
+#: Fan-out listing tasks are I/O-bound (LIST calls): a quarter CPU each (as the job's CPU tasks,
+#: PipelineConfig.cpus_per_task).
 LIST_CPUS = 0.25
 #: Reading a list file is decoding Parquet/CSV/JSON: one CPU per file. (At a quarter CPU, a fresh
 #: 2-CPU cluster started up to 8 worker processes for 8 list files, and 1 M keys took 2-11 s instead

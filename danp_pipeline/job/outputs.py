@@ -144,7 +144,8 @@ def _write_one(writer: PhotoWriter, row: dict[str, Any], run: Run) -> dict[str, 
         except ValueError as exc:
             fields = {"status": "error", "error": storage.reason(exc, run.config.storage_options)}
         except Exception as exc:
-            fields = {"status": "error", "error": f"cannot write output: {storage.reason(exc, run.config.storage_options)}"}
+            reason = storage.reason(exc, run.config.storage_options)
+            fields = {"status": "error", "error": f"cannot write output: {reason}"}
     cfg, started = run.config, row.get("read_at") or utcnow()
     finished = utcnow()
     return make_row(

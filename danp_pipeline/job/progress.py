@@ -137,7 +137,8 @@ class Reporter:
             remaining = max(0, counts["planned"] - done) if self.exact else None
         eta = remaining * 3600 / rate if remaining is not None and rate > 0 else None
         return {"run_id": self.run_id, "state": self.state, **counts, "protected": self.ok, "errors": self.errors,
-                "remaining": remaining, "photos_per_hour": round(rate, 1), "eta_s": round(eta, 1) if eta is not None else None,
+                "remaining": remaining, "photos_per_hour": round(rate, 1),
+                "eta_s": round(eta, 1) if eta is not None else None,
                 "started_at": self.started_at.isoformat(), "updated_at": utcnow().isoformat(),
                 "elapsed_s": round(now - self.clock, 1), "output": self.output.uri}
 

@@ -105,7 +105,8 @@ def _normalize_key(key: str) -> str:
     return key
 
 
-def list_inputs(config: PipelineConfig, prompts: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[dict[str, Any]]:
+def list_inputs(config: PipelineConfig,
+                prompts: Mapping[str, tuple[str, ...]] | None = None) -> Iterator[dict[str, Any]]:
     """Yield one item per file under INPUT, minus the prompts sidecar and anything under OUTPUT."""
     from .listing import entry
 

@@ -137,7 +137,8 @@ class Protector:
             if len(photos) == 1:
                 photos[0].error = f"protection failed: {storage.reason(exc, self.config.storage_options)}"
                 return
-            logger.warning("batch of %d failed (%s); retrying photo by photo", len(photos), storage.reason(exc, self.config.storage_options))
+            logger.warning("batch of %d failed (%s); retrying photo by photo", len(photos),
+                           storage.reason(exc, self.config.storage_options))
             for photo in photos:
                 self._protect([photo])
             return

@@ -24,14 +24,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import COMPACT_MIN_PARTS, COMPACT_ROWS
-from ..storage import atomic_write, join, unescape_name
+from ..storage import atomic_write, join
 from .provenance import (
-    INDEX_COLUMNS,
     list_parts,
     read_manifest,
     read_part,
     to_table,
-    winners,
 )
 
 logger = logging.getLogger(__name__)

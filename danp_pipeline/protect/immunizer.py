@@ -168,7 +168,8 @@ class Immunizer:
                 results[i] = self._finish(decoded[i], out, j, (seen[1], seen[0]), elapsed)
         return results  # type: ignore[return-value]
 
-    def _finish(self, img: DecodedImage, out: PGDResult, j: int, size: tuple[int, int], seconds: float) -> ProtectedImage:
+    def _finish(self, img: DecodedImage, out: PGDResult, j: int, size: tuple[int, int],
+                seconds: float) -> ProtectedImage:
         pixels = apply_delta(img, out.delta[j, :, :img.height, :img.width].cpu(), self.config.eps)
         terms = {name: (float(h[0][j]), float(h[-1][j])) for name, h in out.history.items()}
         total = out.total()

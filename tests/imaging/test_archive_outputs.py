@@ -1,5 +1,6 @@
 """Issue 13: archive-grade outputs. Real files (JPEG with EXIF+ICC+XMP+IPTC, Display-P3 PNG, 16-bit
-TIFF, HEIC, AVIF) go through the decode, protect and write stages and come out at their size and bit depth, with metadata
+TIFF, HEIC, AVIF) go through the decode, protect and write stages and come out at their size and bit depth,
+with metadata
 and profile byte-identical to the source's (EXIF orientation aside), in the chosen format."""
 
 from __future__ import annotations

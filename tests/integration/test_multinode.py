@@ -36,7 +36,8 @@ from danp_pipeline.manifest.output import Output
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 420
-FAST = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0", "--batch-size", "1"]
+FAST = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0",
+        "--batch-size", "1"]
 #: 0.6 CPU per actor on 1-CPU nodes: two Protectors can never share a node, so a 2-actor job must
 #: use both, and the read tasks (0.25 CPU) still fit beside them.
 ACTORS = ["--actors", "2", "--cpus-per-actor", "0.6"]

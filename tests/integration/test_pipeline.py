@@ -66,7 +66,8 @@ def test_listing_skips_the_sidecar_and_an_output_inside_input(tmp_path):
     (tmp_path / "in" / "a.jpg").write_bytes(b"x")
     (tmp_path / "in" / "prompts.json").write_text("{}")
     (tmp_path / "in" / "out" / "images" / "a.jpg.png").write_bytes(b"x")
-    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "in" / "out"), prompts_file=str(tmp_path / "in/prompts.json"))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "in" / "out"),
+                      prompts_file=str(tmp_path / "in/prompts.json"))
     items = list(reader.list_inputs(cfg, {"a.jpg": ("p",)}))
     assert [(i["source_key"], i["prompts"]) for i in items] == [("a.jpg", ["p"])]
     assert items[0]["source_uri"] == f"file://{tmp_path}/in/a.jpg"
@@ -76,7 +77,8 @@ def test_read_objects_hashes_and_turns_failures_into_rows(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"abc")
     items = [{"source_key": "a.jpg", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 3, "prompts": []},
              {"source_key": "gone.jpg", "source_uri": "", "path": str(tmp_path / "gone.jpg"), "size": 3, "prompts": []},
-             {"source_key": "huge.tif", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 10**12, "prompts": []},
+             {"source_key": "huge.tif", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 10**12,
+              "prompts": []},
              {"source_key": "../up.jpg", "source_uri": "", "path": str(tmp_path / "a.jpg"), "size": 3, "prompts": []}]
     out = reader.read_objects(pa.Table.from_pylist(items), input_uri=str(tmp_path), storage_options={},
                               max_pixels=1000).to_pylist()
@@ -313,7 +315,8 @@ def _cli(*args: str) -> list[str]:
 @pytest.mark.integration
 def test_killed_run_resumes_without_loss_or_duplication_through_the_cli(s3_endpoint, ray_local, tmp_path):
     """The first run starts its own local Ray (the CLI's default) and is killed, with all its
-    processes, after its driver committed its second part (of one row each); the rerun joins the session's Ray cluster through
+    processes, after its driver committed its second part (of one row each); the rerun joins the session's Ray
+    cluster through
     RAY_ADDRESS (2 CPUs) and must finish, exit 0, without recomputing a committed photo."""
     photos = {f"day{i}/img{i}.jpg": encode(photo(name, (64, 48)), "JPEG")
               for i, name in enumerate(["astronaut", "chelsea", "coffee", "camera", "astronaut"])}

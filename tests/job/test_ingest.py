@@ -11,10 +11,9 @@ import pytest
 from helpers import encode, fast_config, photo, s3_client, s3_options, upload
 
 from danp_pipeline import storage
-from danp_pipeline.job import ingest
-from danp_pipeline.manifest import ledger, provenance, verify
-from danp_pipeline.job import pipeline
+from danp_pipeline.job import ingest, pipeline
 from danp_pipeline.job.identity import Run
+from danp_pipeline.manifest import ledger, provenance, verify
 from danp_pipeline.manifest.output import LOCK_NAME, Output
 from danp_pipeline.storage.lease import Lease, LockHeld
 

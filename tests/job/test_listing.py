@@ -119,7 +119,8 @@ def test_listing_settings_are_validated_and_parsed_by_the_cli():
 def test_fan_out_and_list_files_give_todays_listing(tmp_path, ray_local):
     tree(tmp_path / "in", [*KEYS, "prompts.json", "out/images/top.jpg.png"])
     prompts = {"a/one.jpg": ("make it snow",)}
-    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "in" / "out"), prompts_file=str(tmp_path / "in/prompts.json"))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "in" / "out"),
+                      prompts_file=str(tmp_path / "in/prompts.json"))
     expected = serial(cfg, prompts)
     assert sorted(expected) == sorted(KEYS)
     for depth in (0, 1, 3):

@@ -101,7 +101,8 @@ def test_good_values_pass_and_builtin_models_need_no_files(photos, monkeypatch, 
     (tmp_path / "micro-ip2p").mkdir()
     (tmp_path / "micro-ip2p" / "model_index.json").write_text("{}")
     preflight.check_model("micro-ip2p")
-    cfg = cli.pipeline_config(cli.build_parser().parse_args(["run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p"]))
+    argv = ["run", str(photos), str(tmp_path / "out"), "--model", "tiny-ip2p"]
+    cfg = cli.pipeline_config(cli.build_parser().parse_args(argv))
     preflight.check(cfg)
 
 
@@ -109,8 +110,8 @@ def test_command_line_shows_one_line_and_traceback_only_with_v(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     argv = [sys.executable, "-m", "danp_pipeline.cli", "run", str(tmp_path / "no-such-dir"), str(tmp_path / "out")]
     code = "import sys; from danp_pipeline.cli import entrypoint; sys.exit(entrypoint(sys.argv[1:]))"
-    quiet = subprocess.run([sys.executable, "-c", code, *argv[3:]], capture_output=True, text=True, env=env, timeout=120,
-                           check=False)
+    quiet = subprocess.run([sys.executable, "-c", code, *argv[3:]], capture_output=True, text=True, env=env,
+                           timeout=120, check=False)
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     lines = [line for line in quiet.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "does not exist" in lines[0] and str(tmp_path / "no-such-dir") in lines[0], lines

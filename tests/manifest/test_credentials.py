@@ -44,7 +44,8 @@ def test_signed_outputs_carry_the_three_assertions_and_verify(tmp_path, caplog):
         entries = assertions["c2pa.training-mining"]["entries"]
         assert {entries[k]["use"] for k in ("c2pa.ai_training", "c2pa.ai_inference")} == {"notAllowed"}
         (ingredient,) = manifest["ingredients"]
-        assert ingredient["relationship"] == "parentOf" and ingredient["instance_id"] == f"sha256:{row['source_sha256']}"
+        assert ingredient["relationship"] == "parentOf"
+        assert ingredient["instance_id"] == f"sha256:{row['source_sha256']}"
         assert "thumbnail" not in manifest and "thumbnail" not in ingredient          # no thumbnails at archive scale
         assert 2_000 < row["c2pa_bytes"] < 12_000, row["c2pa_bytes"]                 # ~4 KB, not ~559 KB
         assert report["validation_state"] == "Trusted"

@@ -6,7 +6,6 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
-
 from helpers import fast_config
 
 from danp_pipeline import storage

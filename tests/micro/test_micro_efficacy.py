@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from danp_pipeline.config import (
+    METHODS,
     MICRO_ATTACK,
     MICRO_EDITORS_DIR,
     MICRO_MODELS,
-    METHODS,
     MicroSuiteConfig,
     method_config,
     micro_edit_config,

@@ -94,7 +94,8 @@ def test_focused_weights_keep_the_tokens_whose_maps_concentrate():
     weights = torch.tensor([[0.25, 0.25, 0.25, 0.0]])                   # token 3 is no content token
     assert focused_weights(maps, weights).tolist() == [[0.5, 0.0, 0.5, 0.0]]
     # every map equally spread: all stay; a single content token always stays
-    assert torch.allclose(focused_weights(flat.expand(1, 3, 6, 6), torch.full((1, 3), 1 / 3)), torch.full((1, 3), 1 / 3))
+    third = torch.full((1, 3), 1 / 3)
+    assert torch.allclose(focused_weights(flat.expand(1, 3, 6, 6), third), third)
     assert focused_weights(maps[:, :2], torch.tensor([[0.0, 1.0]])).tolist() == [[0.0, 1.0]]
 
 
