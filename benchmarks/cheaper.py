@@ -155,7 +155,7 @@ def measure_efficacy(row: dict, name: str, cfg: AttackConfig, args: argparse.Nam
             suite = MicroSuiteConfig(editors=tuple(args.editors.split(",")), scenes=args.scenes, methods=("danp",),
                                      attack=cfg, seeds=tuple(int(s) for s in args.seeds.split(",")),
                                      workers=args.workers, view=args.view)
-            micro_suite.run(suite.validate(), suite_dir)
+            micro_suite.run(suite, suite_dir)
         check_run(suite_dir, row["config"])
         df = pd.read_parquet(suite_dir / "results.parquet")
         df = df[(df["method"] == "danp") & (df["transform"] == "none")]

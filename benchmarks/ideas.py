@@ -113,7 +113,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
-    base = AttackConfig(resolution=args.resolution, precision=args.precision).validate()
+    base = AttackConfig(resolution=args.resolution, precision=args.precision)
     bundle = build_editor(args.arch, torch.device(args.device), args.precision)
     counter = build_editor(args.arch, torch.device("meta"), args.precision) if args.flops else None
     report = benchmark(bundle, {n: base.replace(**VARIANTS[n]) for n in names}, batch_size=args.batch_size,

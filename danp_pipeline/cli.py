@@ -102,7 +102,7 @@ def attack_config(args: argparse.Namespace) -> AttackConfig:
             raise ValueError(f"--attack-option expects KEY=VALUE with KEY one of "
                              f"{', '.join(_attack_option_keys(omitted))}; got {item!r}")
         options[key] = _parse_value(raw, getattr(d, key))
-    base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields).validate(),
+    base = C.profile_config(getattr(args, "profile", C.PROFILES[0]), AttackConfig(**fields),
                             step_size=args.step_size)
     cfg = base.replace(**options)
     warning = cfg.reach_warning()
@@ -247,7 +247,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         progress_interval_s=args.progress_interval, actor_memory=args.actor_memory, lease_ttl_s=args.lease_ttl,
         lease_wait_s=args.wait, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
         cpus_per_task=args.cpus_per_task,
-    ).validate()
+    )
 
 
 
@@ -404,12 +404,12 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     edit = EditConfig(steps=args.editor_steps, guidance_scale=args.guidance_scale,
                       image_guidance_scale=args.image_guidance_scale, strength=args.strength,
-                      scheduler=args.scheduler).validate()
+                      scheduler=args.scheduler)
     return EvalConfig(model=args.model, revision=args.revision, methods=tuple(args.methods), attack=attack_config(args),
                       edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
                       protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
                       device=args.device, view=args.view, attacker_filters=tuple(args.attacker_filters),
-                      size_variants=tuple(args.size_variants)).validate()
+                      size_variants=tuple(args.size_variants))
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
@@ -472,7 +472,7 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
                             methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
                             transforms=tuple(args.transforms), view=args.view, device=args.device, workers=args.workers,
                             size_variants=tuple(args.size_variants), protect_set=args.protect_set,
-                            split=args.split).validate()
+                            split=args.split)
 
 
 def run_micro_bench(args: argparse.Namespace) -> int:

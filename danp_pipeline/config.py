@@ -329,7 +329,8 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
         if not isinstance(self.prompts, tuple) or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise ValueError(f"prompts must be a tuple of non-empty strings, got {self.prompts!r}")
-        self.attack.validate()
+        if not isinstance(self.attack, AttackConfig):
+            raise ValueError(f"attack must be an AttackConfig, got {self.attack!r}")
         _integer("actors", self.actors, 1)
         if self.gpus_per_actor is not None:
             _positive("gpus_per_actor", self.gpus_per_actor, allow_zero=True)
@@ -458,7 +459,8 @@ class EvalConfig:
             raise ValueError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
         for m in self.methods:
             method_config(m, self.attack)
-        self.edit.validate()
+        if not isinstance(self.edit, EditConfig):
+            raise ValueError(f"edit must be an EditConfig, got {self.edit!r}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
         unknown = [t for t in self.transforms if t not in ROBUSTNESS_TRANSFORMS]
@@ -481,7 +483,7 @@ def micro_edit_config(name: str) -> "EditConfig":
     """The attacker's edit settings for a micro-editor: its own (MICRO_MODELS), else (a directory of an
     editor trained with ``train-editor``) MICRO_SAMPLER."""
     steps, guidance, image_guidance = MICRO_MODELS.get(name, MICRO_SAMPLER)
-    return EditConfig(steps=steps, guidance_scale=guidance, image_guidance_scale=image_guidance).validate()
+    return EditConfig(steps=steps, guidance_scale=guidance, image_guidance_scale=image_guidance)
 
 
 #: The micro benchmark's attack: the paper's budget and iterations (γ = 0.03, N = 100, |𝒯| = 10,

@@ -37,10 +37,10 @@ def run_demo(directory: str | Path = DEMO_DIR, *, model: str = "tiny-ip2p", step
     originals.mkdir(parents=True, exist_ok=True)
     for path in sample_photos():
         shutil.copyfile(path, originals / path.name)
-    attack = AttackConfig(steps=steps, num_timesteps=timesteps, resolution=resolution).validate()
+    attack = AttackConfig(steps=steps, num_timesteps=timesteps, resolution=resolution)
     cfg = PipelineConfig(input_uri=str(originals), output_uri=str(root / "protected"), model=model,
                          attack=attack, prompts=DEMO_PROMPTS)
-    summary = run(cfg.validate())
+    summary = run(cfg)
     output = Output.open(cfg.output_uri)
     rows = output.current_rows()
     for row in sorted(rows, key=lambda r: r["source_uri"]):

@@ -117,7 +117,7 @@ def upload(endpoint: str, bucket: str, prefix: str, files: dict[str, bytes]) -> 
 
 def fast_config(input_uri: str, output_uri: str, **changes) -> PipelineConfig:
     changes.setdefault("model", "tiny-ip2p")
-    return PipelineConfig(input_uri=input_uri, output_uri=output_uri, attack=FAST_ATTACK, **changes).validate()
+    return PipelineConfig(input_uri=input_uri, output_uri=output_uri, attack=FAST_ATTACK, **changes)
 
 
 # -- photos ------------------------------------------------------------------------------------

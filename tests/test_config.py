@@ -15,7 +15,7 @@ from danp_pipeline.protect.models import load_editor, tiny_editor
 
 
 def test_defaults_follow_the_spec():
-    c = AttackConfig().validate()
+    c = AttackConfig()
     assert (c.eps, c.steps, c.num_timesteps, c.threshold_bins) == (0.03, 100, 10, 128)
     assert c.step_size == pytest.approx(1 / 255)
     assert (c.lambda_daa, c.lambda_nba, c.nba_target, c.balance) == (1.0, 1.0, "clean", "grad")
@@ -45,7 +45,7 @@ def test_defaults_follow_the_spec():
 ])
 def test_bad_settings_are_refused_naming_field_and_value(change, message):
     with pytest.raises(ValueError, match=message):
-        AttackConfig(**change).validate()
+        AttackConfig(**change)
 
 
 def test_bad_settings_are_refused_before_any_work(tiny_ip2p):
@@ -68,15 +68,15 @@ def test_unknown_model_kind_and_model_are_refused():
 
 
 def test_pipeline_config_validation_and_hash():
-    ok = PipelineConfig("in", "out").validate()
+    ok = PipelineConfig("in", "out")
     with pytest.raises(ValueError, match="actors must be an integer >= 1, got 0"):
-        dataclasses.replace(ok, actors=0).validate()
+        dataclasses.replace(ok, actors=0)
     with pytest.raises(ValueError, match="max_photo_attempts must be an integer >= 1, got 0"):
-        dataclasses.replace(ok, max_photo_attempts=0).validate()
+        dataclasses.replace(ok, max_photo_attempts=0)
     with pytest.raises(ValueError, match="input_uri"):
-        dataclasses.replace(ok, input_uri=" ").validate()
+        dataclasses.replace(ok, input_uri=" ")
     with pytest.raises(ValueError, match="prompts"):
-        dataclasses.replace(ok, prompts=("",)).validate()
+        dataclasses.replace(ok, prompts=("",))
     a = config_json(AttackConfig(), "tiny-ip2p", "r1")
     assert config_sha256(a) == config_sha256(config_json(AttackConfig(), "tiny-ip2p", "r1"))
     assert config_sha256(a) != config_sha256(config_json(AttackConfig(eps=0.02), "tiny-ip2p", "r1"))

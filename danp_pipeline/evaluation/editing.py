@@ -58,7 +58,7 @@ class Editor:
 
     def __init__(self, bundle: EditorBundle, config: EditConfig | None = None) -> None:
         self.bundle = bundle
-        self.config = (config or EditConfig()).validate()
+        self.config = (config or EditConfig())
         self.pipe = build_pipeline(bundle, self.config.scheduler)
 
     def options(self) -> dict[str, Any]:

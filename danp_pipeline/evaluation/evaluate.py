@@ -132,7 +132,7 @@ class Evaluator:
     """Loads the editor once; ``evaluator(pair)`` -> (name, rows, grids) for every method and seed."""
 
     def __init__(self, config: EvalConfig) -> None:
-        self.config = config.validate()
+        self.config = config
         self.bundle = load_editor(config.model, config.revision, device=config.device,
                                   precision=config.attack.precision)
         self.editor = Editor(self.bundle, config.edit)

@@ -93,7 +93,7 @@ class MicroSuite:
     """Loads the editors once; ``suite(case)`` -> (rows, grid rows) for every method, setting and seed."""
 
     def __init__(self, config: MicroSuiteConfig) -> None:
-        self.config = config.validate()
+        self.config = config
         self.bundles = {name: load_editor(name, device=config.device) for name in config.editors}
         self.editors = {name: Editor(bundle, micro_edit_config(name)) for name, bundle in self.bundles.items()}
         for name, bundle in self.bundles.items():

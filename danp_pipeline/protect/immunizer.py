@@ -107,7 +107,7 @@ class Immunizer:
 
     def __init__(self, editor: EditorBundle, config: AttackConfig | None = None) -> None:
         self.editor = editor
-        self.config = (config or AttackConfig()).validate()
+        self.config = (config or AttackConfig())
 
     def views(self) -> list[View]:
         """The attacker's views the optimization averages over (the config's filters × sizes × …)."""

@@ -58,10 +58,10 @@ def test_img2img_strength_controls_how_much_of_the_photo_survives(tiny_sd):
 
 def test_bad_settings_and_sizes_are_refused(tiny_ip2p):
     with pytest.raises(ValueError, match="strength must be in"):
-        EditConfig(strength=0.0).validate()
+        EditConfig(strength=0.0)
     with pytest.raises(ValueError, match="steps must be None or an integer"):
-        EditConfig(steps=0).validate()
+        EditConfig(steps=0)
     with pytest.raises(ValueError, match="scheduler must be one of"):
-        EditConfig(scheduler="lms").validate()
+        EditConfig(scheduler="lms")
     with pytest.raises(ValueError, match="multiple of 8"):
         Editor(tiny_ip2p, EditConfig(steps=1))(np.zeros((60, 64, 3), np.uint8), PROMPT, 0)

@@ -82,11 +82,11 @@ def test_bad_pairs_and_configs_are_refused_with_the_reason(photo_dir):
     with pytest.raises(ValueError, match="needs 'photo' and 'instruction'"):
         load_pairs(bad)
     with pytest.raises(ValueError, match="unknown method 'photoguard'"):
-        EvalConfig(methods=("danp", "photoguard")).validate()
+        EvalConfig(methods=("danp", "photoguard"))
     with pytest.raises(ValueError, match="transforms must include 'none'"):
-        EvalConfig(transforms=("jpeg75",)).validate()
+        EvalConfig(transforms=("jpeg75",))
     with pytest.raises(ValueError, match="seeds must be"):
-        EvalConfig(seeds=()).validate()
+        EvalConfig(seeds=())
 
 
 # -- transforms, memory, report pieces -----------------------------------------------------------

@@ -53,7 +53,7 @@ def planner(request, tmp_path):
         output = Output.open(str(tmp_path / f"out{next(runs)}"))
         output.commit(index.to_pylist())
         cfg = PipelineConfig(input_uri="s3://b", output_uri=output.uri, retry_errors=retry_errors,
-                             detect_changes=detect_changes, plan_partitions=2).validate()
+                             detect_changes=detect_changes, plan_partitions=2)
         listed = ray.data.from_arrow(pa.Table.from_pylist(items, schema=LISTING_SCHEMA))
         result = planning.plan(listed, Run(cfg, "r", "{}", config_sha), prompts=prompts)
         order = {item["source_uri"]: n for n, item in enumerate(items)}

@@ -106,7 +106,7 @@ def test_listing_settings_are_validated_and_parsed_by_the_cli():
     for field, value in [("plan_partitions", 0), ("input_list", " "), ("progress_interval_s", 0),
                          ("list_fanout_depth", -1)]:
         with pytest.raises(ValueError, match=field):
-            PipelineConfig("in", "out", **{field: value}).validate()
+            PipelineConfig("in", "out", **{field: value})
     args = cli.build_parser().parse_args(["run", "in", "out", "--input-list", "s3://inv/manifest.json",
                                           "--plan-partitions", "8", "--progress-interval", "5"])
     cfg = cli.pipeline_config(args)

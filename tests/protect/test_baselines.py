@@ -31,7 +31,7 @@ from danp_pipeline.protect.immunizer import Immunizer
 
 PROMPT = "put her in a prison cell"
 SEEDS = (0, 1)
-BASE = AttackConfig(eps=0.06, steps=8, step_size=0.01, num_timesteps=2, resolution=64, timestep_batch=2).validate()
+BASE = AttackConfig(eps=0.06, steps=8, step_size=0.01, num_timesteps=2, resolution=64, timestep_batch=2)
 BASELINES = ("pge", "pgd-e2e", "sa", "advdm", "mist", "sds")
 
 

@@ -11,7 +11,7 @@ PROMPT = [["put her in a prison cell"]]
 
 
 def small(**changes) -> AttackConfig:
-    return AttackConfig(**{"steps": 12, "num_timesteps": 4, "resolution": 64, **changes}).validate()
+    return AttackConfig(**{"steps": 12, "num_timesteps": 4, "resolution": 64, **changes})
 
 
 def evaluate(bundle, cfg, x0, x, seed=123):

@@ -23,7 +23,7 @@ LOSS_RTOL = 1e-5
 
 
 def config(**changes) -> AttackConfig:
-    return AttackConfig(steps=3, num_timesteps=4, resolution=64, **changes).validate()
+    return AttackConfig(steps=3, num_timesteps=4, resolution=64, **changes)
 
 
 def one_iteration(bundle, cfg, x0, x, prompts=PROMPTS, seeds=(5,)):

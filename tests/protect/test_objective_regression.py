@@ -21,7 +21,7 @@ from danp_pipeline.protect.baselines import build_objective
 from danp_pipeline.protect.pgd import pgd
 
 PROMPTS = ["put her in a prison cell", "make it snow", "turn it into a painting"]
-BASE = AttackConfig(steps=4, num_timesteps=4, resolution=64).validate()
+BASE = AttackConfig(steps=4, num_timesteps=4, resolution=64)
 
 #: case -> (method, config); every case runs on tiny-ip2p and tiny-sd.
 CASES: dict[str, tuple[str, AttackConfig]] = {
