@@ -155,6 +155,7 @@ def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> No
     training.train(cfg, tmp_path / "a", checkpoint_dir=tmp_path / "ckpt")
     state = json.loads((tmp_path / "ckpt" / "resume" / "state.json").read_text())
     assert state["step"] == 2 and len(state["losses"]) == 2
+    assert not (tmp_path / "ckpt" / "resume" / "ema.safetensors").exists()     # the editor's weights are the EMA
     info = training.train(cfg, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", resume_run=True)
     assert info["resumed"] == 1 and info["unet_steps_done"] == 4 and "vae_train_s" in info["times_s"]
     assert not (tmp_path / "b" / "vae_stage").exists()

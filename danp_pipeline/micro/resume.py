@@ -6,8 +6,8 @@ folder holds, next to the loadable editor (EMA weights, diffusers layout, see tr
 ``resume/``:
 
 * ``model.safetensors``: the raw (non-EMA) UNet and text encoder weights, fp32, keys ``unet.*``/``text.*``;
-* ``ema.safetensors``: the EMA copies, fp32 (the same tensors as the editor's, kept here so a resume needs
-  nothing else);
+* ``ema.safetensors``: the EMA copies, fp32, unless the checkpoint's editor folder holds them already (its
+  ``unet/`` and ``text_encoder/`` weights, which ``load`` then reads);
 * ``optimizer.safetensors``: AdamW's moments in bfloat16 (half the size; a resumed run's first steps differ
   from an uninterrupted one's by the rounding), keyed by parameter index, and the sampler's RNG state;
 * ``state.json``: the step reached, the wall time spent, the loss and attention-share history.
@@ -57,14 +57,16 @@ def _load_weights(path: Path, unet: torch.nn.Module, text: torch.nn.Module) -> N
     text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")})
 
 
-def save(folder: str | Path, s: DenoiserState, extra: dict | None = None) -> None:
-    """Write ``s`` to ``folder`` (replaced whole)."""
+def save(folder: str | Path, s: DenoiserState, extra: dict | None = None, ema: bool = True) -> None:
+    """Write ``s`` to ``folder`` (replaced whole); ``ema=False``: leave the EMA weights to the editor saved in
+    ``folder``'s parent."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_weights(s.unet, s.text), tmp / "model.safetensors")
-    save_file(_weights(s.ema_unet, s.ema_text), tmp / "ema.safetensors")
+    if ema:
+        save_file(_weights(s.ema_unet, s.ema_text), tmp / "ema.safetensors")
     params = [p for group in s.opt.param_groups for p in group["params"]]
     moments: dict[str, torch.Tensor] = {"generator": s.generator.get_state()}
     adam_step = 0.0
@@ -102,7 +104,11 @@ def load(folder: str | Path, s: DenoiserState) -> DenoiserState:
         raise ValueError(f"no training state to resume in {folder} (it has no {STATE})")
     state = read_extra(folder)
     _load_weights(folder / "model.safetensors", s.unet, s.text)
-    _load_weights(folder / "ema.safetensors", s.ema_unet, s.ema_text)
+    if (folder / "ema.safetensors").is_file():
+        _load_weights(folder / "ema.safetensors", s.ema_unet, s.ema_text)
+    else:  # the editor saved next to the state holds them (diffusers / transformers layout, same keys)
+        s.ema_unet.load_state_dict(load_file(folder.parent / "unet" / "diffusion_pytorch_model.safetensors"))
+        s.ema_text.load_state_dict(load_file(folder.parent / "text_encoder" / "model.safetensors"))
     moments = load_file(folder / "optimizer.safetensors")
     s.generator.set_state(moments["generator"])
     params = [p for group in s.opt.param_groups for p in group["params"]]

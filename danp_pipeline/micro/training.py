@@ -59,6 +59,13 @@ logger = logging.getLogger(__name__)
 WORLDS = {"flat": world, "textured": textures}
 
 
+def work_clock() -> float:
+    """Seconds of work: this process's CPU time over its torch threads, i.e. the wall time the run takes on
+    as many dedicated cores. Budgets and recorded times use it, so that a run on a machine shared with other
+    jobs trains as far as one on an idle machine (its wall time is recorded too)."""
+    return time.process_time() / max(torch.get_num_threads(), 1)
+
+
 @dataclass
 class VAEConfig:
     block_out_channels: tuple[int, ...] = (16, 32, 32)  # 3 levels -> latent factor 4
@@ -114,7 +121,7 @@ class EditorConfig:
     checkpoint_every: int = 500
     checkpoint_every_s: float = 0.0  # >0: also checkpoint (resumable) every that many seconds
     record_scenes: int = 200  # held-out scenes of the VAE's reconstruction record
-    time_budget_s: float = 0.0  # >0: the LR schedule follows elapsed wall time and training stops at the budget
+    time_budget_s: float = 0.0  # >0: the LR schedule follows elapsed time (work_clock) and training stops at the budget
     # "v_prediction": the UNet predicts v = sqrt(abar) eps - sqrt(1-abar) z0, so near t = T its error is not
     # amplified 1/sqrt(abar_T) ~ 15x into the x0 estimate (epsilon-trained micro editors drifted in colour).
     prediction_type: str = "v_prediction"
@@ -279,7 +286,7 @@ def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> Autoenc
     opt = torch.optim.AdamW(vae.parameters(), lr=c.lr, weight_decay=0.0)
     data = to_tensor(images)
     g = torch.Generator().manual_seed(c.seed)
-    t0 = time.time()
+    t0 = work_clock()
     for step in range(c.steps):
         lr = c.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / c.steps)))
         for group in opt.param_groups:
@@ -294,7 +301,7 @@ def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> Autoenc
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == c.steps - 1:
-            logger.info("vae step %d loss %.5f lr %.2e (%.0fs)", step, loss.item(), lr, time.time() - t0)
+            logger.info("vae step %d loss %.5f lr %.2e (%.0fs)", step, loss.item(), lr, work_clock() - t0)
     vae.eval().requires_grad_(False)
     return vae
 
@@ -433,13 +440,13 @@ def train_denoiser(
         resume.load(resume_from, state)
         logger.info("resumed from %s at step %d (%.0fs done)", resume_from, state.step, state.elapsed_s)
     losses, attention_shares = state.losses, state.attention_shares
-    t0 = time.time() - state.elapsed_s
-    last_checkpoint = time.time()
+    t0 = work_clock() - state.elapsed_s
+    last_checkpoint = time.time()  # checkpoints follow the wall clock: they are there to survive a session
     with capture:
         for step in range(state.step, cfg.steps):
             prog = step / max(cfg.steps - 1, 1)
             if cfg.time_budget_s > 0:
-                elapsed = time.time() - t0
+                elapsed = work_clock() - t0
                 if elapsed >= cfg.time_budget_s:
                     logger.info("time budget reached after %d steps", step)
                     break
@@ -484,17 +491,17 @@ def train_denoiser(
             if step % 50 == 0 or step == cfg.steps - 1:
                 logger.info(
                     "unet step %d loss %.4f (avg50 %.4f) lr %.2e (%.0fs)%s",
-                    step, denoise_loss, float(np.mean(losses[-50:])), lr, time.time() - t0,
+                    step, denoise_loss, float(np.mean(losses[-50:])), lr, work_clock() - t0,
                     f" object-word attention inside the object {100 * np.mean(attention_shares[-50:]):.1f}%"
                     if attention_shares else "",
                 )
             due = (step + 1) % cfg.checkpoint_every == 0 or (
                 cfg.checkpoint_every_s > 0 and time.time() - last_checkpoint >= cfg.checkpoint_every_s)
             if checkpoint is not None and due and step + 1 < cfg.steps:
-                state.step, state.elapsed_s = step + 1, time.time() - t0
+                state.step, state.elapsed_s = step + 1, work_clock() - t0
                 checkpoint(state)
                 last_checkpoint = time.time()
-    return ema_unet.eval(), ema_text.eval(), losses, attention_shares, time.time() - t0
+    return ema_unet.eval(), ema_text.eval(), losses, attention_shares, work_clock() - t0
 
 
 # ----------------------------------------------------------------------------- saving
@@ -550,6 +557,7 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     ``checkpoint_dir`` (default ``out/checkpoint``): where the resumable checkpoint goes, replaced whole each
     time: the editor so far (EMA weights, loadable by ``load_editor``) plus ``resume/`` (:mod:`.resume`).
     ``resume_run``: continue from that checkpoint (its VAE, step, optimizer, time spent) if it holds one."""
+    wall0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckdir = Path(checkpoint_dir) if checkpoint_dir else out / "checkpoint"
@@ -563,13 +571,13 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     tok = build_tokenizer(world.vocabulary(), out / "_tokenizer_src", model_max_length=cfg.text.max_length)
     assert not check_single_tokens(tok, world.vocabulary())
 
-    t = time.time()
+    t = work_clock()
     edits = training_edits(cfg.n_train_scenes, cfg.data_seed, cfg.world)
     scenes, targets, index, texts = edits.scenes, edits.targets, edits.index, edits.texts
-    times["data_s"] = time.time() - t
+    times["data_s"] = work_clock() - t
     logger.info("data: %d scenes, %d edits (%.0fs)", len(scenes), len(targets), times["data_s"])
 
-    t = time.time()
+    t = work_clock()
     if resuming:  # the checkpoint's VAE is final: centred and scaled
         vae = AutoencoderKL.from_pretrained(ckdir / "vae").eval().requires_grad_(False)
     elif vae_from:
@@ -578,12 +586,12 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     else:
         vae_imgs = np.concatenate([scenes[: cfg.vae.n_scenes], targets[: cfg.vae.n_scenes]])
         vae = train_vae(cfg.vae, vae_imgs)
-        times["vae_train_s"] = time.time() - t
+        times["vae_train_s"] = work_clock() - t
         vae.save_pretrained(out / "vae_stage")  # kept so a later failure does not lose it
     vae_psnr = reconstruction_psnr(vae, heldout_images(cfg.world, cfg.record_scenes))
     logger.info("VAE recon PSNR on %d held-out scenes: %.2f dB", cfg.record_scenes, vae_psnr)
 
-    t = time.time()
+    t = work_clock()
     cache = Path(vae_from or out / "vae_stage") / f"latents_scenes{cfg.n_train_scenes}_seed{cfg.data_seed}.safetensors"
     if vae_from and cache.exists() and not resuming:
         lat = load_file(cache)
@@ -606,7 +614,7 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         save_file({"source": src_lat.contiguous(), "target": tgt_lat.contiguous()}, cache)
     sf = vae.config.scaling_factor
     tgt_lat = tgt_lat * sf
-    times["encode_s"] = time.time() - t
+    times["encode_s"] = work_clock() - t
     logger.info("latents encoded (%.0fs), scaling_factor %.4f", times["encode_s"], sf)
     ids = tokenize(tok, texts)
     for key, value in earlier.get("times_s", {}).items():  # a resumed run adds its own data and encoding time
@@ -619,9 +627,10 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     def checkpoint(state: resume.DenoiserState) -> None:
         tmp = ckdir.with_name(ckdir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        extra = {**base_info, "step": state.step, "times_s": {**times, "unet_train_s": state.elapsed_s}}
+        extra = {**base_info, "step": state.step, "times_s": {**times, "unet_train_s": state.elapsed_s},
+                 "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0}
         save_editor(tmp, vae, state.ema_unet, state.ema_text, tok, extra, cfg.prediction_type)
-        resume.save(tmp / "resume", state, extra)
+        resume.save(tmp / "resume", state, extra, ema=False)  # the EMA weights are the editor's own files
         _replace_dir(tmp, ckdir)
         logger.info("checkpoint at step %d (%.0fs of UNet training) in %s", state.step, state.elapsed_s, ckdir)
 
@@ -639,6 +648,8 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         "unet_steps_done": len(losses),
         "times_s": times,
         "total_train_s": sum(times.values()),
+        "clock": "work_clock: CPU seconds / torch threads",
+        "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0,
         "torch_threads": torch.get_num_threads(),
         "loss_last100": float(np.mean(losses[-100:])) if losses else float("nan"),
         "loss_curve_every50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],
