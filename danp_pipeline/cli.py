@@ -532,8 +532,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def configure_train_editor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUT", help="folder for the run; the editor goes to OUT/editor")
-    parser.add_argument("--variant", choices=("a", "b"), default="a",
-                        help="a: micro-ip2p; b: micro-ip2p-b (other seeds and widths, for transfer)")
+    parser.add_argument("--variant", choices=("a", "b", "proxy", "proxy-b"), default="a",
+                        help="a: micro-ip2p; b: micro-ip2p-b (other seeds and widths, for transfer); proxy: proxy-ip2p "
+                             "(textured 128x128 world, 8x VAE); proxy-b: proxy-ip2p-b (its transfer editor)")
     parser.add_argument("--quick", action="store_true", help="a few-minute run (smoke test; the editor will not edit)")
     parser.add_argument("--vae-from", default=None, help="folder of a saved AutoencoderKL to reuse")
     parser.add_argument("--vae-train-s", type=float, default=0.0, help="with --vae-from: the time it took to train")
@@ -543,6 +544,10 @@ def configure_train_editor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--center-latents", action="store_true", help="fold the latent mean into the VAE")
     parser.add_argument("--time-budget", type=float, default=None, help="UNet training wall-time budget, seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="resumable checkpoint folder, replaced at every checkpoint (default OUT/checkpoint)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint in --checkpoint-dir (same variant), if it holds one")
 
 
 def run_train_editor(args: argparse.Namespace) -> int:
@@ -551,8 +556,7 @@ def run_train_editor(args: argparse.Namespace) -> int:
     from .micro import training
 
     torch.set_num_threads(args.threads)
-    cfg = training.EditorConfig()
-    cfg = training.variant_b(cfg) if args.variant == "b" else cfg
+    cfg = training.VARIANTS[args.variant](training.EditorConfig())
     cfg = training.quick(cfg) if args.quick else cfg
     for name, value in (("steps", args.steps), ("batch", args.batch), ("time_budget_s", args.time_budget)):
         if value is not None:
@@ -560,7 +564,8 @@ def run_train_editor(args: argparse.Namespace) -> int:
     if args.vae_steps is not None:
         cfg.vae.steps = args.vae_steps
     cfg.vae.center_latents = cfg.vae.center_latents or args.center_latents
-    info = training.train(cfg, args.output, vae_from=args.vae_from, vae_train_s=args.vae_train_s)
+    info = training.train(cfg, args.output, vae_from=args.vae_from, vae_train_s=args.vae_train_s,
+                          checkpoint_dir=args.checkpoint_dir, resume_run=args.resume)
     logger.info("trained %s in %.0f s: %d weight bytes, VAE %.2f dB, last loss %.4f; saved to %s/editor",
                 cfg.name, info["total_train_s"], info["weights_total_bytes"], info["vae_recon_psnr_heldout"],
                 info["loss_last100"], args.output)

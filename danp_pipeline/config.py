@@ -97,6 +97,8 @@ EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
 MICRO_SAMPLER: tuple[int, float, float] = (20, 3.0, 1.2)
 MICRO_EDITORS_DIR = Path(__file__).parent / "assets" / "editors"
 MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": (20, 5.0, 1.5), "micro-ip2p-b": (20, 5.0, 1.2)}
+#: SD-like proxy editors (textured 128x128 world, 8x VAE; micro/textures.py), installed like MICRO_MODELS.
+PROXY_MODELS: dict[str, tuple[int, float, float]] = {"proxy-ip2p": MICRO_SAMPLER, "proxy-ip2p-b": MICRO_SAMPLER}
 
 #: The attacker's SD img2img strength (EditConfig) and the attack's timestep range for sd editors.
 SD_EDIT_STRENGTH = 0.8

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 #: Built-in editors: the tiny random ones (no files), and the trained micro-editors shipped under
 #: assets/editors/ (checked to be installed).
-BUILTIN_MODELS = frozenset(C.TINY_MODELS) | frozenset(C.MICRO_MODELS)
+BUILTIN_MODELS = frozenset(C.TINY_MODELS) | frozenset(C.MICRO_MODELS) | frozenset(C.PROXY_MODELS)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -102,7 +102,7 @@ def _any_object(fs, root: str) -> str | None:
 
 def check_model(model: str, revision: str | None = None) -> None:
     """The editor can be found as safetensors; no weights are read."""
-    if model in C.MICRO_MODELS:
+    if model in C.MICRO_MODELS or model in C.PROXY_MODELS:
         if not (C.MICRO_EDITORS_DIR / model / "model_index.json").is_file():
             raise ValueError(f"micro-editor {model!r} is not installed in this package "
                              f"({C.MICRO_EDITORS_DIR / model}); "

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +51,19 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .. import storage
 from ..protect.attention import AttentionStore, capture_cross_attention
-from . import world
+from . import resume, textures, world
 from .tokenizer import build_tokenizer, check_single_tokens
 
 logger = logging.getLogger(__name__)
+
+WORLDS = {"flat": world, "textured": textures}
+
+
+def work_clock() -> float:
+    """Seconds of work: this process's CPU time over its torch threads, i.e. the wall time the run takes on
+    as many dedicated cores. Budgets and recorded times use it, so that a run on a machine shared with other
+    jobs trains as far as one on an idle machine (its wall time is recorded too)."""
+    return time.process_time() / max(torch.get_num_threads(), 1)
 
 
 @dataclass
@@ -109,7 +119,9 @@ class EditorConfig:
     p_drop_text: float = 0.08
     p_drop_image: float = 0.08
     checkpoint_every: int = 500
-    time_budget_s: float = 0.0  # >0: the LR schedule follows elapsed wall time and training stops at the budget
+    checkpoint_every_s: float = 0.0  # >0: also checkpoint (resumable) every that many seconds
+    record_scenes: int = 200  # held-out scenes of the VAE's reconstruction record
+    time_budget_s: float = 0.0  # >0: the LR schedule follows elapsed time (work_clock) and training stops at the budget
     # "v_prediction": the UNet predicts v = sqrt(abar) eps - sqrt(1-abar) z0, so near t = T its error is not
     # amplified 1/sqrt(abar_T) ~ 15x into the x0 estimate (epsilon-trained micro editors drifted in colour).
     prediction_type: str = "v_prediction"
@@ -118,6 +130,8 @@ class EditorConfig:
     # web-scale training; the micro-editor trained without it spread that attention evenly (6.2 % inside an
     # object covering 6.2 %), so DANP's attention term had nothing to aim at. 0 turns it off (micro-ip2p-b).
     attention_loss: float = 0.1
+    # "flat": the 64x64 micro world (micro/world.py); "textured": the 128x128 textured world (micro/textures.py).
+    world: str = "flat"
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -128,6 +142,9 @@ def quick(cfg: EditorConfig) -> EditorConfig:
     cfg = copy.deepcopy(cfg)
     cfg.n_train_scenes, cfg.steps, cfg.batch, cfg.checkpoint_every = 300, 60, 16, 10**9
     cfg.vae.steps, cfg.vae.n_scenes = 100, 300
+    if cfg.world == "textured":  # 128x128 images: about ten times the flat world's cost per image
+        cfg.n_train_scenes, cfg.steps, cfg.batch, cfg.record_scenes = 12, 4, 8, 4
+        cfg.vae.steps, cfg.vae.n_scenes, cfg.vae.batch = 4, 12, 2
     return cfg
 
 
@@ -140,6 +157,38 @@ def variant_b(cfg: EditorConfig) -> EditorConfig:
     cfg.text = TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
     cfg.vae.seed = 1
     return cfg
+
+
+def variant_proxy(cfg: EditorConfig) -> EditorConfig:
+    """The SD-like proxy editor: the textured 128x128 world, a VAE that downsamples 8x into 4 channels
+    (16x16 latents, so the UNet costs what micro-ip2p's does), trained within 2 h on 2 cores."""
+    cfg = copy.deepcopy(cfg)
+    cfg.name, cfg.world = "proxy-ip2p", "textured"
+    cfg.n_train_scenes = 4000
+    # KL weight 1e-4, not 1e-6: on training scenes PGD on the encoder at 8/255 moved its latents 0.47 latent
+    # standard deviations against 0.25 at 1e-6, random noise 0.026 against 0.014, for 24.2 dB instead of 25.1
+    # (benchmarks/results/proxy_design.md): the editor must be movable by an attack and not by noise, as SD's is.
+    cfg.vae = VAEConfig(block_out_channels=(16, 32, 64, 64), crop=64, batch=16, steps=1500, n_scenes=3000,
+                        kl_weight=1e-4, center_latents=True)
+    # Whole run within 2 h: data ~2 min, VAE ~13 min, encoding ~4 min, UNet 95 min. Resumable checkpoints
+    # every 12 minutes (a session may end before the run does).
+    cfg.steps, cfg.time_budget_s = 100_000, 5700.0
+    cfg.checkpoint_every, cfg.checkpoint_every_s = 10**9, 720.0
+    return cfg
+
+
+def variant_proxy_b(cfg: EditorConfig) -> EditorConfig:
+    """The proxy's transfer editor: other seeds and widths (as micro-ip2p-b is to micro-ip2p)."""
+    cfg = variant_proxy(cfg)
+    b = variant_b(EditorConfig())
+    cfg.name, cfg.seed, cfg.data_seed = "proxy-ip2p-b", 1, 1
+    cfg.unet, cfg.text = b.unet, b.text
+    cfg.vae.seed = 1
+    cfg.vae.block_out_channels = (16, 32, 48, 64)
+    return cfg
+
+
+VARIANTS = {"a": lambda c: c, "b": variant_b, "proxy": variant_proxy, "proxy-b": variant_proxy_b}
 
 
 # ----------------------------------------------------------------------------- data
@@ -177,17 +226,32 @@ def share_inside(att: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (att * mask).sum(dim=(-2, -1)) / att.sum(dim=(-2, -1))
 
 
-def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
+def world_module(name: str):
+    """The edit world an editor is trained on: "flat" (micro/world.py, 64x64) or "textured"
+    (micro/textures.py, 128x128)."""
+    if name not in WORLDS:
+        raise ValueError(f"world must be one of {list(WORLDS)}, got {name!r}")
+    return WORLDS[name]
+
+
+def heldout_images(world_name: str, n: int = 200) -> np.ndarray:
+    """The first ``n`` held-out scenes of a world (the VAE's reconstruction record)."""
+    lo = world.SCENE_SEED_RANGES["heldout"][0]
+    return np.stack([world_module(world_name).render_scene(s).image for s in range(lo, lo + n)])
+
+
+def training_edits(n_scenes: int, seed: int, world_name: str = "flat") -> TrainingEdits:
     """One edit of every kind for ``n_scenes`` train scenes, train wordings only."""
+    w = world_module(world_name)
     lo, hi = world.SCENE_SEED_RANGES["train"]
     rng = np.random.default_rng([seed, 101])
     seeds = rng.choice(hi - lo, size=n_scenes, replace=False) + lo
     scenes, targets, index, texts, masks, tokens = [], [], [], [], [], []
     for si, s in enumerate(seeds):
-        scene = world.render_scene(int(s))
+        scene = w.render_scene(int(s))
         scenes.append(scene.image)
         for kind in world.EDIT_KINDS:
-            smp = world.sample_edit(scene, np.random.default_rng([int(s), seed, 17, len(kind)]), "train", kind)
+            smp = w.sample_edit(scene, np.random.default_rng([int(s), seed, 17, len(kind)]), "train", kind)
             targets.append(smp.target)
             index.append(si)
             texts.append(smp.instruction)
@@ -200,7 +264,7 @@ def training_edits(n_scenes: int, seed: int) -> TrainingEdits:
 # ----------------------------------------------------------------------------- VAE
 
 
-def make_vae(c: VAEConfig) -> AutoencoderKL:
+def make_vae(c: VAEConfig, sample_size: int = world.SIZE) -> AutoencoderKL:
     n = len(c.block_out_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -211,7 +275,7 @@ def make_vae(c: VAEConfig) -> AutoencoderKL:
         layers_per_block=c.layers_per_block,
         latent_channels=c.latent_channels,
         norm_num_groups=c.norm_num_groups,
-        sample_size=world.SIZE,
+        sample_size=sample_size,
         mid_block_add_attention=False,  # fully convolutional: crops train the full-size model
     )
 
@@ -219,18 +283,19 @@ def make_vae(c: VAEConfig) -> AutoencoderKL:
 def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> AutoencoderKL:
     """Train the autoencoder on random crops (aligned to the latent factor) of ``images``."""
     torch.manual_seed(c.seed)
-    vae = make_vae(c)
+    size = images.shape[1]
+    vae = make_vae(c, size)
     factor = 2 ** (len(c.block_out_channels) - 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=c.lr, weight_decay=0.0)
     data = to_tensor(images)
     g = torch.Generator().manual_seed(c.seed)
-    t0 = time.time()
+    t0 = work_clock()
     for step in range(c.steps):
         lr = c.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / c.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(data), (c.batch,), generator=g)
-        ox, oy = (torch.randint(0, (world.SIZE - c.crop) // factor + 1, (2,), generator=g) * factor).tolist()
+        ox, oy = (torch.randint(0, (size - c.crop) // factor + 1, (2,), generator=g) * factor).tolist()
         x = data[idx, :, oy : oy + c.crop, ox : ox + c.crop]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -239,7 +304,7 @@ def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> Autoenc
         loss.backward()
         opt.step()
         if step % log_every == 0 or step == c.steps - 1:
-            logger.info("vae step %d loss %.5f lr %.2e (%.0fs)", step, loss.item(), lr, time.time() - t0)
+            logger.info("vae step %d loss %.5f lr %.2e (%.0fs)", step, loss.item(), lr, work_clock() - t0)
     vae.eval().requires_grad_(False)
     return vae
 
@@ -278,10 +343,10 @@ def reconstruction_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- UNet + text encoder
 
 
-def make_unet(c: UNetConfig, latent_channels: int) -> UNet2DConditionModel:
+def make_unet(c: UNetConfig, latent_channels: int, sample_size: int = world.SIZE // 4) -> UNet2DConditionModel:
     n = len(c.block_out_channels)
     return UNet2DConditionModel(
-        sample_size=world.SIZE // 4,
+        sample_size=sample_size,
         in_channels=2 * latent_channels,
         out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n,
@@ -340,18 +405,23 @@ def train_denoiser(
     checkpoint: "callable | None" = None,
     object_masks: torch.Tensor | None = None,
     object_tokens: torch.Tensor | None = None,
-) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float], list[float]]:
+    resume_from: str | Path | None = None,
+) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float], list[float], float]:
     """Joint epsilon- or v-prediction training of UNet and text encoder.
 
+    ``checkpoint(state)`` (a :class:`resume.DenoiserState`) is called every ``cfg.checkpoint_every`` steps
+    and, with ``cfg.checkpoint_every_s`` > 0, every that many seconds; ``resume_from``: a folder written by
+    :func:`resume.save`, to continue from (its elapsed time counts against ``cfg.time_budget_s``).
+
     Returns the EMA copies, the denoising loss of every step and (with the attention loss) the object
-    words' attention share inside the object at every step.
+    words' attention share inside the object at every step, and the training's wall time (all runs).
 
     With ``cfg.attention_loss > 0``, ``object_masks`` [N, h, w] (the named object at the latent grid) and
     ``object_tokens`` [N, k] (its words' token positions) add ``cfg.attention_loss * (1 - share)``, where
     share is the fraction of the words' cross-attention (mean over heads and ``attn2`` layers, as DANP reads
     it) that falls inside the mask; samples whose text was dropped are left out."""
     torch.manual_seed(cfg.seed)
-    unet = make_unet(cfg.unet, src_lat.shape[1])
+    unet = make_unet(cfg.unet, src_lat.shape[1], src_lat.shape[-1])
     text = make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
     if cfg.text.hidden_size != cfg.unet.cross_attention_dim:
         raise ValueError(
@@ -363,19 +433,23 @@ def train_denoiser(
         raise ValueError("attention_loss > 0 needs object_masks and object_tokens")
     store = AttentionStore()
     capture = capture_cross_attention(unet, store) if supervise else contextlib.nullcontext()
-    attention_shares: list[float] = []
     sched = make_scheduler(cfg.prediction_type)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     empty = tokenize(tok, [""])[0]
     g = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    t0 = time.time()
+    state = resume.DenoiserState(unet, text, ema_unet, ema_text, opt, g)
+    if resume_from is not None:
+        resume.load(resume_from, state)
+        logger.info("resumed from %s at step %d (%.0fs done)", resume_from, state.step, state.elapsed_s)
+    losses, attention_shares = state.losses, state.attention_shares
+    t0 = work_clock() - state.elapsed_s
+    last_checkpoint = time.time()  # checkpoints follow the wall clock: they are there to survive a session
     with capture:
-        for step in range(cfg.steps):
+        for step in range(state.step, cfg.steps):
             prog = step / max(cfg.steps - 1, 1)
             if cfg.time_budget_s > 0:
-                elapsed = time.time() - t0
+                elapsed = work_clock() - t0
                 if elapsed >= cfg.time_budget_s:
                     logger.info("time budget reached after %d steps", step)
                     break
@@ -420,13 +494,17 @@ def train_denoiser(
             if step % 50 == 0 or step == cfg.steps - 1:
                 logger.info(
                     "unet step %d loss %.4f (avg50 %.4f) lr %.2e (%.0fs)%s",
-                    step, denoise_loss, float(np.mean(losses[-50:])), lr, time.time() - t0,
+                    step, denoise_loss, float(np.mean(losses[-50:])), lr, work_clock() - t0,
                     f" object-word attention inside the object {100 * np.mean(attention_shares[-50:]):.1f}%"
                     if attention_shares else "",
                 )
-            if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                checkpoint(ema_unet, ema_text, step + 1)
-    return ema_unet.eval(), ema_text.eval(), losses, attention_shares
+            due = (step + 1) % cfg.checkpoint_every == 0 or (
+                cfg.checkpoint_every_s > 0 and time.time() - last_checkpoint >= cfg.checkpoint_every_s)
+            if checkpoint is not None and due and step + 1 < cfg.steps:
+                state.step, state.elapsed_s = step + 1, work_clock() - t0
+                checkpoint(state)
+                last_checkpoint = time.time()
+    return ema_unet.eval(), ema_text.eval(), losses, attention_shares, work_clock() - t0
 
 
 # ----------------------------------------------------------------------------- saving
@@ -459,83 +537,122 @@ def save_editor(
     return info
 
 
-def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, vae_train_s: float = 0.0) -> dict:
+def _fixed(config: dict) -> dict:
+    """The parts of a config that a resumed run must share with its checkpoint (not its length or schedule)."""
+    return {k: v for k, v in config.items() if k not in ("steps", "time_budget_s", "checkpoint_every", "checkpoint_every_s")}
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, so that ``final`` is never half-written."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, vae_train_s: float = 0.0,
+          checkpoint_dir: str | Path | None = None, resume_run: bool = False) -> dict:
     """Train an editor of ``cfg`` into ``out/editor`` (diffusers layout + training.json); returns its info.
-    ``vae_from``: a saved AutoencoderKL to reuse (``vae_train_s``: the wall time it took to train)."""
+
+    ``vae_from``: a saved AutoencoderKL to reuse (``vae_train_s``: the wall time it took to train).
+    ``checkpoint_dir`` (default ``out/checkpoint``): where the resumable checkpoint goes, replaced whole each
+    time: the editor so far (EMA weights, loadable by ``load_editor``) plus ``resume/`` (:mod:`.resume`).
+    ``resume_run``: continue from that checkpoint (its VAE, step, optimizer, time spent) if it holds one."""
+    wall0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir else out / "checkpoint"
+    resuming = resume_run and resume.exists(ckdir / "resume")
     logger.info("config %s", json.dumps(dataclasses.asdict(cfg)))
     times: dict[str, float] = {}
+    earlier: dict = resume.read_extra(ckdir / "resume") if resuming else {}
+    if resuming and _fixed(earlier.get("config", {})) != _fixed(json.loads(json.dumps(dataclasses.asdict(cfg)))):
+        raise ValueError(f"the checkpoint in {ckdir} was trained with another config: {earlier.get('config')}")
 
     tok = build_tokenizer(world.vocabulary(), out / "_tokenizer_src", model_max_length=cfg.text.max_length)
     assert not check_single_tokens(tok, world.vocabulary())
 
-    t = time.time()
-    edits = training_edits(cfg.n_train_scenes, cfg.data_seed)
+    t = work_clock()
+    edits = training_edits(cfg.n_train_scenes, cfg.data_seed, cfg.world)
     scenes, targets, index, texts = edits.scenes, edits.targets, edits.index, edits.texts
-    times["data_s"] = time.time() - t
+    times["data_s"] = work_clock() - t
     logger.info("data: %d scenes, %d edits (%.0fs)", len(scenes), len(targets), times["data_s"])
 
-    t = time.time()
-    if vae_from:
+    t = work_clock()
+    if resuming:  # the checkpoint's VAE is final: centred and scaled
+        vae = AutoencoderKL.from_pretrained(ckdir / "vae").eval().requires_grad_(False)
+    elif vae_from:
         vae = AutoencoderKL.from_pretrained(vae_from).eval().requires_grad_(False)
         times["vae_train_s"] = vae_train_s  # trained by an earlier run; its time is carried over
     else:
         vae_imgs = np.concatenate([scenes[: cfg.vae.n_scenes], targets[: cfg.vae.n_scenes]])
         vae = train_vae(cfg.vae, vae_imgs)
-        times["vae_train_s"] = time.time() - t
+        times["vae_train_s"] = work_clock() - t
         vae.save_pretrained(out / "vae_stage")  # kept so a later failure does not lose it
-    held = np.stack([world.render_scene(s).image for s in range(10**6, 10**6 + 200)])
-    vae_psnr = reconstruction_psnr(vae, held)
-    logger.info("VAE recon PSNR on 200 held-out scenes: %.2f dB", vae_psnr)
+    vae_psnr = reconstruction_psnr(vae, heldout_images(cfg.world, cfg.record_scenes))
+    logger.info("VAE recon PSNR on %d held-out scenes: %.2f dB", cfg.record_scenes, vae_psnr)
 
-    t = time.time()
+    t = work_clock()
     cache = Path(vae_from or out / "vae_stage") / f"latents_scenes{cfg.n_train_scenes}_seed{cfg.data_seed}.safetensors"
-    if vae_from and cache.exists():
+    if vae_from and cache.exists() and not resuming:
         lat = load_file(cache)
         src_lat, tgt_lat = lat["source"], lat["target"]
     else:
         src_lat = encode_mode(vae, scenes)
         tgt_lat = encode_mode(vae, targets)
-    if cfg.vae.center_latents:  # also applies to a reused VAE: the cache holds its raw modes
+    if cfg.vae.center_latents and not resuming:  # also applies to a reused VAE: the cache holds its raw modes
         mean = src_lat.mean(dim=(0, 2, 3))
         center_vae_latents(vae, mean)
         src_lat = src_lat - mean[None, :, None, None]
         tgt_lat = tgt_lat - mean[None, :, None, None]
         logger.info("latents centred by %s", mean.tolist())
-    if not vae_from or cfg.vae.center_latents:
+    if not resuming and (not vae_from or cfg.vae.center_latents):
         vae.register_to_config(scaling_factor=float(1.0 / src_lat.std()))
-    if not vae_from:
+    if not vae_from and not resuming:
         vae.save_pretrained(out / "vae_stage")
-    if not cache.exists() and not cfg.vae.center_latents:  # cache of the unscaled modes, reused when this VAE is reused
+    if not resuming and not cache.exists() and not cfg.vae.center_latents:  # raw modes, for reuse of this VAE
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_file({"source": src_lat.contiguous(), "target": tgt_lat.contiguous()}, cache)
     sf = vae.config.scaling_factor
     tgt_lat = tgt_lat * sf
-    times["encode_s"] = time.time() - t
+    times["encode_s"] = work_clock() - t
     logger.info("latents encoded (%.0fs), scaling_factor %.4f", times["encode_s"], sf)
     ids = tokenize(tok, texts)
+    for key, value in earlier.get("times_s", {}).items():  # a resumed run adds its own data and encoding time
+        if key != "unet_train_s":
+            times[key] = times.get(key, 0.0) + value
 
-    base_info = {"config": dataclasses.asdict(cfg), "vae_recon_psnr_heldout": vae_psnr, "vae_from": vae_from}
+    base_info = {"config": dataclasses.asdict(cfg), "vae_recon_psnr_heldout": vae_psnr,
+                 "vae_from": earlier.get("vae_from", vae_from), "resumed": earlier.get("resumed", 0) + resuming}
 
-    def checkpoint(u: UNet2DConditionModel, te: CLIPTextModel, step: int) -> None:
-        save_editor(out / f"ckpt-{step}", vae, u, te, tok, {**base_info, "step": step}, cfg.prediction_type)
-        logger.info("checkpoint at step %d", step)
+    def checkpoint(state: resume.DenoiserState) -> None:
+        tmp = ckdir.with_name(ckdir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        extra = {**base_info, "step": state.step, "times_s": {**times, "unet_train_s": state.elapsed_s},
+                 "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0}
+        save_editor(tmp, vae, state.ema_unet, state.ema_text, tok, extra, cfg.prediction_type)
+        resume.save(tmp / "resume", state, extra, ema=False)  # the EMA weights are the editor's own files
+        _replace_dir(tmp, ckdir)
+        logger.info("checkpoint at step %d (%.0fs of UNet training) in %s", state.step, state.elapsed_s, ckdir)
 
-    t = time.time()
     grid = tuple(src_lat.shape[-2:])
     masks = F.interpolate(torch.from_numpy(edits.object_masks).float()[:, None], size=grid, mode="area")[:, 0]
-    unet, text, losses, shares = train_denoiser(
+    unet, text, losses, shares, unet_s = train_denoiser(
         cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint,
         object_masks=masks, object_tokens=torch.from_numpy(edits.object_tokens).long(),
+        resume_from=ckdir / "resume" if resuming else None,
     )
-    times["unet_train_s"] = time.time() - t
+    times["unet_train_s"] = unet_s
     info = {
         **base_info,
         "data_seed": cfg.data_seed,
         "unet_steps_done": len(losses),
         "times_s": times,
         "total_train_s": sum(times.values()),
+        "clock": "work_clock: CPU seconds / torch threads",
+        "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0,
         "torch_threads": torch.get_num_threads(),
         "loss_last100": float(np.mean(losses[-100:])) if losses else float("nan"),
         "loss_curve_every50": [float(np.mean(losses[i : i + 50])) for i in range(0, len(losses), 50)],

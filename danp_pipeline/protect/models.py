@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..config import EDITOR_KINDS, MICRO_EDITORS_DIR, MICRO_MODELS, TINY_MODELS
+from ..config import EDITOR_KINDS, MICRO_EDITORS_DIR, MICRO_MODELS, PROXY_MODELS, TINY_MODELS
 from .devices import pick_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def load_editor(
     dtype = resolve_dtype(precision, device)
     if model_id in TINY_MODELS:
         bundle = tiny_editor(TINY_MODELS[model_id], seed=seed)
-    elif model_id in MICRO_MODELS:
+    elif model_id in MICRO_MODELS or model_id in PROXY_MODELS:
         bundle = micro_editor(model_id)
     else:
         bundle = _load_diffusers(model_id, revision)

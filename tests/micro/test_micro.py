@@ -155,7 +155,7 @@ def test_attention_loss_moves_object_word_attention_onto_the_object(tmp_path) ->
     cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
     ids = training.tokenize(tok, edits.texts)
     tokens = torch.from_numpy(edits.object_tokens).long()
-    _, _, losses, shares = training.train_denoiser(cfg, tok, src, tgt, torch.from_numpy(edits.index), ids,
+    _, _, losses, shares, _ = training.train_denoiser(cfg, tok, src, tgt, torch.from_numpy(edits.index), ids,
                                                    object_masks=masks, object_tokens=tokens)
     area = float(masks.mean())
     assert abs(np.mean(shares[:3]) - area) < 0.5 * area          # starts spread out (about the area share)

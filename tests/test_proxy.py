@@ -1,0 +1,161 @@
+"""The SD-like proxy: the textured 128x128 world, the 8x/4-channel editor geometry, resumable training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from danp_pipeline.micro import textures, training, world
+
+
+def test_textured_scenes_are_the_flat_scenes_drawn_with_texture() -> None:
+    a, b = textures.render_scene(1234), textures.render_scene(1234)
+    assert np.array_equal(a.image, b.image) and a.image.shape == (128, 128, 3) and a.image.dtype == np.uint8
+    assert a.objects == world.render_scene(1234).objects            # same objects, instructions, splits
+    def fine_detail(img: np.ndarray) -> float:      # what 2x2 block means lose: the finest scale's energy
+        img = img.astype(float)
+        return float((img - np.repeat(np.repeat(textures._blocks(img), 2, 0), 2, 1)).std())
+
+    for seed in range(20):
+        scene = textures.render_scene(seed)
+        flat_bg = world.render_scene(seed, size=128).background
+        assert fine_detail(scene.background) > max(2.0, 3 * fine_detail(flat_bg)), seed
+        for obj in scene.objects:
+            mask = textures.object_mask(obj)
+            assert mask.shape == (128, 128) and abs(mask.sum() / 4 - world.object_mask(obj).sum()) < 0.1 * mask.sum() / 4
+
+
+def test_textured_edits_keep_the_object_material_and_have_exact_masks() -> None:
+    for s in textures.make_split("train", 12, seed=3):
+        assert s.source.shape == s.target.shape == s.background.shape == (128, 128, 3)
+        assert s.source_mask.shape == s.target_mask.shape == (128, 128)
+        outside = ~world._dilate(s.source_mask | s.target_mask, 2)   # away from anti-aliased edges
+        diff = np.abs(s.source[outside].astype(int) - s.target[outside])
+        assert diff.max() <= 1                # only the edited object changes (the flat world's rounding aside)
+        if s.kind == "remove":
+            assert not s.target_mask.any()
+        else:
+            inside = s.target_mask & s.source_mask
+            assert s.target[inside].std() > 4                        # textured, not flat
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_textured_success_rule_passes_ground_truth_and_fails_the_source(split: str) -> None:
+    for s in textures.make_split(split, 60, seed=5):
+        assert textures.edit_success(s.target, s)[0], s.instruction
+        assert not textures.edit_success(s.source, s)[0], s.instruction
+
+
+def test_textured_success_rule_tolerates_lost_texture_but_not_global_damage() -> None:
+    from PIL import Image, ImageFilter
+
+    for s in textures.make_split("train", 12, seed=6):
+        blurred = np.asarray(Image.fromarray(s.target).filter(ImageFilter.GaussianBlur(1.5)))
+        assert textures.edit_success(blurred, s)[0], s.instruction   # what a VAE does to texture
+        shifted = np.clip(s.target.astype(int) + 40, 0, 255).astype(np.uint8)
+        ok, d = textures.edit_success(shifted, s)
+        assert not ok and not d["preserve_ok"]
+
+
+def test_proxy_variants_have_sd_geometry() -> None:
+    for variant in ("proxy", "proxy-b"):
+        cfg = training.VARIANTS[variant](training.EditorConfig())
+        assert cfg.world == "textured" and cfg.vae.latent_channels == 4
+        assert 2 ** (len(cfg.vae.block_out_channels) - 1) == textures.LATENT_FACTOR == 8
+        assert cfg.name == {"proxy": "proxy-ip2p", "proxy-b": "proxy-ip2p-b"}[variant]
+    a, b = training.variant_proxy(training.EditorConfig()), training.variant_proxy_b(training.EditorConfig())
+    assert a.seed != b.seed and a.unet != b.unet and a.vae.block_out_channels != b.vae.block_out_channels
+
+
+def _tiny_proxy_config() -> training.EditorConfig:
+    cfg = training.variant_proxy(training.EditorConfig())
+    cfg.vae.block_out_channels, cfg.vae.norm_num_groups = (8, 8, 8, 8), 4
+    cfg.unet = training.UNetConfig(block_out_channels=(16, 32), cross_attention_dim=32, norm_num_groups=8)
+    cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
+    return cfg
+
+
+def test_a_proxy_editor_saves_and_loads_with_8x_4_channel_latents(tmp_path) -> None:
+    from danp_pipeline.micro.tokenizer import build_tokenizer
+    from danp_pipeline.protect.models import load_editor
+
+    cfg = _tiny_proxy_config()
+    torch.manual_seed(0)
+    vae = training.make_vae(cfg.vae, textures.SIZE)
+    unet = training.make_unet(cfg.unet, cfg.vae.latent_channels, textures.SIZE // textures.LATENT_FACTOR)
+    tok = build_tokenizer(world.vocabulary(), tmp_path / "tok", model_max_length=16)
+    text = training.make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
+    training.save_editor(tmp_path / "editor", vae, unet, text, tok, {"config": {}}, cfg.prediction_type)
+    bundle = load_editor(str(tmp_path / "editor"), device="cpu")
+    assert bundle.kind == "ip2p" and bundle.vae_scale_factor == 8 and bundle.unet.config.in_channels == 8
+    x = training.to_tensor(textures.render_scene(3).image[None])
+    with torch.no_grad():
+        z = bundle.vae.encode(x).latent_dist.mode()
+    assert z.shape == (1, 4, 16, 16)
+
+
+def test_a_proxy_editor_that_is_not_installed_is_refused_by_name(monkeypatch, tmp_path) -> None:
+    from danp_pipeline.protect import models
+
+    monkeypatch.setattr(models, "MICRO_DIR", tmp_path)
+    with pytest.raises(ValueError, match="proxy-ip2p.*not installed"):
+        models.load_editor("proxy-ip2p", device="cpu")
+
+
+def test_denoiser_training_resumes_where_its_checkpoint_stopped(tmp_path) -> None:
+    """A resumed run continues on the same batches from the same weights: the step after the checkpoint has
+    exactly the uninterrupted run's loss (the optimizer's moments are stored in bfloat16, so later steps
+    differ by rounding only)."""
+    from danp_pipeline.micro import resume
+    from danp_pipeline.micro.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(world.vocabulary(), tmp_path / "tok", model_max_length=16)
+    edits = training.training_edits(6, seed=0)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(len(edits.scenes), 4, 8, 8, generator=g)
+    tgt = torch.randn(len(edits.targets), 4, 8, 8, generator=g)
+    masks = torch.nn.functional.avg_pool2d(torch.from_numpy(edits.object_masks).float()[:, None], 8)[:, 0]
+    cfg = _tiny_proxy_config()
+    cfg.steps, cfg.batch, cfg.checkpoint_every, cfg.checkpoint_every_s, cfg.time_budget_s = 5, 4, 3, 0.0, 0.0
+    ids = training.tokenize(tok, edits.texts)
+    args = (cfg, tok, src, tgt, torch.from_numpy(edits.index), ids)
+    kw = {"object_masks": masks, "object_tokens": torch.from_numpy(edits.object_tokens).long()}
+    saved = []
+
+    def checkpoint(state):
+        resume.save(tmp_path / "ckpt", state, {"note": "test"})
+        saved.append(state.step)
+
+    full = training.train_denoiser(*args, checkpoint, **kw)
+    assert saved == [3] and resume.read_extra(tmp_path / "ckpt")["note"] == "test"
+    resumed = training.train_denoiser(*args, **kw, resume_from=tmp_path / "ckpt")
+    assert len(resumed[2]) == len(full[2]) == 5 and resumed[2][:4] == full[2][:4]
+    assert abs(resumed[2][4] - full[2][4]) < 1e-2 * abs(full[2][4])
+    assert len(resumed[3]) == 5                                       # attention shares carried over too
+    for name in list((tmp_path / "ckpt").iterdir()):
+        assert name.stat().st_size < 10 * 2**20
+
+
+def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> None:
+    """`danp-protect train-editor --variant proxy --quick`, then the same run resumed from its checkpoint."""
+    from danp_pipeline import cli
+    from danp_pipeline.protect.models import load_editor
+
+    out = tmp_path / "run"
+    assert cli.entrypoint(["train-editor", str(out), "--variant", "proxy", "--quick"]) == 0
+    info = json.loads((out / "editor" / "training.json").read_text())
+    assert info["config"]["world"] == "textured" and info["unet_steps_done"] == 4
+    assert load_editor(str(out / "editor"), device="cpu").vae_scale_factor == 8
+    # a checkpoint at step 2 of 4, then a run resumed from it (the VAE is the checkpoint's, not retrained)
+    cfg = training.quick(training.variant_proxy(training.EditorConfig()))
+    cfg.checkpoint_every = 2
+    training.train(cfg, tmp_path / "a", checkpoint_dir=tmp_path / "ckpt")
+    state = json.loads((tmp_path / "ckpt" / "resume" / "state.json").read_text())
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    assert not (tmp_path / "ckpt" / "resume" / "ema.safetensors").exists()     # the editor's weights are the EMA
+    info = training.train(cfg, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", resume_run=True)
+    assert info["resumed"] == 1 and info["unet_steps_done"] == 4 and "vae_train_s" in info["times_s"]
+    assert not (tmp_path / "b" / "vae_stage").exists()
