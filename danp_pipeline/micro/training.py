@@ -153,7 +153,8 @@ def variant_b(cfg: EditorConfig) -> EditorConfig:
     cfg = copy.deepcopy(cfg)
     cfg.name, cfg.seed, cfg.data_seed = "micro-ip2p-b", 1, 1
     cfg.attention_loss = 0.0  # shipped as trained in stop 18: without attention supervision
-    cfg.unet = UNetConfig(block_out_channels=(32, 48, 64), cross_attention_dim=48, attention_head_dim=8, norm_num_groups=16)
+    cfg.unet = UNetConfig(block_out_channels=(32, 48, 64), cross_attention_dim=48, attention_head_dim=8,
+                          norm_num_groups=16)
     cfg.text = TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
     cfg.vae.seed = 1
     return cfg
@@ -312,7 +313,8 @@ def train_vae(c: VAEConfig, images: np.ndarray, log_every: int = 250) -> Autoenc
 @torch.no_grad()
 def encode_mode(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     """``E(x).mode()`` (unscaled) of uint8 images."""
-    return torch.cat([vae.encode(to_tensor(images[i : i + batch])).latent_dist.mode() for i in range(0, len(images), batch)])
+    return torch.cat([vae.encode(to_tensor(images[i : i + batch])).latent_dist.mode()
+                      for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
@@ -386,7 +388,8 @@ def make_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
 
 def tokenize(tok: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
     """Padded ids exactly as the pipeline's ``encode_prompt`` builds them."""
-    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -425,7 +428,8 @@ def train_denoiser(
     text = make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
     if cfg.text.hidden_size != cfg.unet.cross_attention_dim:
         raise ValueError(
-            f"text.hidden_size ({cfg.text.hidden_size}) must equal unet.cross_attention_dim ({cfg.unet.cross_attention_dim})"
+            f"text.hidden_size ({cfg.text.hidden_size}) must equal unet.cross_attention_dim "
+            f"({cfg.unet.cross_attention_dim})"
         )
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text).requires_grad_(False)
     supervise = cfg.attention_loss > 0
@@ -539,7 +543,8 @@ def save_editor(
 
 def _fixed(config: dict) -> dict:
     """The parts of a config that a resumed run must share with its checkpoint (not its length or schedule)."""
-    return {k: v for k, v in config.items() if k not in ("steps", "time_budget_s", "checkpoint_every", "checkpoint_every_s")}
+    budget = ("steps", "time_budget_s", "checkpoint_every", "checkpoint_every_s")
+    return {k: v for k, v in config.items() if k not in budget}
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
