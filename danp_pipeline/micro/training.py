@@ -152,7 +152,7 @@ def variant_b(cfg: EditorConfig) -> EditorConfig:
     """Independent second editor: other seeds, other widths."""
     cfg = copy.deepcopy(cfg)
     cfg.name, cfg.seed, cfg.data_seed = "micro-ip2p-b", 1, 1
-    cfg.attention_loss = 0.0  # shipped as trained in stop 18: without attention supervision
+    cfg.attention_loss = 0.0  # shipped as first trained: without attention supervision
     cfg.unet = UNetConfig(block_out_channels=(32, 48, 64), cross_attention_dim=48, attention_head_dim=8,
                           norm_num_groups=16)
     cfg.text = TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)

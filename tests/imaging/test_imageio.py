@@ -169,7 +169,7 @@ def test_16bit_png_scaled_by_shift_not_clipped():
     values = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # spans 0..65535
     out = decode_image(encode(values, "PNG"))
     assert out.source_mode.startswith("I") and out.grayscale
-    assert "16-bit samples kept" in out.notes and out.bit_depth == 16   # issue 13: protected at 16 bits
+    assert "16-bit samples kept" in out.notes and out.bit_depth == 16   # protected at 16 bits
     assert np.array_equal(out.pixels16[..., 0], values)
     diff = out.rgb[..., 0].astype(int) - (values >> 8)
     assert np.abs(diff).max() <= 1
@@ -180,7 +180,7 @@ def test_16bit_big_endian_and_32bit_int_tiff():
     values = (np.arange(64 * 64, dtype=np.uint32) * 16).reshape(64, 64)  # 0..65520
     big = Image.frombytes("I;16B", (64, 64), values.astype(">u2").tobytes())
     out = decode_image(encode(big, "TIFF"))
-    np.testing.assert_array_equal(out.pixels16[..., 0], values)   # issue 13: 16-bit samples kept
+    np.testing.assert_array_equal(out.pixels16[..., 0], values)   # 16-bit samples kept
     assert np.abs(out.rgb[..., 0].astype(int) - (values >> 8)).max() <= 1   # 8-bit view rounds
     out = decode_image(encode(Image.fromarray(values.astype(np.int32)), "TIFF"))
     assert out.source_mode == "I" and out.grayscale
