@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 JOB_TIMEOUT_S = 420
 FAST = ["--model", "tiny-ip2p", "--resolution", "64", "--steps", "2", "--timesteps", "2", "--gpus-per-actor", "0",
-        "--batch-size", "1"]
+        "--batch-size", "1", "--commit-rows", "1"]   # a part per photo: the test watches parts appear
 #: 0.6 CPU per actor on 1-CPU nodes: two Protectors can never share a node, so a 2-actor job must
-#: use both, and the read tasks (0.25 CPU) still fit beside them.
+#: use both, and the CPU tasks (0.25 CPU) still fit beside them.
 ACTORS = ["--actors", "2", "--cpus-per-actor", "0.6"]
 
 
@@ -191,7 +191,7 @@ def poll(what: str, condition, timeout: float = JOB_TIMEOUT_S, every: float = 1.
 @pytest.mark.integration
 def test_submitted_job_uses_both_nodes_and_survives_losing_one(cluster, tmp_path):
     """Placement is made certain, not likely: 0.6 CPU per actor on 1-CPU nodes puts one Protector on
-    each node, and the actors hold their batches (worker.HOLD_UNTIL_FILE_ENV) until the test has seen
+    each node, and the actors hold their batches (faults.HOLD_UNTIL_FILE_ENV) until the test has seen
     each node's actor take work, so neither actor can finish the job alone, however fast it is."""
     started = time.monotonic()
     nodes = cluster.alive_nodes()
