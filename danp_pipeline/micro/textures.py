@@ -207,7 +207,9 @@ class SuccessThresholds:
     min_iou: float = 0.6
     shape_margin: float = 0.05
     max_remaining: float = 0.25
-    max_outside_mae: float = 16.0  # texture the editor's VAE cannot carry is not the edit's fault
+    # Texture the editor's VAE cannot carry is not the edit's fault: proxy-ip2p's VAE alone reconstructs training
+    # sources to an outside error of 11 (median) and up to 18 at this scale (benchmarks/results/proxy_design.md).
+    max_outside_mae: float = 20.0
     dilate: int = 2
     erode: int = 1
 

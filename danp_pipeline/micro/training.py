@@ -1,9 +1,13 @@
 """Train a micro InstructPix2Pix editor on the micro edit world, from scratch, on CPU.
 
+Two worlds (``EditorConfig.world``): the flat 64x64 one (micro-ip2p, micro-ip2p-b: VAE factor 4) and the
+textured 128x128 one (proxy-ip2p, proxy-ip2p-b: VAE factor 8 into 4 channels, as Stable Diffusion's, so the
+latents are 16x16 in both and the UNet costs the same).
+
 Stages (all real diffusers / transformers classes):
 
 1. ``AutoencoderKL`` trained as a plain autoencoder (MSE + L1 + small KL) on random
-   4-aligned crops of world images; latent factor 4 (64x64 image -> 4x16x16 latent).
+   factor-aligned crops of world images (64x64 -> 4x16x16 latent; textured: 128x128 -> 4x16x16).
    ``scaling_factor`` is set to 1 / std of the latents afterwards.
 2. The training edits are encoded once with the frozen VAE: source latents are
    ``E(x).mode()`` without scaling (as ``StableDiffusionInstructPix2PixPipeline.prepare_image_latents``),
@@ -17,10 +21,16 @@ Stages (all real diffusers / transformers classes):
    :class:`EditorConfig`).
 
 The result is saved with ``StableDiffusionInstructPix2PixPipeline.save_pretrained`` (safetensors)
-plus ``training.json`` (config, seeds, wall times, sha256 of every weight file).
+plus ``training.json`` (config, seeds, times on the work clock -- CPU seconds per torch thread, so that
+a shared machine does not shorten a budget -- and the wall time, sha256 of every weight file).
 
-Usage: ``danp-protect train-editor OUT [--variant b] [--quick] [--vae-from DIR]``; the shipped editors
-live under ``danp_pipeline/assets/editors/<name>/`` (``micro-ip2p``, ``micro-ip2p-b``).
+Usage: ``danp-protect train-editor OUT [--variant a|b|proxy|proxy-b] [--quick] [--vae-from DIR]
+[--checkpoint-dir DIR --resume]``; the shipped editors live under ``danp_pipeline/assets/editors/<name>/``
+(``micro-ip2p``, ``micro-ip2p-b``). A run longer than a working session checkpoints (``checkpoint_every_s``)
+into ``--checkpoint-dir``, a loadable editor plus ``resume/`` (see :mod:`.resume`), and the same command with
+``--resume`` continues from it: proxy-ip2p trains with
+``danp-protect train-editor .scratch/proxy-run --variant proxy --checkpoint-dir benchmarks/checkpoints/proxy-ip2p
+--resume``.
 """
 
 from __future__ import annotations
