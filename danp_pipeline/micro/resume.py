@@ -80,11 +80,16 @@ def save(folder: str | Path, s: DenoiserState, extra: dict | None = None, ema: b
     state = {"step": s.step, "adam_step": adam_step, "elapsed_s": s.elapsed_s, "losses": s.losses,
              "attention_shares": s.attention_shares, **(extra or {})}
     (tmp / STATE).write_text(json.dumps(state))
-    old = folder.with_name(folder.name + ".old")
+    replace_dir(tmp, folder)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, so that ``final`` is never half-written."""
+    old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -184,17 +184,7 @@ def sample_edit(scene: TexturedScene, rng: np.random.Generator, wordings: Wordin
 
 def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = None) -> list[EditSample]:
     """``n`` textured edit samples: the same scenes and edits as :func:`.world.make_split` (same seeds)."""
-    if split not in world.SCENE_SEED_RANGES:
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    lo, hi = world.SCENE_SEED_RANGES[split]
-    rng = np.random.default_rng([seed, 11])
-    scene_seeds = rng.choice(hi - lo, size=n, replace=False) + lo
-    w: Wordings = wordings or split
-    out = []
-    for k, s in enumerate(scene_seeds):
-        edit_rng = np.random.default_rng([int(s), seed, 13])
-        out.append(sample_edit(render_scene(int(s)), edit_rng, w, world.EDIT_KINDS[k % len(world.EDIT_KINDS)]))
-    return out
+    return world.edits_of_split(split, n, seed, wordings, lambda s: sample_edit, render_scene)
 
 
 # ----------------------------------------------------------------------------- success rule

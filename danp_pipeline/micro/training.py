@@ -557,16 +557,6 @@ def _fixed(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in budget}
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, so that ``final`` is never half-written."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, vae_train_s: float = 0.0,
           checkpoint_dir: str | Path | None = None, resume_run: bool = False) -> dict:
     """Train an editor of ``cfg`` into ``out/editor`` (diffusers layout + training.json); returns its info.
@@ -649,7 +639,7 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
                  "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0}
         save_editor(tmp, vae, state.ema_unet, state.ema_text, tok, extra, cfg.prediction_type)
         resume.save(tmp / "resume", state, extra, ema=False)  # the EMA weights are the editor's own files
-        _replace_dir(tmp, ckdir)
+        resume.replace_dir(tmp, ckdir)
         logger.info("checkpoint at step %d (%.0fs of UNet training) in %s", state.step, state.elapsed_s, ckdir)
 
     grid = tuple(src_lat.shape[-2:])

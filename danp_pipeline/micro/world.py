@@ -376,6 +376,12 @@ def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = 
     defaults to the split's own wording set; ``frame`` places the scenes in another frame (the same
     seeds and edit kinds, objects placed inside its window).
     """
+    return edits_of_split(split, n, seed, wordings, lambda s: sample_edit, lambda s: render_scene(s, frame=frame))
+
+
+def edits_of_split(split: Split, n: int, seed: int, wordings: Wordings | None, sampler, render) -> list[EditSample]:
+    """The split's scene seeds and balanced edit kinds, each scene drawn by ``render(seed)`` and edited by
+    ``sampler(seed)(scene, rng, wordings, kind)``: one draw of scenes and edits for every world."""
     if split not in SCENE_SEED_RANGES:
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     lo, hi = SCENE_SEED_RANGES[split]
@@ -386,7 +392,7 @@ def make_split(split: Split, n: int, seed: int = 0, wordings: Wordings | None = 
     for k, s in enumerate(scene_seeds):
         edit_rng = np.random.default_rng([int(s), seed, 13])
         kind = EDIT_KINDS[k % len(EDIT_KINDS)]  # balanced edit kinds
-        out.append(sample_edit(render_scene(int(s), frame=frame), edit_rng, w, kind))
+        out.append(sampler(int(s))(render(int(s)), edit_rng, w, kind))
     return out
 
 
