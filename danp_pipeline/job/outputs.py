@@ -126,9 +126,17 @@ class PhotoWriter:
                            "recorded (linf_bounded=false), not bounded by eps", fmt)
 
 
+#: One PhotoWriter per run in each task worker process: a write task holds one photo, and building the
+#: writer loads the C2PA signing chain and key from storage, which must not happen once per photo.
+_WRITERS: dict[str, PhotoWriter] = {}
+
+
 def write_outputs(batch: pa.Table, *, run: Run) -> pa.Table:
     """Ray task: write each protected photo of the batch; one manifest row per input row."""
-    writer = PhotoWriter(run.config, run.output, run.config_sha256)
+    writer = _WRITERS.get(run.run_id)
+    if writer is None:
+        _WRITERS.clear()          # a worker process serves one run at a time; drop the last run's
+        writer = _WRITERS[run.run_id] = PhotoWriter(run.config, run.output, run.config_sha256)
     return to_table([_write_one(writer, row, run) for row in batch.to_pylist()])
 
 
