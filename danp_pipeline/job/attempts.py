@@ -52,6 +52,17 @@ class AttemptRecords:
             logger.warning("ignoring a malformed attempt record %s", path)
             return 0
 
+    def give_up(self, source_uri: str, limit: int, doing: str, causes: str) -> tuple[int, str | None]:
+        """(deaths so far, and once they reach ``limit`` the error row's reason: the photo is given up and
+        its record goes, so that ``--retry-errors`` starts it from zero). ``doing``: what the process was
+        doing to the photo; ``causes``: what usually kills it there."""
+        died = self.died(source_uri)
+        if died < limit:
+            return died, None
+        self.forget(source_uri)
+        return died, (f"the worker process died {died} times while {doing} this photo ({causes}); given up after "
+                      f"max_photo_attempts={limit}; --retry-errors tries again")
+
     def record(self, source_uri: str, source_key: str, died_before: int, started_at: str) -> None:
         """Before an attempt: if this process dies now, the photo counts ``died_before + 1`` deaths."""
         record = {"source_uri": source_uri, "died": died_before + 1, "run_id": self.run_id, "started_at": started_at}

@@ -203,16 +203,15 @@ def decode_objects(batch: pa.Table, *, run: Run) -> pa.Table:
 
 def _decode_one(row: dict[str, Any], run: Run, attempts: AttemptRecords) -> str | None:
     """Decode ``row["data"]`` into ``row["decoded"]``; the reason it cannot be protected, or None."""
-    uri, key, limit = row["source_uri"], row["source_key"], run.config.max_photo_attempts
+    uri, key = row["source_uri"], row["source_key"]
     try:
         run.output.image_path(key)                 # refuses a key that could escape OUTPUT
     except Exception as exc:
         return storage.reason(exc, run.config.storage_options)
-    died = attempts.died(uri)
-    if died >= limit:
-        attempts.forget(uri)
-        return (f"the worker process died {died} times while decoding this photo (a decoder crash or out of "
-                f"memory); given up after max_photo_attempts={limit}; --retry-errors tries again")
+    died, given_up = attempts.give_up(uri, run.config.max_photo_attempts, "decoding",
+                                      "a decoder crash or out of memory")
+    if given_up:
+        return given_up
     attempts.record(uri, key, died, utcnow().isoformat())
     try:
         row["decoded"] = pickle.dumps(decode_image(row["data"], max_pixels=run.config.max_pixels), protocol=5)

@@ -101,18 +101,14 @@ class Protector:
     def _screen(self, photos: list[_Photo]) -> list[_Photo]:
         """Read each photo's attempt record; those whose attempts died max_photo_attempts times become
         errors (their records go: ``--retry-errors`` tries them again). Returns the others."""
-        limit, todo = self.config.max_photo_attempts, []
+        todo = []
         for photo in photos:
-            uri = photo.record["source_uri"]
-            photo.died = self.attempts.died(uri)
-            if photo.died < limit:
+            photo.died, photo.error = self.attempts.give_up(photo.record["source_uri"], self.config.max_photo_attempts,
+                                                            "protecting", "a crash, out of memory or a lost node")
+            if photo.error:
+                logger.error("%s: %s", photo.record["source_key"], photo.error)
+            else:
                 todo.append(photo)
-                continue
-            photo.error = (f"the worker process died {photo.died} times while protecting this photo (a crash, "
-                           f"out of memory or a lost node); given up after max_photo_attempts={limit}; "
-                           "--retry-errors tries again")
-            logger.error("%s: %s", photo.record["source_key"], photo.error)
-            self.attempts.forget(uri)
         return todo
 
     def _attempt(self, photos: list[_Photo]) -> None:
