@@ -17,7 +17,15 @@ from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (ru_maxrss, ``VmHWM``; KiB on Linux), MiB."""
+    """This process's peak resident memory so far, MiB: ``VmHWM`` of /proc/self/status where there is one
+    (its own address space's high-water mark), else ru_maxrss, which on Linux also keeps the peak of the
+    parent it was forked from (a child of a large benchmark would report the parent's memory)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -76,6 +76,12 @@ COMMIT_SECONDS = 60.0
 #: frees the lease at once.
 LEASE_TTL_S = 300.0
 
+#: The run report (``danp-protect report``, report/): photos in its gallery (the worst PSNR among them),
+#: the long side of its thumbnails in pixels, and the error reasons it lists with example keys.
+REPORT_SAMPLE = 12
+REPORT_THUMB_PX = 320
+REPORT_TOP_REASONS = 10
+
 #: The editor a run protects against unless told otherwise: InstructPix2Pix (Brooks et al.), loaded
 #: from the local Hugging Face cache or downloaded. The tiny and micro editors are for tests, the
 #: demo and the benchmark, and are used only when named.
@@ -320,6 +326,8 @@ class PipelineConfig:
                                         # must fit beside the actors on any node; raise it on GPU nodes)
     lease_ttl_s: float = LEASE_TTL_S    # the lease on OUTPUT: seconds it lasts without renewal (object stores)
     lease_wait_s: float = 0.0           # seconds to wait for a lease another run holds before giving up
+    report: bool = True                 # write OUTPUT/report/index.html when the run ends (report/)
+    report_sample: int = REPORT_SAMPLE  # photos in the report's gallery
 
     def __post_init__(self) -> None:
         self.validate()
@@ -361,6 +369,9 @@ class PipelineConfig:
         _positive("cpus_per_task", self.cpus_per_task)
         _positive("lease_ttl_s", self.lease_ttl_s)
         _positive("lease_wait_s", self.lease_wait_s, allow_zero=True)
+        if not isinstance(self.report, bool):
+            raise ValueError(f"report must be True or False, got {self.report!r}")
+        _integer("report_sample", self.report_sample, 0)
         return self
 
     @property

@@ -50,6 +50,6 @@ def run_demo(directory: str | Path = DEMO_DIR, *, model: str = "tiny-ip2p", step
                         row["psnr_db"], row["loss_first"], row["loss_last"])
         else:
             logger.warning("%s: %s", row["source_uri"], row["error"])
-    logger.info("demo done: %d protected, %d errors. Originals: %s  Protected photos: %s  Manifest: %s",
-                summary.ok, summary.errors, originals, output.images_dir, output.manifest_dir)
+    logger.info("demo done: %d protected, %d errors. Originals: %s  Protected photos: %s  Manifest: %s  Report: %s",
+                summary.ok, summary.errors, originals, output.images_dir, output.manifest_dir, summary.report_uri)
     return 0 if summary.errors == 0 else 1

@@ -117,6 +117,7 @@ def upload(endpoint: str, bucket: str, prefix: str, files: dict[str, bytes]) -> 
 
 def fast_config(input_uri: str, output_uri: str, **changes) -> PipelineConfig:
     changes.setdefault("model", "tiny-ip2p")
+    changes.setdefault("report", False)    # tests that want the report ask for it
     return PipelineConfig(input_uri=input_uri, output_uri=output_uri, attack=FAST_ATTACK, **changes)
 
 
@@ -250,9 +251,9 @@ def protect_rows(run, batch):
     return rows
 
 
-def protect_files(cfg: PipelineConfig, files: dict[str, bytes]) -> list[dict]:
-    """Write ``files`` (key -> bytes) under the config's local INPUT, read them with the job's read stage
-    and protect them with :func:`protect_rows`; every row must be ok. The manifest rows, in ``files``' order."""
+def read_files(cfg: PipelineConfig, files: dict[str, bytes]):
+    """Write ``files`` (key -> bytes) under the config's local INPUT and read them with the job's read
+    stage: the batch of read objects, in ``files``' order."""
     import pyarrow as pa
 
     from danp_pipeline.job import reader
@@ -264,9 +265,14 @@ def protect_files(cfg: PipelineConfig, files: dict[str, bytes]) -> list[dict]:
         path.write_bytes(data)
         items.append({"source_key": key, "source_uri": f"file://{path}", "path": str(path), "size": len(data),
                       "prompts": [], "source_etag": None})
-    batch = reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
-                                max_pixels=cfg.max_pixels)
-    rows = protect_rows(cfg, batch).to_pylist()
+    return reader.read_objects(pa.Table.from_pylist(items), input_uri=cfg.input_uri, storage_options={},
+                               max_pixels=cfg.max_pixels)
+
+
+def protect_files(cfg: PipelineConfig, files: dict[str, bytes]) -> list[dict]:
+    """:func:`read_files`, then protect them with :func:`protect_rows`; every row must be ok. The manifest
+    rows, in ``files``' order."""
+    rows = protect_rows(cfg, read_files(cfg, files)).to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows]
     return rows
 

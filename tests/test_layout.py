@@ -19,11 +19,12 @@ ALLOWED: dict[str, set[str]] = {
     "imaging": {"config"},
     "protect": {"config", "imaging", "storage"},
     "manifest": {"config", "storage"},
-    "job": {"config", "storage", "imaging", "protect", "manifest"},
+    "report": {"config", "storage", "imaging", "manifest"},
+    "job": {"config", "storage", "imaging", "protect", "manifest", "report"},
     "micro": {"config", "storage", "protect"},
     "evaluation": {"config", "storage", "imaging", "protect", "micro"},
     "demo": {"config", "job", "manifest"},
-    "cli": {"config", "storage", "job", "manifest", "evaluation", "micro", "demo"},
+    "cli": {"config", "storage", "job", "manifest", "report", "evaluation", "micro", "demo"},
     "__init__": {"config", "protect"},
 }
 

@@ -1,7 +1,7 @@
 """The ``danp-protect`` command: all argument parsing of the project, and nothing else.
 
 One parser per subcommand, each paired with a handler that turns the parsed arguments into the
-library's typed configs and calls the library: ``run``, ``ingest``, ``demo``, ``verify``, ``compact``
+library's typed configs and calls the library: ``run``, ``ingest``, ``demo``, ``verify``, ``report``, ``compact``
 (cli/protect.py), ``eval``, ``micro-bench``, ``bench``, ``train-editor`` (cli/measure.py), with the
 options they share in cli/options.py. ``jobs/*.py`` ask :func:`command_parser` for a parser by name.
 Defaults come from ``config.py``; the library is imported only inside handlers, so ``--help`` and
@@ -36,12 +36,14 @@ from .protect import (
     configure_compact,
     configure_demo,
     configure_ingest,
+    configure_report,
     configure_run,
     configure_verify,
     pipeline_config,
     run_compact,
     run_demo,
     run_ingest,
+    run_report,
     run_run,
     run_verify,
 )
@@ -67,6 +69,8 @@ COMMANDS: dict[str, Command] = {
                       "protect only what is new or changed under INPUT since the last run (scheduled)"),
     "demo": Command(configure_demo, run_demo, "run the whole pipeline offline on bundled photos with a tiny editor"),
     "verify": Command(configure_verify, run_verify, "re-hash protected outputs against the manifest"),
+    "report": Command(configure_report, run_report,
+                      "write OUTPUT/report/index.html: what was protected, how well, what failed, how fast"),
     "compact": Command(configure_compact, run_compact,
                        f"merge the manifest's small Parquet parts (runs do it past {C.COMPACT_MIN_PARTS} of them)"),
     "eval": Command(configure_eval, run_eval,

@@ -1,4 +1,5 @@
-"""``run``, ``ingest``, ``demo``, ``verify`` and ``compact``: protecting an archive and checking its outputs."""
+"""``run``, ``ingest``, ``demo``, ``verify``, ``report`` and ``compact``: protecting an archive and checking its
+outputs."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
                         f"(object stores; local paths are freed when the holder exits; default {p('lease_ttl_s'):g})")
     g.add_argument("--wait", type=float, default=p("lease_wait_s"),
                    help="seconds to wait for a lease another run holds before giving up (default 0)")
+    g = parser.add_argument_group("the report")
+    g.add_argument("--no-report", dest="report", action="store_false",
+                   help="do not write OUTPUT/report/index.html when the run ends (`danp-protect report` writes it)")
+    g.add_argument("--report-sample", type=int, default=p("report_sample"),
+                   help=f"photos in the report's gallery (default {p('report_sample')})")
     add_listing_options(parser)
     add_output_options(parser)
     add_attack_options(parser)
@@ -128,7 +134,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         input_list=args.input_list, list_fanout_depth=args.list_fanout_depth, plan_partitions=args.plan_partitions,
         progress_interval_s=args.progress_interval, actor_memory=args.actor_memory, lease_ttl_s=args.lease_ttl,
         lease_wait_s=args.wait, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
-        cpus_per_task=args.cpus_per_task,
+        cpus_per_task=args.cpus_per_task, report=args.report, report_sample=args.report_sample,
     )
 
 
@@ -165,7 +171,9 @@ def _summary_status(summary: Any) -> int:
     """0 when every photo is ok or skipped (or an ingest found the lease held), 3 with error rows."""
     if summary is None or not summary.errors:
         return EXIT_OK
-    logger.error("%d photo(s) ended as error rows (reasons above; `--retry-errors` redoes them)", summary.errors)
+    where = f"; report: {summary.report_uri}" if summary.report_uri else ""
+    logger.error("%d photo(s) ended as error rows (reasons above; `--retry-errors` redoes them)%s", summary.errors,
+                 where)
     return EXIT_SOME_ERRORS
 
 
@@ -206,6 +214,23 @@ def run_verify(args: argparse.Namespace) -> int:
                     c2pa_trust=args.c2pa_trust)
     log_report(args.output, report)
     return 0 if report.ok else 1
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output", metavar="OUTPUT", help="the OUTPUT of a run (fsspec URI or path)")
+    _storage_options(parser)
+    parser.add_argument("--sample", type=int, default=C.REPORT_SAMPLE,
+                        help=f"photos in the gallery: the worst PSNR and a fixed sample (default {C.REPORT_SAMPLE})")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+    from ..storage import parse_options
+
+    if args.sample < 0:
+        raise ValueError(f"--sample must be >= 0, got {args.sample}")
+    logger.info("report: %s", write_report(args.output, parse_options(args.storage_options), sample=args.sample))
+    return 0
 
 
 def configure_compact(parser: argparse.ArgumentParser) -> None:

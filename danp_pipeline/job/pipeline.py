@@ -34,10 +34,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import ray
 
 from .. import config as C
+from .. import storage
 from ..config import PipelineConfig
+from ..manifest.provenance import error_reason
 from ..storage.lease import Lease, LockHeld
 from . import attempts, listing, outputs, planning, preflight, progress, reader, resources
 from .committer import Committer
@@ -79,12 +82,20 @@ class RunSummary:
     output_uri: str
     manifest_uri: str
     run_id: str
-    #: The most frequent error reasons of this run: (reason, count, an example key).
+    #: The most frequent error reasons of this run (rows grouped by manifest.provenance.error_reason):
+    #: (the example's message, count, an example key).
     error_reasons: tuple[tuple[str, int, str], ...] = field(default=())
+    #: The range of this run's ok photos: L∞ in 8-bit levels and PSNR in dB, (min, max); None without one.
+    linf_levels: tuple[int, int] | None = None
+    psnr_db: tuple[float, float] | None = None
+    #: Where the run's report was written (None when it was not: turned off, or it failed).
+    report_uri: str | None = None
 
     def __str__(self) -> str:
+        fidelity = (f"; L∞ {self.linf_levels[0]}–{self.linf_levels[1]} levels, PSNR {self.psnr_db[0]:.1f}–"
+                    f"{self.psnr_db[1]:.1f} dB" if self.linf_levels and self.psnr_db else "")
         return (f"{self.total} objects: {self.ok} ok, {self.errors} error, {self.skipped} skipped (already done) "
-                f"in {self.seconds:.1f} s ({self.photos_per_hour:.0f} photos/hour); "
+                f"in {self.seconds:.1f} s ({self.photos_per_hour:.0f} photos/hour){fidelity}; "
                 f"outputs under {self.output_uri}, manifest under {self.manifest_uri}")
 
 
@@ -121,6 +132,7 @@ def execute(run: Run) -> RunSummary:
 
     counts: Counter[str] = Counter()
     errors: dict[str, list] = {}
+    fidelity = _Fidelity()
     with (Lease(output.fs, output.lock_path, ttl_s=cfg.lease_ttl_s, wait_s=cfg.lease_wait_s),   # one run per OUTPUT
           _stopped_cleanly(run), _ray_session(), _stop_on_signals(),
           progress.Reporter(output, run.run_id, cfg.progress_interval_s) as report):
@@ -132,7 +144,7 @@ def execute(run: Run) -> RunSummary:
         _warn_unused_prompts(prompts, report)
         if plan.todo_count:                                                        # 4. read … write, commit
             with Committer(output, cfg.commit_rows, cfg.commit_seconds) as committer:
-                counts = _consume(dataset(plan.todo(), _with_gpus(run)), committer, report, errors)
+                counts = _consume(dataset(plan.todo(), _with_gpus(run)), committer, report, errors, fidelity)
         planning.finish(run, plan)                                                 # 5. drop replaced rows, compact
 
     seconds = time.perf_counter() - start
@@ -140,11 +152,45 @@ def execute(run: Run) -> RunSummary:
     summary = RunSummary(ok=counts["ok"], errors=counts["error"], skipped=plan.skipped, total=plan.listed,
                          seconds=seconds, photos_per_hour=counts["ok"] * 3600 / seconds if seconds > 0 else 0.0,
                          output_uri=output.uri, manifest_uri=output.to_uri(output.manifest_dir), run_id=run.run_id,
-                         error_reasons=tuple((reason, n, key) for reason, (n, key) in top))
+                         error_reasons=tuple((message, n, key) for _, (n, key, message) in top),
+                         linf_levels=fidelity.linf, psnr_db=fidelity.psnr)
     logger.info("done: %s", summary)
     for reason, n, key in summary.error_reasons:
         logger.warning("%d error row(s): %s (e.g. %s)", n, reason, key)
-    return summary
+    return dataclasses.replace(summary, report_uri=_report(run))
+
+
+def _report(run: Run) -> str | None:
+    """Write the run's report (report/); the last line of the run's log says where. A report that cannot be
+    written costs a warning, never the run."""
+    cfg = run.config
+    if not cfg.report:
+        return None
+    from ..report import write_report
+
+    try:
+        uri = write_report(cfg.output_uri, cfg.storage_options, sample=cfg.report_sample)
+    except Exception as exc:
+        logger.warning("the report could not be written: %s", storage.reason(exc, cfg.storage_options))
+        return None
+    logger.info("report: %s", uri)
+    return uri
+
+
+@dataclass
+class _Fidelity:
+    """The range of L∞ and PSNR over the rows of ok photos seen so far."""
+
+    linf: tuple[int, int] | None = None
+    psnr: tuple[float, float] | None = None
+
+    def add(self, batch: pa.Table) -> None:
+        for status, linf, psnr in zip(batch["status"].to_pylist(), batch["linf_levels"].to_pylist(),
+                                      batch["psnr_db"].to_pylist()):
+            if status != "ok" or linf is None or psnr is None:
+                continue
+            self.linf = (min(self.linf[0], linf), max(self.linf[1], linf)) if self.linf else (linf, linf)
+            self.psnr = (min(self.psnr[0], psnr), max(self.psnr[1], psnr)) if self.psnr else (psnr, psnr)
 
 
 @contextlib.contextmanager
@@ -233,9 +279,10 @@ def _actor_memory(cfg: PipelineConfig) -> int:
 
 
 def _consume(ds: ray.data.Dataset, committer: Committer, report: progress.Reporter,
-             errors: dict[str, list]) -> Counter[str]:
-    """Drain the dataset, committing its rows and counting them into the progress and ``errors``
-    (reason -> [count, first key])."""
+             errors: dict[str, list], fidelity: _Fidelity) -> Counter[str]:
+    """Drain the dataset, committing its rows and counting them into the progress, ``errors``
+    (reason, as manifest.provenance.error_reason groups them -> [count, first key, its message]) and
+    ``fidelity``."""
     counts: Counter[str] = Counter()
     batches = ds.iter_batches(batch_size=None, batch_format="pyarrow")
     try:
@@ -244,10 +291,11 @@ def _consume(ds: ray.data.Dataset, committer: Committer, report: progress.Report
             statuses = Counter(batch["status"].to_pylist())
             counts.update(statuses)
             report.protected(statuses["ok"], statuses["error"])
+            fidelity.add(batch)
             for source, error in zip(batch["source_key"].to_pylist(), batch["error"].to_pylist()):
                 if error:
                     logger.debug("error %s: %s", source, error)
-                    errors.setdefault(error, [0, source])[0] += 1
+                    errors.setdefault(error_reason(error), [0, source, error])[0] += 1
     finally:
         close = getattr(batches, "close", None)
         if close is not None:   # a stopped run shuts the executor (and its actors) down now
@@ -265,6 +313,7 @@ class _ray_session:
     a local instance (token auth on, as Ray starts it) and stop it on exit."""
 
     def __enter__(self) -> None:
+        progress.ray_console()
         self.owned = not ray.is_initialized()
         if not self.owned:
             return

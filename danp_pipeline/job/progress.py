@@ -9,6 +9,10 @@ forget, so a task never waits on it); the driver adds what it sees protected. Ev
      "skipped": …, "protected": …, "errors": …, "remaining": …, "photos_per_hour": …, "eta_s": …,
      "reasons": {"new": …}, "started_at": "…", "updated_at": "…", "elapsed_s": …, "output": "…"}
 
+On a terminal Ray Data draws its own progress bars too; in a log file or a scheduler's log
+(:func:`ray_console`) its per-operator progress goes to Ray's session log only, so the run's log
+reads as its story: this module's one line per interval, the plan, the summary.
+
 Live counts from tasks are for watching (a retried task may report twice); the run summary and the
 final status use the plan's exact counts (job/planning.py) and the rows the driver received. The
 status file never claims a state this run did not reach: when it cannot be rewritten (a full disk),
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import Counter as _Tally
@@ -177,3 +182,18 @@ def line(status: dict[str, Any]) -> str:
         text += f", {status['photos_per_hour']:.0f} photos/hour"
         text += f", ETA {eta / 3600:.1f} h" if eta else ""
     return text
+
+
+def ray_console(interactive: bool | None = None) -> None:
+    """Ray Data's progress on the console only when it is a terminal (``interactive``: default, whether
+    stderr is one). Otherwise its console handler shows warnings and errors only; everything it logs
+    still reaches Ray's session log (``ray-data.log``)."""
+    if interactive is None:
+        interactive = sys.stderr.isatty()
+    if interactive:
+        return
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its handlers)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ Every name under OUTPUT is spelled here and nowhere else::
       _attempts/<hash>.json     a photo's attempt in progress (job/attempts.py bounds poison photos)
       _run.lock                 the lease that keeps runs on one OUTPUT apart (storage/lease.py)
       _status.json              the progress of the current or last run (job/progress.py)
+      report/index.html         the run report, thumbnails beside it (report/)
 
 A run plans against the manifest in Ray tasks (job/planning.py, since archives outgrow the driver's
 memory): the listing joined with the current rows (manifest.ledger decides each object), then the
@@ -17,6 +18,7 @@ superseded rows dropped and small parts merged. This object reads and commits ro
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .. import storage
 from ..config import FORMAT_EXTENSIONS
 from . import writer
-from .provenance import read_manifest, winners
+from .provenance import read_configs, read_manifest, winners
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ MANIFEST_DIR = "manifest"
 ATTEMPTS_DIR = "_attempts"
 LOCK_NAME = "_run.lock"
 STATUS_NAME = "_status.json"
+REPORT_DIR = "report"
 
 
 class Output:
@@ -96,6 +99,10 @@ class Output:
         return self.fs._strip_protocol(storage.unescape_name(uri))
 
     @property
+    def report_dir(self) -> str:
+        return storage.join(self.root, REPORT_DIR)
+
+    @property
     def attempts_dir(self) -> str:
         return storage.join(self.root, ATTEMPTS_DIR)
 
@@ -111,6 +118,21 @@ class Output:
     def read(self, columns: Iterable[str] | None = None, *, with_part: bool = False) -> pa.Table:
         """Every committed row (duplicates included)."""
         return read_manifest(self.fs, self.manifest_dir, columns, with_part=with_part)
+
+    def configs(self) -> dict[str, str]:
+        """{config_sha256: config_json} of every configuration with a committed row (read part by part,
+        so that the long JSON text is never held for every row)."""
+        return read_configs(self.fs, self.manifest_dir)
+
+    def status(self) -> dict[str, Any] | None:
+        """The status file of the current or last run (job/progress.py), None when there is none."""
+        try:
+            return json.loads(storage.retrying(self.fs.cat_file, self.status_path, what="reading the status file"))
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            logger.warning("the status file %s is not JSON (%s): ignored", self.to_uri(self.status_path), exc)
+            return None
 
     def current_rows(self) -> list[dict[str, Any]]:
         """The current row of every (source, configuration)."""

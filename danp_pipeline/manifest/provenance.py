@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..storage import escape_name, retrying
@@ -174,14 +176,48 @@ def read_manifest(
     return pa.concat_tables(tables)
 
 
+def read_configs(fs: fsspec.AbstractFileSystem, manifest_dir: str, threads: int = 16) -> dict[str, str]:
+    """{config_sha256: config_json} over every part; each part is reduced to its few configurations as it
+    is read."""
+    def load(path: str) -> dict[str, str]:
+        table = read_part(fs, path, ("config_sha256", "config_json"))
+        return dict(zip(table["config_sha256"].to_pylist(), table["config_json"].to_pylist()))
+
+    configs: dict[str, str] = {}
+    parts = list_parts(fs, manifest_dir)
+    if parts:
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(parts)))) as pool:
+            for found in pool.map(load, parts):
+                configs.update(found)
+    return configs
+
+
+#: What varies between rows that fail for the same reason: numbers and quoted names.
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def error_reason(error: str | None) -> str:
+    """An error row's reason: its message's first line with numbers and quoted names blanked, so that
+    rows failing the same way group together (the run's summary and the report)."""
+    first = (error or "unknown error").strip().splitlines()[0] if (error or "").strip() else "unknown error"
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", " ".join(first.split())))
+
+
 def winners(table: pa.Table) -> pa.Table:
     """The current row per (source_uri, config_sha256): the newest, unless it is an error and an ok
     row exists for the same bytes (or the error's bytes are unknown): then the newest ok row."""
     if table.num_rows == 0:
         return table
-    ranked = table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
-    ranked = ranked.sort_by([("source_uri", "ascending"), ("config_sha256", "ascending"),
-                             ("finished_at", "descending"), ("_i", "descending")])
+    # Sorted on the key columns alone: the other columns are copied once, by take().
+    keys = table.select(["source_uri", "config_sha256", "finished_at"]).append_column(
+        "_i", pa.array(range(table.num_rows), pa.int64()))
+    order = pc.sort_indices(keys, [("source_uri", "ascending"), ("config_sha256", "ascending"),
+                                   ("finished_at", "descending"), ("_i", "descending")])
+    identities = keys.group_by(["source_uri", "config_sha256"], use_threads=False).aggregate([]).num_rows
+    if identities == table.num_rows:            # one row per identity (the usual manifest): all of them win
+        return table.take(order)
+    ranked = table.append_column("_i", keys["_i"]).take(order)
     src, cfg = ranked["source_uri"].to_pylist(), ranked["config_sha256"].to_pylist()
     status = ranked["status"].to_pylist()
     sha = ranked["source_sha256"].to_pylist() if "source_sha256" in ranked.column_names else [None] * len(src)

@@ -133,12 +133,17 @@ def test_s3_bucket_to_bucket_with_bad_inputs_then_rerun_and_verify(s3_endpoint, 
     upload(s3_endpoint, "danp-archive", "in", files)
     options = s3_options(s3_endpoint)
     cfg = fast_config("s3://danp-archive/in", "s3://danp-protected/run", storage_options=options,
-                      prompts_file="s3://danp-archive/in/prompts.json", batch_size=2)
+                      prompts_file="s3://danp-archive/in/prompts.json", batch_size=2, report=True, report_sample=2)
     upload(s3_endpoint, "danp-protected", "unrelated", {})
 
     summary = pipeline.run(cfg)
 
     assert (summary.ok, summary.errors, summary.skipped) == (len(good), len(bad) + 1, 0)
+    assert summary.report_uri == "s3://danp-protected/run/report/index.html"      # the report, on the store
+    assert caplog.records[-1].getMessage() == f"report: {summary.report_uri}"
+    page = storage.filesystem(summary.report_uri, options)[0].cat_file(summary.report_uri).decode()
+    assert f"<b>{len(good)}</b>protected" in page and f"<b>{len(bad) + 1}</b>errors" in page
+    assert page.count('src="thumbs/') == 2 * 3 and SECRET_KEY not in page
     assert summary.total == len(files) - 1 and summary.output_uri == "s3://danp-protected/run"
     rows = {r["source_key"]: r for r in manifest_rows(cfg.output_uri, options)}
     assert set(rows) == set(files) - {"prompts.json"}  # one row per object, the sidecar is not a photo
@@ -384,6 +389,10 @@ def test_a_photo_that_crashes_its_actor_every_time_ends_as_an_error_row(tmp_path
     assert all(rows[k]["status"] == "ok" for k in keys if k != "p3.jpg"), [r["error"] for r in rows.values()]
     assert not list((tmp_path / "out" / "_attempts").iterdir())
     assert verify.verify(str(tmp_path / "out")).ok
+    report = tmp_path / "out" / "report" / "index.html"           # written at the end; the last line says where
+    last = done.stderr.strip().splitlines()[-1]
+    assert report.exists() and f"report: {report.as_uri()}" in last, last
+    assert "<b>5</b>protected" in report.read_text() and "the worker process died N times" in report.read_text()
 
 
 @pytest.mark.integration
