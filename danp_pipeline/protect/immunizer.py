@@ -7,7 +7,8 @@
 Photos of any size and mode: δ lives at each photo's full resolution, and the objective is computed
 on the attacker's views of the protected photo (protect/views.py: resized to the editor's size with
 the attacker's filters, aspect kept; optionally JPEG, blur, crop). Photos of one size are batched;
-every output meets the L∞ guarantee.
+every output meets the L∞ guarantee. ``Immunizer([editor_a, editor_b], config)`` protects against
+both editors at once (protect/ensemble.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +35,7 @@ from ..imaging.codec import (
     psnr_db,
     to_tensor,
 )
+from . import ensemble
 from .baselines import build_objective
 from .models import EditorBundle
 from .pgd import Objective, PGDResult, pgd, tie_channels, uniform_delta
@@ -103,30 +106,50 @@ def as_decoded(photo: PhotoLike, max_pixels: int = 40_000_000) -> DecodedImage:
 
 
 class Immunizer:
-    """Computes protections against one frozen editor with one attack configuration."""
+    """Computes protections against one frozen editor, or several at once (protect/ensemble.py: one δ,
+    the weighted mean of their objectives; ``editor_weights`` default equal), with one attack
+    configuration. Every editor must be on the same device."""
 
-    def __init__(self, editor: EditorBundle, config: AttackConfig | None = None) -> None:
-        self.editor = editor
+    def __init__(self, editor: EditorBundle | Sequence[EditorBundle], config: AttackConfig | None = None,
+                 editor_weights: Sequence[float] | None = None) -> None:
+        self.editors = [editor] if isinstance(editor, EditorBundle) else list(editor)
+        if not self.editors:
+            raise ValueError("an Immunizer needs at least one editor")
+        devices = {str(e.device) for e in self.editors}
+        if len(devices) > 1:
+            raise ValueError(f"the editors of an ensemble must share one device, got {sorted(devices)}")
+        self.editor = self.editors[0]
+        self.editor_weights = ensemble.editor_weights(editor_weights, len(self.editors))
         self.config = (config or AttackConfig())
 
-    def views(self) -> list[View]:
-        """The attacker's views the optimization averages over (the config's filters × sizes × …)."""
-        return attacker_views(self.config, self.editor.vae_scale_factor)
+    def views(self, editor: EditorBundle | None = None) -> list[View]:
+        """The attacker's views of ``editor`` (default the first) the optimization averages over (the
+        config's filters × sizes × …)."""
+        return attacker_views(self.config, (editor or self.editor).vae_scale_factor)
 
     def objective(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int],
                   sizes: list[tuple[int, int]] | None = None) -> Objective:
         """The method's objective on the attacker's views of full-size photos x0 [B,3,H,W] (``sizes``:
-        each photo's (h, w) when photos of different sizes are padded into x0)."""
-        def build(seen: torch.Tensor) -> Objective:
-            return build_objective(self.config.method, self.editor, self.config, prompts, seeds, seen)
+        each photo's (h, w) when photos of different sizes are padded into x0); with several editors,
+        their ensemble."""
+        seed = self.config.seed * 1_000_003 + sum(seeds)
 
-        return ViewedObjective(build, x0, self.views(), seed=self.config.seed * 1_000_003 + sum(seeds), sizes=sizes)
+        def viewed(editor: EditorBundle) -> Objective:
+            def build(seen: torch.Tensor) -> Objective:
+                return build_objective(self.config.method, editor, self.config, prompts, seeds, seen)
+
+            return ViewedObjective(build, x0, self.views(editor), seed=seed, sizes=sizes)
+
+        if len(self.editors) == 1:
+            return viewed(self.editor)
+        return ensemble.EnsembleObjective([viewed(e) for e in self.editors], self.editor_weights, self.config.balance)
 
     def batch_key(self, height: int, width: int) -> tuple:
-        """Photos with equal keys share UNet calls: every attacker view gives them the same size (one view
-        drawn per iteration serves them all), and their areas are within a factor of √2 of each other, so
-        padding them to the largest costs little memory. Equal full sizes always share."""
-        views = tuple((v.for_size(height, width), v.size_for(height, width)) for v in self.views())
+        """Photos with equal keys share UNet calls: every attacker view of every editor gives them the same
+        size (one view drawn per iteration serves them all), and their areas are within a factor of √2 of
+        each other, so padding them to the largest costs little memory. Equal full sizes always share."""
+        views = tuple((v.for_size(height, width), v.size_for(height, width))
+                      for editor in self.editors for v in self.views(editor))
         return views, int(2 * math.log2(height * width))
 
     def perturb(self, x0: torch.Tensor, prompts: list[list[str]], seeds: list[int],
