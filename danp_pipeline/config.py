@@ -296,6 +296,8 @@ class PipelineConfig:
     output_uri: str
     model: str = DEFAULT_MODEL
     revision: str | None = None
+    ensemble: tuple[str, ...] = ()      # further editors protected against at once with `model` (one δ)
+    editor_weights: tuple[float, ...] = ()   # one per editor (model first); empty: equal
     prompts: tuple[str, ...] = ()
     prompts_file: str | None = None     # JSON/CSV sidecar mapping object keys to prompts
     attack: AttackConfig = field(default_factory=AttackConfig)
@@ -337,6 +339,15 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.ensemble, tuple) or any(not isinstance(m, str) or not m.strip() for m in self.ensemble):
+            raise ValueError(f"ensemble must be a tuple of non-empty model names, got {self.ensemble!r}")
+        if len(set(self.editors)) != len(self.editors):
+            raise ValueError(f"an editor is named twice in {list(self.editors)}")
+        if self.editor_weights and (len(self.editor_weights) != len(self.editors) or any(
+                not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w < math.inf
+                for w in self.editor_weights)):
+            raise ValueError(f"editor_weights must be {len(self.editors)} positive finite numbers (one per editor: "
+                             f"{list(self.editors)}), got {self.editor_weights!r}")
         if not isinstance(self.prompts, tuple) or any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise ValueError(f"prompts must be a tuple of non-empty strings, got {self.prompts!r}")
         if not isinstance(self.attack, AttackConfig):
@@ -373,6 +384,11 @@ class PipelineConfig:
             raise ValueError(f"report must be True or False, got {self.report!r}")
         _integer("report_sample", self.report_sample, 0)
         return self
+
+    @property
+    def editors(self) -> tuple[str, ...]:
+        """Every editor protected against: ``model``, then the ``ensemble``."""
+        return (self.model, *self.ensemble)
 
     @property
     def run_prompts(self) -> tuple[str, ...]:
@@ -573,13 +589,16 @@ def validate_prompts(prompts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def config_json(attack: AttackConfig, model_id: str, model_revision: str | None,
-                output: dict[str, Any] | None = None) -> str:
+                output: dict[str, Any] | None = None, ensemble: dict[str, Any] | None = None) -> str:
     """Canonical JSON of everything that determines a protected photo (sorted keys, no spaces).
-    ``output``: the output settings (output_settings()), included only when not the defaults, so
-    that manifests written before they existed keep their configuration hash."""
+    ``output``: the output settings (output_settings()), ``ensemble``: the further editors and the weights
+    (ensemble_settings()); each included only when set, so that manifests written before they existed
+    keep their configuration hash."""
     payload = {"attack": dataclasses.asdict(attack), "model_id": model_id, "model_revision": model_revision}
     if output:
         payload["output"] = output
+    if ensemble:
+        payload["ensemble"] = ensemble
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
@@ -597,3 +616,12 @@ def output_settings(cfg: PipelineConfig) -> dict[str, Any] | None:
     if settings["output_format"] in LOSSLESS_FORMATS:
         settings["quality"] = defaults["quality"]    # quality does not change a lossless file
     return None if settings == defaults else settings
+
+
+def ensemble_settings(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """The editors protected against besides ``model``, and every editor's weight (normalized, model
+    first): part of the configuration, so that a rerun with another set of editors redoes its photos."""
+    if not cfg.ensemble:
+        return None
+    weights = cfg.editor_weights or (1.0,) * len(cfg.editors)
+    return {"models": list(cfg.ensemble), "weights": [w / sum(weights) for w in weights]}

@@ -22,12 +22,17 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     p = lambda name: _default(PipelineConfig, name)  # noqa: E731
     parser.add_argument("input", metavar="INPUT", help="fsspec URI or path of the photos (s3://bucket/prefix, ./dir)")
     parser.add_argument("output", metavar="OUTPUT", help="fsspec URI or path for images/ and manifest/")
-    parser.add_argument("--model", default=p("model"),
+    parser.add_argument("--model", action="append", default=None,
                         help=f"the editor to protect against: a diffusers repo id (from the local Hugging Face cache, "
                              f"else downloaded) or local directory, safetensors only (default {p('model')}, "
-                             "InstructPix2Pix). tiny-ip2p, tiny-sd (random weights) and the micro-editors are test "
-                             "editors: outputs protected against them protect against nothing real")
-    parser.add_argument("--revision", default=p("revision"), help="model revision (branch, tag or commit)")
+                             "InstructPix2Pix); repeat it to protect against several editors at once (one "
+                             "perturbation, the mean of their objectives; each actor holds every editor). tiny-ip2p, "
+                             "tiny-sd (random weights) and the micro-editors are test editors: outputs protected "
+                             "against them protect against nothing real")
+    parser.add_argument("--model-weights", type=_weights, default=(), metavar="W1,W2,…",
+                        help="with several --model: their weights, in order (default equal)")
+    parser.add_argument("--revision", default=p("revision"), help="revision of the first --model (branch, tag or "
+                                                                   "commit)")
     parser.add_argument("--prompt", action="append", default=[],
                         help="edit instruction to protect against (repeatable)")
     parser.add_argument("--prompts-file", default=p("prompts_file"),
@@ -116,13 +121,22 @@ def add_listing_options(parser: argparse.ArgumentParser) -> None:
                         f"(default {p('progress_interval_s'):g})")
 
 
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     import os
 
     from ..storage import parse_options
 
+    models = args.model or [_default(PipelineConfig, "model")]
     return PipelineConfig(
-        input_uri=args.input, output_uri=args.output, model=args.model, revision=args.revision,
+        input_uri=args.input, output_uri=args.output, model=models[0], revision=args.revision,
+        ensemble=tuple(models[1:]), editor_weights=tuple(args.model_weights),
         prompts=tuple(args.prompt), prompts_file=args.prompts_file, attack=attack_config(args),
         actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size, max_pixels=args.max_pixels, storage_options=parse_options(args.storage_options),

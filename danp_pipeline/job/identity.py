@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .. import storage
-from ..config import PipelineConfig, config_json, config_sha256, output_settings
+from ..config import PipelineConfig, config_json, config_sha256, ensemble_settings, output_settings
 from ..manifest.output import Output
 
 
@@ -28,7 +28,7 @@ class Run:
         """A new run of ``cfg``: storage options resolved for INPUT and OUTPUT, a fresh id."""
         cfg = cfg.replace(storage_options=storage.resolve_options(
             cfg.output_uri, storage.resolve_options(cfg.input_uri, cfg.storage_options)))
-        text = config_json(cfg.attack, cfg.model, cfg.revision, output_settings(cfg))
+        text = config_json(cfg.attack, cfg.model, cfg.revision, output_settings(cfg), ensemble_settings(cfg))
         return cls(cfg, run_id or uuid.uuid4().hex[:12], text, config_sha256(text))
 
     @cached_property

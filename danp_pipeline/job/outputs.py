@@ -159,7 +159,7 @@ def _write_one(writer: PhotoWriter, row: dict[str, Any], run: Run) -> dict[str, 
     return make_row(
         source_uri=row["source_uri"], source_key=row.get("source_key"), source_sha256=row.get("source_sha256"),
         source_bytes=row.get("source_bytes"), width=image.width if image is not None else None,
-        height=image.height if image is not None else None, method=cfg.attack.method, model_id=cfg.model,
+        height=image.height if image is not None else None, method=cfg.attack.method, model_id="+".join(cfg.editors),
         model_revision=row.get("model_revision"), prompts=list(row.get("prompts") or []) or list(run.prompts),
         config_json=run.config_json, config_sha256=run.config_sha256, seed=cfg.attack.seed,
         duration_s=max(timedelta(0), finished - started).total_seconds(), device=row.get("device"),

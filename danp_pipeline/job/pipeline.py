@@ -124,10 +124,10 @@ def execute(run: Run) -> RunSummary:
     """The job itself, for settings already checked."""
     cfg, output, start = run.config, run.output, time.perf_counter()
     logger.info("run %s: config %s, model %s, %d actor(s) × %.2g CPU, batch %d", run.run_id, run.config_sha256[:12],
-                cfg.model, cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
-    if cfg.model in C.TINY_MODELS or cfg.model in C.MICRO_MODELS:
-        logger.warning("protecting against %s, a test editor: these outputs do not protect against real editors",
-                       cfg.model)
+                " + ".join(cfg.editors), cfg.actors, cfg.cpus_per_actor, cfg.batch_size)
+    for model in cfg.editors:
+        if model in C.TINY_MODELS or model in C.MICRO_MODELS:
+            logger.warning("protecting against %s, a test editor: it does not stand for a real editor", model)
     prompts = reader.load_prompts_file(cfg.prompts_file, cfg.storage_options) if cfg.prompts_file else {}
 
     counts: Counter[str] = Counter()

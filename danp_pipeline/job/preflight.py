@@ -37,6 +37,8 @@ def check(cfg: PipelineConfig) -> None:
 
         load_prompts_file(cfg.prompts_file, cfg.storage_options)
     check_model(cfg.model, cfg.revision)
+    for model in cfg.ensemble:
+        check_model(model)
     if cfg.c2pa_cert and cfg.c2pa_key:
         from ..manifest.credentials import Signer
 

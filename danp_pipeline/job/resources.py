@@ -21,10 +21,12 @@ EDITOR_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder")
 
 
 def actor_memory(cfg: PipelineConfig) -> int:
-    """Bytes of host memory one editor actor asks Ray for (``cfg.actor_memory`` when set)."""
+    """Bytes of host memory one editor actor asks Ray for (``cfg.actor_memory`` when set): every editor it
+    holds, and a batch of the largest photos allowed."""
     if cfg.actor_memory is not None:
         return cfg.actor_memory
-    return editor_bytes(cfg.model, cfg.revision) + cfg.batch_size * cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
+    editors = editor_bytes(cfg.model, cfg.revision) + sum(editor_bytes(m) for m in cfg.ensemble)
+    return editors + cfg.batch_size * cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
 
 
 def editor_bytes(model: str, revision: str | None = None) -> int:

@@ -79,10 +79,12 @@ class Protector:
         self.run = run if isinstance(run, Run) else Run.start(run)
         self.config = self.run.config
         device = pick_device("cpu" if self.config.gpus_per_actor == 0 else None)
-        self.editor = load_editor(self.config.model, self.config.revision, device=device,
-                                  precision=self.config.attack.precision)
-        self.immunizer = Immunizer(self.editor, self.config.attack)
-        self.device_name = device_name(self.editor.device)
+        self.editors = [load_editor(model, self.config.revision if i == 0 else None, device=device,
+                                    precision=self.config.attack.precision)
+                        for i, model in enumerate(self.config.editors)]
+        self.immunizer = Immunizer(self.editors, self.config.attack, self.config.editor_weights or None)
+        self.device_name = device_name(self.editors[0].device)
+        self.revision = "+".join(str(e.revision) for e in self.editors)
         self.attempts = AttemptRecords(self.run.output, self.run.config_sha256, self.run.run_id,
                                        self.config.storage_options)
 
@@ -147,7 +149,7 @@ class Protector:
                 photo.result = result
 
     def _row(self, photo: _Photo) -> dict[str, Any]:
-        row = {**photo.record, "device": self.device_name, "model_revision": self.editor.revision}
+        row = {**photo.record, "device": self.device_name, "model_revision": self.revision}
         result = photo.result
         if result is not None and photo.error is None:
             row.update(protected=pickle.dumps((result.pixels, result.alpha), protocol=5),

@@ -30,7 +30,7 @@ def run_cli(caplog, *argv) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "prompts", "model-dir", "model-name", "model-bin", "model-hub",
-                                  "credentials", "output-proc", "output-under-file"])
+                                  "model-ensemble", "model-weights", "credentials", "output-proc", "output-under-file"])
 def test_bad_values_exit_2_with_one_line_naming_them(case, tmp_path, photos, caplog, monkeypatch):
     monkeypatch.setattr("danp_pipeline.job.pipeline.execute", lambda run: pytest.fail("the job must not start"))
     out = str(tmp_path / "out")
@@ -55,6 +55,12 @@ def test_bad_values_exit_2_with_one_line_naming_them(case, tmp_path, photos, cap
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         named = "nobody/no-such-editor-xyz"
         args += ["--model", named]
+    elif case == "model-ensemble":     # every editor of an ensemble is checked before any work
+        named = str(tmp_path / "no-second-model")
+        args += ["--model", "tiny-ip2p", "--model", named]
+    elif case == "model-weights":
+        named = "editor_weights must be 2 positive finite numbers"
+        args += ["--model", "tiny-ip2p", "--model", "tiny-sd", "--model-weights", "1,0"]
     elif case == "model-bin":
         model = tmp_path / "pickled"
         (model / "unet").mkdir(parents=True)
@@ -157,8 +163,7 @@ def test_run_without_model_protects_against_instructpix2pix_or_nothing(photos, t
         rc, errors = run_cli(caplog, command, str(photos), str(tmp_path / "out"))
         assert rc == 2 and len(errors) == 1 and "timbrooks/instruct-pix2pix" in errors[0], errors
     parser = cli.command_parser("run")
-    assert parser.parse_args(["in", "out"]).model == "timbrooks/instruct-pix2pix"
-    assert "tiny-ip2p" not in parser.parse_args(["in", "out"]).model
+    assert cli.pipeline_config(parser.parse_args(["in", "out"])).editors == ("timbrooks/instruct-pix2pix",)
     assert "default timbrooks/instruct-pix2pix" in " ".join(parser.format_help().split())
 
 

@@ -229,3 +229,24 @@ def test_a_stopped_runs_attempts_are_taken_back_not_counted(cfg, tmp_path):
     assert forgive_stopped(output, "stopped") == 2
     assert mine.died("s3://in/first-try.jpg") == 0 and not output.fs.exists(mine.path("s3://in/first-try.jpg"))
     assert mine.died("s3://in/crashed-once.jpg") == 1 and theirs.died("s3://in/crashed.jpg") == 1
+
+
+def test_an_ensemble_is_protected_against_recorded_and_is_its_own_configuration(tmp_path):
+    """Several --model: one actor holds every editor, rows name them all, and the set is the configuration."""
+    from danp_pipeline import cli
+
+    args = cli.build_parser().parse_args(["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", "tiny-ip2p",
+                                          "--model", "tiny-sd", "--model-weights", "3,1"])
+    parsed = cli.pipeline_config(args)
+    assert (parsed.editors, parsed.editor_weights) == (("tiny-ip2p", "tiny-sd"), (3.0, 1.0))
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), ensemble=("tiny-sd",), editor_weights=(3, 1))
+    rows = protect_rows(cfg, read_batch(cfg, {"a.jpg": encode(photo("astronaut", (72, 48)), "JPEG")}, tmp_path))
+    (row,) = rows.to_pylist()
+    assert row["status"] == "ok", row["error"]
+    assert 0 < row["linf_levels"] <= FAST_ATTACK.linf_levels_bound
+    assert row["model_id"] == "tiny-ip2p+tiny-sd" and row["model_revision"].count("+") == 1
+    run, single = Run.start(cfg), Run.start(cfg.replace(ensemble=(), editor_weights=()))
+    assert '"ensemble":{"models":["tiny-sd"],"weights":[0.75,0.25]}' in run.config_json
+    assert run.config_sha256 != single.config_sha256 and "ensemble" not in single.config_json
+    assert single.config_json == config_json(cfg.attack, "tiny-ip2p", None)   # one editor: the hash as before
+
