@@ -7,7 +7,7 @@
   proxy-ip2p-b). Square frame only. Its full-size photo (``4x-1:1``) is the 128x128 scene upscaled 4x with
   Pillow's Lanczos filter, not a scene drawn at 512x512 (texture has no larger drawing); the ground truth
   stays the 128x128 scene, which the attacker's Lanczos copy of the upscaled photo matches to the resampling
-  error only.
+  error only (above 35 dB PSNR; tests/evaluation/test_micro_suite.py).
 
 Each world gives its size, VAE factor and size variants (config.MICRO_WORLDS), its split of edits in a frame,
 its success rule, the full-size photo of a scene, and the edits an owner protects one object against.
