@@ -38,6 +38,13 @@ def parse_run(arg: str) -> tuple[str | None, Path]:
     return (label, Path(path)) if sep and label and not Path(arg).exists() else (None, Path(arg))
 
 
+def run_eps(run: Path) -> float:
+    """The budget of a run, from the settings in its summary.md."""
+    text = (run / "summary.md").read_text()
+    start = text.index("```json") + len("```json")
+    return float(json.loads(text[start:text.index("```", start)])["attack"]["eps"])
+
+
 def pooled(runs: list[tuple[str | None, Path]], methods: list[str] | None, label_method: str = "danp") -> pd.DataFrame:
     frames = []
     for label, run in runs:
@@ -48,13 +55,17 @@ def pooled(runs: list[tuple[str | None, Path]], methods: list[str] | None, label
                                  f"(methods: {sorted(set(df['method']))})")
             df = df[df["method"] == label_method].assign(method=label)
         df["run"] = run.name
+        if "eps" not in df:
+            df["eps"] = np.nan
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     if "variant" not in df:             # runs before size variants: every scene was square
         df["variant"] = "4x-1:1"
     df["variant"] = df["variant"].fillna("4x-1:1")
+    if df["eps"].isna().any():          # runs before budget curves: each run's one budget, from its settings
+        df["eps"] = df["eps"].fillna(df["run"].map({run.name: run_eps(run) for _, run in runs}))
     df["case"] = df["scene"]            # scenes are the unit: the suite's case index restarts in every run
-    df = df.drop_duplicates(["method", "scene", "variant", "attack_editor", "prompt_set", "transform", "seed"])
+    df = df.drop_duplicates(["method", "eps", "scene", "variant", "attack_editor", "prompt_set", "transform", "seed"])
     scenes = df["scene"].nunique()
     per_method = df.groupby("method")["scene"].nunique()
     complete = [m for m in (methods or list(dict.fromkeys(df["method"]))) if per_method.get(m, 0) == scenes]

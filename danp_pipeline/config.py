@@ -105,6 +105,13 @@ MICRO_EDITORS_DIR = Path(__file__).parent / "assets" / "editors"
 MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": (20, 5.0, 1.5), "micro-ip2p-b": (20, 5.0, 1.2)}
 #: SD-like proxy editors (textured 128x128 world, 8x VAE; micro/textures.py), installed like MICRO_MODELS.
 PROXY_MODELS: dict[str, tuple[int, float, float]] = {"proxy-ip2p": MICRO_SAMPLER, "proxy-ip2p-b": MICRO_SAMPLER}
+#: The micro benchmark's edit worlds (micro/worlds.py): name -> (the trained editors of that world, the first
+#: protected against and the others for transfer; the size variants its scenes can be drawn at). The textured
+#: world is square only: its full-size photo is the 128x128 scene upscaled, not a scene drawn in another frame.
+MICRO_WORLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "flat": (tuple(MICRO_MODELS), SIZE_VARIANTS),
+    "textured": (tuple(PROXY_MODELS), ("4x-1:1",)),
+}
 
 #: The attacker's SD img2img strength (EditConfig) and the attack's timestep range for sd editors.
 SD_EDIT_STRENGTH = 0.8
@@ -210,7 +217,8 @@ class AttackConfig:
         _choice("method", self.method, METHODS)
         _positive("eps", self.eps)
         if self.eps > 1:
-            raise ValueError(f"eps is on the [0,1] pixel scale and must be <= 1, got {self.eps!r}")
+            raise ValueError(f"eps is on the [0,1] pixel scale and must be <= 1, got {self.eps!r} (on the command "
+                             f"line, 8-bit levels can be given as {self.eps:g}/255)")
         _integer("steps", self.steps, 1)
         _positive("step_size", self.step_size)
         _integer("num_timesteps", self.num_timesteps, 1)
@@ -509,9 +517,9 @@ class EvalConfig:
 
 
 def micro_edit_config(name: str) -> "EditConfig":
-    """The attacker's edit settings for a micro-editor: its own (MICRO_MODELS), else (a directory of an
+    """The attacker's edit settings for a micro-editor: its own (MICRO_MODELS, PROXY_MODELS), else (a directory of an
     editor trained with ``train-editor``) MICRO_SAMPLER."""
-    steps, guidance, image_guidance = MICRO_MODELS.get(name, MICRO_SAMPLER)
+    steps, guidance, image_guidance = {**MICRO_MODELS, **PROXY_MODELS}.get(name, MICRO_SAMPLER)
     return EditConfig(steps=steps, guidance_scale=guidance, image_guidance_scale=image_guidance)
 
 
@@ -522,17 +530,26 @@ MICRO_ATTACK = AttackConfig(resolution=64)
 
 @dataclass(frozen=True)
 class MicroSuiteConfig:
-    """``danp-protect micro-bench`` (evaluation/micro_suite.py): held-out scenes of the micro world,
+    """``danp-protect micro-bench`` (evaluation/micro_suite.py): held-out scenes of a micro edit world,
     protected against ``editors[0]``, edited by every editor (the others: transfer)."""
 
-    # Protected against micro-ip2p: its object words attend to their objects as SD's do (trained in, see
-    # micro/training.py EditorConfig.attention_loss), so DANP's attention term has something to act on;
-    # micro-ip2p-b (trained without it) is the independent transfer editor.
-    editors: tuple[str, ...] = ("micro-ip2p", "micro-ip2p-b")
+    # "flat": the 64x64 micro world (micro/world.py); "textured": the same scenes at 128x128 with texture
+    # (micro/textures.py), for the SD-like proxy editors. The suite protects and edits at the world's size:
+    # attack.resolution must be it (64 or 128).
+    world: str = "flat"
+    # Empty: the world's own editors (MICRO_WORLDS). Flat: protected against micro-ip2p, whose object words attend
+    # to their objects as SD's do (trained in, see micro/training.py EditorConfig.attention_loss), so DANP's
+    # attention term has something to act on; micro-ip2p-b (trained without it) is the independent transfer editor.
+    # Textured: proxy-ip2p, and proxy-ip2p-b for transfer.
+    editors: tuple[str, ...] = ()
     scenes: int = 24
     scene_seed: int = 0
     methods: tuple[str, ...] = tuple(EVAL_METHODS)
     attack: AttackConfig = MICRO_ATTACK
+    # A budget curve: the attack at each of several budgets, every method run at each (empty: ``attack`` alone).
+    # Each differs from ``attack`` in eps and step_size only; build them with profile_config at each γ so that the
+    # step size follows the budget as the profile does (the CLI's --eps list does).
+    budgets: tuple[AttackConfig, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)          # the attacker's edit seeds
     transforms: tuple[str, ...] = ("none",)     # robustness transforms of the protected file (none, jpeg75, …)
     view: str = "editor"                        # "attacker": full-size scenes, resized by the attacker
@@ -549,27 +566,54 @@ class MicroSuiteConfig:
     workers: int = 1                            # parallel Ray workers (evaluation/workers.py), one torch thread each
 
     def __post_init__(self) -> None:
+        if self.editors == () and self.world in MICRO_WORLDS:
+            object.__setattr__(self, "editors", MICRO_WORLDS[self.world][0])
         self.validate()
 
     def validate(self) -> "MicroSuiteConfig":
+        _choice("world", self.world, tuple(MICRO_WORLDS))
+        editors, variants = MICRO_WORLDS[self.world]
         _tuple("editors", self.editors, lambda v: isinstance(v, str) and bool(v.strip()),
-               f"names from {list(MICRO_MODELS)} or directories of trained micro-editors")
+               f"names from {list(editors)} or directories of trained micro-editors")
+        for name in self.editors:
+            other = next((w for w, (names, _) in MICRO_WORLDS.items() if name in names and w != self.world), None)
+            if other is not None:
+                raise ValueError(f"editors: {name!r} is trained on the {other} world, not on world={self.world!r} "
+                                 f"(its editors: {', '.join(editors)})")
         _integer("scenes", self.scenes, 1)
         _integer("scene_seed", self.scene_seed, 0)
         if not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods must be a non-empty list without repeats, got {list(self.methods)}")
         for m in self.methods:
             method_config(m, self.attack)
+        _tuple("budgets", self.budgets, lambda v: isinstance(v, AttackConfig), "AttackConfigs", empty=True)
+        if len({b.eps for b in self.budgets}) != len(self.budgets):
+            raise ValueError(f"budgets must have distinct eps, got {[b.eps for b in self.budgets]}")
+        for i, budget in enumerate(self.budgets):
+            if budget.replace(eps=self.attack.eps, step_size=self.attack.step_size) != self.attack:
+                changed = [f"{k}={v!r}" for k, v in dataclasses.asdict(budget).items()
+                           if k not in ("eps", "step_size") and getattr(self.attack, k) != v]
+                raise ValueError(f"budgets[{i}] must differ from attack in eps and step_size only, got "
+                                 f"{', '.join(changed)}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {list(self.seeds)}")
         _tuple("transforms", self.transforms, lambda v: v in ROBUSTNESS_TRANSFORMS,
                f"names from {list(ROBUSTNESS_TRANSFORMS)}")
         _choice("view", self.view, ("editor", "attacker"))
         _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
+        for variant in self.size_variants:
+            if variant not in variants:
+                raise ValueError(f"size_variants: {variant!r} is not drawn in the {self.world} world, which has "
+                                 f"{', '.join(variants)} only (square frame)")
         _choice("protect_set", self.protect_set, ("own", "kinds"))
         _choice("split", self.split, ("heldout", "train"))
         _integer("workers", self.workers, 1)
         return self
+
+    @property
+    def attacks(self) -> tuple[AttackConfig, ...]:
+        """The attack at every budget run, smallest budget first."""
+        return tuple(sorted(self.budgets, key=lambda b: b.eps)) or (self.attack,)
 
     def settings(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,6 +1,7 @@
 """What the tests share besides fixtures (those are in conftest.py): photos and the bytes of every kind
 of file the job reads, a moto S3 server on loopback, the smallest attack settings, the job's stages
-called without Ray, real archive files with metadata and a test CA for C2PA signing.
+called without Ray, real archive files with metadata, a test CA for C2PA signing and a tiny random editor of
+the textured micro world.
 
 Test modules import it as ``from helpers import …`` (pyproject.toml puts tests/ on the path)."""
 
@@ -388,3 +389,30 @@ def read_back(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
     return img
+
+
+def tiny_proxy_config():
+    """proxy-ip2p's geometry (textured world, 8x VAE, 4-channel latents) at the smallest widths."""
+    from danp_pipeline.micro import training
+
+    cfg = training.variant_proxy(training.EditorConfig())
+    cfg.vae.block_out_channels, cfg.vae.norm_num_groups = (8, 8, 8, 8), 4
+    cfg.unet = training.UNetConfig(block_out_channels=(16, 32), cross_attention_dim=32, norm_num_groups=8)
+    cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
+    return cfg
+
+
+def tiny_proxy_editor(out: Path, seed: int = 0) -> Path:
+    """A random-weight editor with proxy-ip2p's geometry saved in diffusers layout at ``out`` (recorded as an
+    editor of the textured world, as training records it): loads with load_editor, edits, does not edit well."""
+    from danp_pipeline.micro import textures, training, world
+    from danp_pipeline.micro.tokenizer import build_tokenizer
+
+    cfg = tiny_proxy_config()
+    torch.manual_seed(seed)
+    vae = training.make_vae(cfg.vae, textures.SIZE)
+    unet = training.make_unet(cfg.unet, cfg.vae.latent_channels, textures.SIZE // textures.LATENT_FACTOR)
+    tok = build_tokenizer(world.vocabulary(), out.parent / f"{out.name}-tokenizer", model_max_length=16)
+    text = training.make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
+    training.save_editor(out, vae, unet, text, tok, {"config": {"world": cfg.world}}, cfg.prediction_type)
+    return out

@@ -127,33 +127,43 @@ def configure_micro_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("heldout", "train"), default=m.split,
                         help="held-out scenes and wordings (the benchmark; default), or training scenes with the "
                              "other training wording as the unseen one (development: choose methods here)")
-    parser.add_argument("--editors", type=_csv_list(str), default=m.editors,
-                        help=f"protect against the first, edit with each (default {','.join(m.editors)})")
+    parser.add_argument("--world", choices=tuple(C.MICRO_WORLDS), default=m.world,
+                        help="flat: the 64x64 micro world; textured: the same scenes at 128x128 with texture, for "
+                             f"the SD-like proxy editors, square scenes only (default {m.world})")
+    defaults = "; ".join(f"{name}: {','.join(editors)}" for name, (editors, _) in C.MICRO_WORLDS.items())
+    parser.add_argument("--editors", type=_csv_list(str), default=(),
+                        help=f"protect against the first, edit with each (default: the world's; {defaults})")
     parser.add_argument("--protect-set", choices=("own", "kinds"), default=m.protect_set,
                         help="protect against the attacker's instruction (own) or it and one edit of every other "
                              "kind on the same object (kinds: several prompts per photo; default own)")
     add_comparison_options(parser, MicroSuiteConfig, "the scenes' sizes and aspects, in either view")
     add_workers_option(parser, m.workers)
-    add_attack_options(parser, omit=("method", "resolution"))    # the micro world's size is the resolution
+    add_attack_options(parser, omit=("method", "resolution"), budgets=True)    # the world's size is the resolution
 
 
 def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
-    from ..micro.world import SIZE
+    from ..micro import worlds
 
-    attack = attack_config(args).replace(resolution=SIZE)     # the micro world's photos and editors
-    return MicroSuiteConfig(editors=tuple(args.editors), scenes=args.scenes, scene_seed=args.scene_seed,
-                            methods=tuple(args.methods), attack=attack, seeds=tuple(args.seeds),
-                            transforms=tuple(args.transforms), view=args.view, device=args.device, workers=args.workers,
-                            size_variants=tuple(args.size_variants), protect_set=args.protect_set,
-                            split=args.split)
+    size = worlds.get(args.world).size      # the world's photos and editors
+    if not args.eps:
+        raise ValueError("--eps must name at least one budget, got none")
+    # the profile's step size at each budget; an explicit --step-size at all of them
+    attacks = tuple(attack_config(args, eps=eps).replace(resolution=size) for eps in args.eps)
+    return MicroSuiteConfig(world=args.world, editors=tuple(args.editors), scenes=args.scenes,
+                            scene_seed=args.scene_seed, methods=tuple(args.methods), attack=attacks[0],
+                            budgets=attacks if len(attacks) > 1 else (), seeds=tuple(args.seeds),
+                            transforms=tuple(args.transforms), view=args.view, device=args.device,
+                            workers=args.workers, size_variants=tuple(args.size_variants),
+                            protect_set=args.protect_set, split=args.split)
 
 
 def run_micro_bench(args: argparse.Namespace) -> int:
     from ..evaluation import micro_suite
 
     config = micro_suite_config(args)
-    logger.info("micro benchmark: %d scene(s) × %d method(s) × %d seed(s), editors %s", config.scenes,
-                len(config.methods), len(config.seeds), ", ".join(config.editors))
+    logger.info("micro benchmark, %s world: %d scene(s) × %d method(s) × %d budget(s) × %d seed(s), editors %s",
+                config.world, config.scenes, len(config.methods), len(config.attacks), len(config.seeds),
+                ", ".join(config.editors))
     paths = micro_suite.run(config, args.output)
     logger.info("report: %s (table), %s (summary)", paths["parquet"], paths["summary"])
     return 0

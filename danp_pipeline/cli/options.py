@@ -26,7 +26,19 @@ def _storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-options", default="{}", help="JSON passed to fsspec (endpoint_url, key, …)")
 
 
-def _csv_list(kind: type) -> Callable[[str], tuple]:
+def _budget(text: str) -> float:
+    """An L∞ budget on the [0,1] scale: a number (``0.03``) or 8-bit levels over 255 (``8/255``)."""
+    number, sep, denominator = text.strip().partition("/")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a budget is a number on the [0,1] scale or levels as N/255, got {text!r}")
+    if sep and denominator.strip() != "255":
+        raise argparse.ArgumentTypeError(f"a budget in 8-bit levels is written N/255, got {text!r}")
+    return value / 255 if sep else value
+
+
+def _csv_list(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
     return parse
@@ -34,16 +46,23 @@ def _csv_list(kind: type) -> Callable[[str], tuple]:
 
 # -- attack options (run, ingest, eval, micro-bench, bench) ----------------------------------------
 
-def add_attack_options(parser: argparse.ArgumentParser, omit: tuple[str, ...] = ()) -> None:
+def add_attack_options(parser: argparse.ArgumentParser, omit: tuple[str, ...] = (), budgets: bool = False) -> None:
     """Options shared by every command that runs the immunizer; defaults come from AttackConfig. ``omit``:
     attack settings the command decides itself (eval's ``--methods`` decides ``method``; bench's own
-    ``--path`` and ``--precision``), offered neither as a flag here nor as an ``--attack-option`` key."""
+    ``--path`` and ``--precision``), offered neither as a flag here nor as an ``--attack-option`` key.
+    ``budgets``: ``--eps`` takes a comma-separated list (a budget curve; attack_config(args, eps=…) per item)."""
     d = AttackConfig()
     parser.set_defaults(attack_omitted=tuple(omit))
     g = parser.add_argument_group("attack (docs/method.md)")
     if "method" not in omit:
         g.add_argument("--method", default=d.method, choices=C.METHODS, help=f"objective (default {d.method})")
-    g.add_argument("--eps", type=float, default=d.eps, help=f"L∞ budget γ on the [0,1] scale (default {d.eps})")
+    if budgets:
+        g.add_argument("--eps", type=_csv_list(_budget), default=(d.eps,),
+                       help="L∞ budgets γ, comma-separated: each on the [0,1] scale or in 8-bit levels as N/255 "
+                            f"(2/255,4/255,8/255,16/255 runs every method at each; default {d.eps})")
+    else:
+        g.add_argument("--eps", type=_budget, default=d.eps,
+                       help=f"L∞ budget γ on the [0,1] scale, or in 8-bit levels as N/255 (default {d.eps})")
     g.add_argument("--steps", type=int, default=d.steps, help=f"PGD iterations N (default {d.steps})")
     g.add_argument("--step-size", type=float, default=None,
                    help="PGD step α (default 1/255; --profile fast: a fixed fraction of --eps). An explicit "
@@ -75,10 +94,12 @@ def _attack_option_keys(omit: tuple[str, ...] = ()) -> list[str]:
     return [name for name in AttackConfig.__dataclass_fields__ if name not in _ATTACK_FLAGS + tuple(omit)]
 
 
-def attack_config(args: argparse.Namespace) -> AttackConfig:
+def attack_config(args: argparse.Namespace, eps: float | None = None) -> AttackConfig:
+    """The attack the options describe (at budget ``eps`` if given, else ``--eps``), under ``--profile``; logs a
+    warning when its steps cannot reach the budget."""
     d, omitted = AttackConfig(), getattr(args, "attack_omitted", ())
     fields = {
-        "method": getattr(args, "method", d.method), "eps": args.eps, "steps": args.steps,
+        "method": getattr(args, "method", d.method), "eps": args.eps if eps is None else eps, "steps": args.steps,
         "num_timesteps": args.timesteps, "timesteps": args.timestep_mode,
         "resolution": getattr(args, "resolution", d.resolution), "seed": args.seed,
     }

@@ -239,7 +239,7 @@ def test_micro_suite_attacker_view_feeds_full_size_photos_of_every_aspect(quick_
     assert len(df) == 3 * 2 and set(df["case"]) == {0, 1, 2}   # variants × (own, unseen); one case per variant
     assert (df["linf_levels"] <= 8).all() and set(df["protected_against"]) <= {2, 3}
     summary = (out / "summary.md").read_text()
-    assert "| danp | 4x-4:5 |" in summary and "| danp | small-3:2 |" in summary
+    assert "| danp | 7.65/255 | 4x-4:5 |" in summary and "| danp | 7.65/255 | small-3:2 |" in summary
 
 
 def test_a_suite_worker_exits_when_its_driver_is_killed(tmp_path) -> None:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_proxy_config, tiny_proxy_editor
 
 from danp_pipeline.micro import textures, training, world
 
@@ -71,26 +72,10 @@ def test_proxy_variants_have_sd_geometry() -> None:
     assert a.seed != b.seed and a.unet != b.unet and a.vae.block_out_channels != b.vae.block_out_channels
 
 
-def _tiny_proxy_config() -> training.EditorConfig:
-    cfg = training.variant_proxy(training.EditorConfig())
-    cfg.vae.block_out_channels, cfg.vae.norm_num_groups = (8, 8, 8, 8), 4
-    cfg.unet = training.UNetConfig(block_out_channels=(16, 32), cross_attention_dim=32, norm_num_groups=8)
-    cfg.text = training.TextConfig(hidden_size=32, intermediate_size=64)
-    return cfg
-
-
 def test_a_proxy_editor_saves_and_loads_with_8x_4_channel_latents(tmp_path) -> None:
-    from danp_pipeline.micro.tokenizer import build_tokenizer
     from danp_pipeline.protect.models import load_editor
 
-    cfg = _tiny_proxy_config()
-    torch.manual_seed(0)
-    vae = training.make_vae(cfg.vae, textures.SIZE)
-    unet = training.make_unet(cfg.unet, cfg.vae.latent_channels, textures.SIZE // textures.LATENT_FACTOR)
-    tok = build_tokenizer(world.vocabulary(), tmp_path / "tok", model_max_length=16)
-    text = training.make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
-    training.save_editor(tmp_path / "editor", vae, unet, text, tok, {"config": {}}, cfg.prediction_type)
-    bundle = load_editor(str(tmp_path / "editor"), device="cpu")
+    bundle = load_editor(str(tiny_proxy_editor(tmp_path / "editor")), device="cpu")
     assert bundle.kind == "ip2p" and bundle.vae_scale_factor == 8 and bundle.unet.config.in_channels == 8
     x = training.to_tensor(textures.render_scene(3).image[None])
     with torch.no_grad():
@@ -119,7 +104,7 @@ def test_denoiser_training_resumes_where_its_checkpoint_stopped(tmp_path) -> Non
     src = torch.randn(len(edits.scenes), 4, 8, 8, generator=g)
     tgt = torch.randn(len(edits.targets), 4, 8, 8, generator=g)
     masks = torch.nn.functional.avg_pool2d(torch.from_numpy(edits.object_masks).float()[:, None], 8)[:, 0]
-    cfg = _tiny_proxy_config()
+    cfg = tiny_proxy_config()
     cfg.steps, cfg.batch, cfg.checkpoint_every, cfg.checkpoint_every_s, cfg.time_budget_s = 5, 4, 3, 0.0, 0.0
     ids = training.tokenize(tok, edits.texts)
     args = (cfg, tok, src, tgt, torch.from_numpy(edits.index), ids)
