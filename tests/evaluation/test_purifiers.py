@@ -1,8 +1,12 @@
-"""The attacker's purifiers (evaluation/purifiers.py)."""
+"""The attacker's purifiers (evaluation/purifiers.py) and the worst-case-over-the-suite summary
+(evaluation/report.py)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import photo
 
@@ -10,6 +14,7 @@ from danp_pipeline.config import EditConfig, EvalConfig, MicroSuiteConfig, Purif
 from danp_pipeline.evaluation import purifiers as P
 from danp_pipeline.evaluation.attacker import TRANSFORMS, attackers_copy
 from danp_pipeline.evaluation.metrics import psnr
+from danp_pipeline.evaluation.report import purification_section, purification_table
 from danp_pipeline.micro import world
 from danp_pipeline.protect.models import load_editor
 
@@ -134,3 +139,35 @@ def test_the_attacker_purifies_after_the_platforms_jpeg_and_before_or_after_the_
     assert np.array_equal(P.attackers_input(file, "jpeg75", on_file, copy, 0), expected_file)
     assert np.array_equal(P.attackers_input(file, "jpeg75", on_copy, copy, 0), 255 - copy(file, "jpeg75"))
     assert on_file.seen == [(192, 256, 3)] and on_copy.seen == [(48, 64, 3)]
+
+
+# -- the summary ---------------------------------------------------------------------------------------
+
+def test_worst_case_over_the_suite_on_synthetic_rows():
+    """Per photo the attacker keeps the purifier (or none) with the lowest protection; seeds are averaged."""
+    values = {  # method -> photo -> purifier -> the two seeds' measures
+        "a": {"p1": {"none": (0.3, 0.5), "jpeg75": (0.2, 0.2), "diffpure": (0.3, 0.3)},
+              "p2": {"none": (0.6, 0.6), "jpeg75": (0.5, 0.5), "diffpure": (0.0, 0.2)}},
+        "b": {"p1": {"none": (0.2, 0.2), "jpeg75": (0.4, 0.4), "diffpure": (0.3, 0.3)},
+              "p2": {"none": (0.2, 0.2), "jpeg75": (0.3, 0.3), "diffpure": (0.2, 0.4)}},
+        "c": {"p1": {"none": (0.0, 0.0), "jpeg75": (0.1, 0.1), "diffpure": (0.0, 0.0)}},
+    }
+    rows = [{"method": m, "transform": "none", "photo": p, "purifier": pur, "seed": s, "edit_mse": v}
+            for m, photos in values.items() for p, purs in photos.items() for pur, vs in purs.items()
+            for s, v in enumerate(vs)]
+    df = pd.DataFrame(rows)
+    a, b, c = purification_table(df, ["method", "transform"], ["photo"], "edit_mse")
+    assert a["purifiers"] == pytest.approx({"none": 0.5, "jpeg75": 0.35, "diffpure": 0.2})
+    assert a["suite_mean"] == pytest.approx(0.275) and a["units"] == 2
+    assert a["worst_case"] == pytest.approx(0.15)          # p1: jpeg75 0.2, p2: diffpure 0.1
+    assert a["surviving"] == pytest.approx(0.3) and a["worst_purifier"] == "jpeg75"   # tie: the suite's order
+    assert b["worst_case"] == pytest.approx(0.2) and b["surviving"] == pytest.approx(1.0)
+    assert b["worst_purifier"] == "none"                  # purifying only helps the protection here
+    assert c["worst_case"] == 0 and math.isnan(c["surviving"])
+    text = "\n".join(purification_section(df, ["method", "transform"], ["photo"], "edit_mse", lambda v: f"{v:.3f}",
+                                          "Edit MSE"))
+    assert "| method | transform | none | jpeg75 | diffpure | suite mean | worst case | attacker's choice | " \
+           "surviving |" in text
+    assert "| a | none | 0.500 | 0.350 | 0.200 | 0.275 | 0.150 | jpeg75 | 30% |" in text
+    assert "| c | none | 0.000 | 0.100 | 0.000 | 0.050 | 0.000 | none | n/a |" in text
+    assert purification_section(df[df.purifier == "none"], ["method"], ["photo"], "edit_mse", str, "") == []
