@@ -21,7 +21,8 @@ square or at 3:2, 16:9, 4:5, or smaller than the editor) protected at full size 
 attacker (Pillow Lanczos, long side = the editor's size, aspect kept, centred crop to the VAE factor)
 before the edit; the ground truth is the same scene drawn in that copy's frame. In the editor view
 the same frame's scene is protected at the editor's size (the reference the attacker's view is
-measured against). ``transforms`` adds a JPEG re-encoding of the protected file first. The
+measured against). ``transforms`` adds a JPEG re-encoding of the protected file first, ``purifiers``
+what the attacker may run on the downloaded file before every editor's edit (purifiers.py). The
 micro-editors are small proxies trained in this project, not Stable Diffusion: their numbers rank
 methods on a known task, they do not promise how a method does against a real editor.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import product
 
 import numpy as np
 
@@ -43,7 +45,8 @@ from .attacker import attackers_copy, variant_shape
 from .editing import Editor
 from .metrics import psnr, ssim
 from .objective_probe import ObjectiveProbe
-from .report import amplify
+from .purifiers import attackers_input, build_suite
+from .report import amplify, purification_section, unpurified
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ class MicroSuite:
         bundle = self.bundles[self.protected_editor]
         self.immunizers = {m: Immunizer(bundle, method_config(m, config.attack)) for m in config.methods}
         self.probe = ObjectiveProbe(bundle, config.attack)
+        self.purifiers = build_suite(config.purifiers, config.purify, self.protected_editor, self.bundles, world.SIZE,
+                                     device=config.device, edit_config=micro_edit_config)
 
     def settings(self, case: Case) -> list[tuple[str, str, world.EditSample]]:
         """(attack editor, prompt set, sample) triples the attacker plays."""
@@ -148,8 +153,8 @@ class MicroSuite:
                     "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
-            for transform in cfg.transforms:
-                seen = self.seen(result.pixels, transform)
+            for transform, purifier in product(cfg.transforms, self.purifiers.values()):
+                seen = attackers_input(result.pixels, transform, purifier, self.seen, cfg.purify.seed)
                 # DANP's terms on the protected editor's copy against the clean copy (the edits' reference)
                 objective = self.probe(clean_seen, seen, [case.own.instruction])
                 for editor_name, prompt_set, sample in self.settings(case):
@@ -157,15 +162,16 @@ class MicroSuite:
                         edit = self.editors[editor_name](seen, sample.instruction, seed)
                         clean_edit, clean_ok = clean[(editor_name, prompt_set, seed)]
                         rows.append({**base, "attack_editor": editor_name, "prompt_set": prompt_set,
-                                     "transform": transform, "seed": seed, "instruction": sample.instruction,
+                                     "transform": transform, "purifier": purifier.name, "seed": seed,
+                                     "instruction": sample.instruction,
                                      **objective,
                                      "edit_success_clean": clean_ok,
                                      "edit_success_protected": world.edit_success(edit, sample)[0],
                                      "edits_psnr": psnr(clean_edit, edit), "edits_ssim": ssim(clean_edit, edit),
                                      "target_psnr_clean": psnr(sample.target, clean_edit),
                                      "target_psnr_protected": psnr(sample.target, edit)})
-                        if (transform, editor_name, prompt_set, seed) == ("none", self.protected_editor, "own",
-                                                                          cfg.seeds[0]):
+                        if (transform, purifier.name, editor_name, prompt_set, seed) == (
+                                "none", "none", self.protected_editor, "own", cfg.seeds[0]):
                             levels = immunizer.config.linf_levels_bound
                             panels.append([clean_seen, seen, amplify(clean_seen, seen, levels), clean_edit, edit,
                                            case.own.target])
@@ -226,7 +232,7 @@ def summary_table(df) -> list[dict]:
 
 
 def summary_markdown(df, settings: dict) -> str:
-    records = summary_table(df)
+    records = summary_table(unpurified(df))
     header = ["method", "size", "attack editor", "prompts", "transform", "n", "edit success clean",
               "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
               "NBA on the copy↓", "fidelity PSNR", "s/photo"]
@@ -245,6 +251,9 @@ def summary_markdown(df, settings: dict) -> str:
             r["method"], r["variant"], r["attack_editor"], r["prompt_set"], r["transform"], r["n"],
             r["edit_success_clean"], r["edit_success_protected"], r["success_reduction"], r["edits_psnr"],
             r["edits_ssim"], r["target_psnr_protected"], r["nba"], r["fidelity_psnr"], r["seconds"])) + " |")
+    drop = df.assign(success_drop=df["edit_success_clean"].astype(float) - df["edit_success_protected"].astype(float))
+    lines += purification_section(drop, GROUP, ["case"], "success_drop", lambda v: f"{100 * v:.0f} pts",
+                                  "Reduction of the edit success (clean − protected) in points, over scenes × seeds")
     import json
 
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",

@@ -1,5 +1,5 @@
-"""The attacker's purifiers (evaluation/purifiers.py) and the worst-case-over-the-suite summary
-(evaluation/report.py)."""
+"""The attacker's purifiers (evaluation/purifiers.py), their wiring into eval and micro-bench, and the
+worst-case-over-the-suite summary (evaluation/report.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import photo
+from PIL import Image
 
+from danp_pipeline import cli
 from danp_pipeline.config import EditConfig, EvalConfig, MicroSuiteConfig, PurifyConfig
 from danp_pipeline.evaluation import purifiers as P
 from danp_pipeline.evaluation.attacker import TRANSFORMS, attackers_copy
@@ -171,3 +173,49 @@ def test_worst_case_over_the_suite_on_synthetic_rows():
     assert "| a | none | 0.500 | 0.350 | 0.200 | 0.275 | 0.150 | jpeg75 | 30% |" in text
     assert "| c | none | 0.000 | 0.100 | 0.000 | 0.050 | 0.000 | none | n/a |" in text
     assert purification_section(df[df.purifier == "none"], ["method"], ["photo"], "edit_mse", str, "") == []
+
+
+# -- the commands --------------------------------------------------------------------------------------
+
+def test_purifiers_and_their_settings_come_from_the_command_line():
+    args = cli.command_parser("micro-bench").parse_args(
+        ["out", "--purifiers", "jpeg75,diffpure", "--purify-option", "strength=0.1", "--purify-option", "tile=32"])
+    config = cli.micro_suite_config(args)
+    assert config.purifiers == ("none", "jpeg75", "diffpure") and config.purify.strength == 0.1
+    assert config.purify.tile == 32
+    assert cli.micro_suite_config(cli.command_parser("micro-bench").parse_args(["out"])).purifiers == ("none",)
+    bad = cli.command_parser("eval").parse_args(["in", "out", "--purify-option", "sigma=3"])
+    with pytest.raises(ValueError, match="--purify-option expects KEY=VALUE with KEY one of noise_sigma"):
+        cli.eval_inputs(bad)
+
+
+def test_micro_bench_edits_every_purified_file_and_reports_the_worst_case(tmp_path):
+    out = tmp_path / "suite"
+    argv = ["micro-bench", str(out), "--editors", "micro-ip2p", "--scenes", "1", "--methods", "random", "--seeds", "0",
+            "--purifiers", "jpeg75,diffpure", "--purify-option", "steps=4"]
+    assert cli.entrypoint(argv) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 3 * 2                                 # (none, jpeg75, diffpure) × (own, unseen)
+    assert df["purifier"].tolist() == ["none"] * 2 + ["jpeg75"] * 2 + ["diffpure"] * 2
+    assert (df.groupby("prompt_set")["edits_psnr"].nunique() == 3).all()   # each purified file edited anew
+    summary = (out / "summary.md").read_text()
+    assert "## Purification" in summary and "| worst case | attacker's choice | surviving |" in summary
+    assert summary.count("| random | micro-ip2p | 4x-1:1 | micro-ip2p | own | none |") == 1   # purification table
+    assert summary.count("| random | 4x-1:1 | micro-ip2p | own | none | 1 |") == 1           # main table: unpurified
+
+
+def test_eval_edits_every_purified_photo_and_reports_the_worst_case(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(photo("astronaut", (64, 64))).save(folder / "astronaut.png")
+    out = tmp_path / "report"
+    args = cli.command_parser("eval").parse_args(
+        [str(folder), str(out), "--prompt", "add fire", "--methods", "random", "--seeds", "0", "--transforms", "none",
+         "--purifiers", "jpeg75,noisy-upscale,diffpure", "--purify-option", "steps=2", "--steps", "1",
+         "--resolution", "64", "--editor-steps", "2", "--eps", "0.06"])
+    assert cli.run_command("eval", args) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    assert df["purifier"].tolist() == ["none", "jpeg75", "noisy-upscale", "diffpure"]
+    assert df.loc[df.purifier != "none", "edit_mse"].gt(0).all()
+    summary = (out / "summary.md").read_text()
+    assert "| method | transform | none | jpeg75 | noisy-upscale | diffpure | suite mean | worst case |" in summary
