@@ -41,6 +41,16 @@ EVAL_METHODS: dict[str, dict[str, Any]] = {
 #: Robustness transforms the evaluation applies to a protected photo before the edit ("none": efficacy).
 ROBUSTNESS_TRANSFORMS: tuple[str, ...] = ("none", "jpeg95", "jpeg75", "jpeg50", "resize", "blur")
 
+#: Purifiers the attacker may run on the protected file after downloading it and before the edit
+#: (evaluation/purifiers.py, settings in PurifyConfig); "none" is the unpurified file.
+PURIFIERS: tuple[str, ...] = ("none", "jpeg75", "noise-jpeg", "noisy-upscale", "diffpure", "gridpure", "reconstruct")
+#: The other editor that `reconstruct` uses when PurifyConfig.reconstruct_editor is not given, by the attacker's
+#: editor (test and micro editors; against a real editor the other one must be named).
+RECONSTRUCT_EDITORS: dict[str, str] = {
+    "tiny-ip2p": "tiny-sd", "tiny-sd": "tiny-ip2p", "micro-ip2p": "micro-ip2p-b", "micro-ip2p-b": "micro-ip2p",
+    "proxy-ip2p": "proxy-ip2p-b", "proxy-ip2p-b": "proxy-ip2p",
+}
+
 #: Full-size photos of the attacker view (evaluation/attacker.py): 4× the editor's size, square and at
 #: three aspect ratios, and one smaller than the editor's size.
 SIZE_VARIANTS: tuple[str, ...] = ("4x-1:1", "4x-3:2", "4x-16:9", "4x-4:5", "small-3:2")
@@ -470,6 +480,77 @@ class EditConfig:
 
 
 @dataclass(frozen=True)
+class PurifyConfig:
+    """The purifiers' parameters (evaluation/purifiers.py). ``jpeg75`` and ``noise-jpeg`` re-encode at JPEG
+    quality 75 (their name); the model-based ones are seeded with ``seed`` and deterministic."""
+
+    noise_sigma: float = 4 / 255        # noise-jpeg, noisy-upscale: Gaussian noise σ on the [0,1] pixel scale
+    upscale_factor: int = 2             # noisy-upscale: down by this factor, noise, up again
+    upscale_filter: str = "bicubic"     # noisy-upscale: the Pillow filter of both resizes
+    strength: float = 0.3               # diffpure, gridpure: noised to t* = strength · T (the editor's T)
+    steps: int = 20                     # diffpure, gridpure: deterministic DDIM steps from t* back to 0
+    editor: str | None = None           # diffpure, gridpure: whose VAE and UNet; None: the attacker's editor
+    tile: int | None = None             # gridpure: tile side in pixels; None: the editor's size (resolution)
+    tile_overlap: float = 0.25          # gridpure: overlap of neighbouring tiles, a fraction of the tile in [0, 1)
+    reconstruct_editor: str | None = None   # reconstruct: the other editor; None: RECONSTRUCT_EDITORS[attacker's]
+    reconstruct_instruction: str = ""   # reconstruct: the identity instruction it edits with
+    reconstruct_strength: float = 0.3   # reconstruct with an sd editor: img2img strength (ip2p has none)
+    reconstruct_steps: int | None = None    # reconstruct: inference steps; None: the other editor's own
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "PurifyConfig":
+        _positive("noise_sigma", self.noise_sigma, allow_zero=True)
+        _integer("upscale_factor", self.upscale_factor, 1)
+        _choice("upscale_filter", self.upscale_filter, RESIZE_FILTERS)
+        for name in ("strength", "reconstruct_strength"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        _integer("steps", self.steps, 1)
+        for name in ("editor", "reconstruct_editor"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{name} must be None or an editor name, got {value!r}")
+        if self.tile is not None:
+            _integer("tile", self.tile, 8)
+        if not isinstance(self.tile_overlap, (int, float)) or not 0 <= self.tile_overlap < 1:
+            raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap!r}")
+        if not isinstance(self.reconstruct_instruction, str):
+            raise ValueError(f"reconstruct_instruction must be a string, got {self.reconstruct_instruction!r}")
+        if self.reconstruct_steps is not None:
+            _integer("reconstruct_steps", self.reconstruct_steps, 1)
+        _integer("seed", self.seed, 0)
+        return self
+
+    def reconstruct_for(self, attacker: str) -> str:
+        """The editor ``reconstruct`` uses against ``attacker``'s editor: never the attacker's own."""
+        other = self.reconstruct_editor or RECONSTRUCT_EDITORS.get(attacker)
+        if other is None:
+            raise ValueError(f"purifier 'reconstruct' needs reconstruct_editor: an editor other than the "
+                             f"attacker's {attacker!r} (defaults exist only for {list(RECONSTRUCT_EDITORS)})")
+        if other == attacker:
+            raise ValueError(f"reconstruct_editor must differ from the attacker's editor, got {other!r}")
+        return other
+
+    def replace(self, **changes: Any) -> "PurifyConfig":
+        return dataclasses.replace(self, **changes)   # validated on construction
+
+
+def _purifiers(value: Any, purify: Any, attacker: str) -> None:
+    """``purifiers``: names from PURIFIERS, "none" (the unpurified file) among them, no repeats."""
+    _tuple("purifiers", value, lambda v: v in PURIFIERS, f"names from {list(PURIFIERS)}")
+    if "none" not in value or len(set(value)) != len(value):
+        raise ValueError(f"purifiers must include 'none' and name each purifier once, got {list(value)}")
+    if not isinstance(purify, PurifyConfig):
+        raise ValueError(f"purify must be a PurifyConfig, got {purify!r}")
+    if "reconstruct" in value:
+        purify.reconstruct_for(attacker)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """One evaluation (evaluation/evaluate.py): the editor, the methods, the shared attack budget and
     the attacker's edit."""
@@ -485,6 +566,8 @@ class EvalConfig:
     view: str = "editor"                    # "editor": photos at the editor's size; "attacker": full size
     attacker_filters: tuple[str, ...] = ("lanczos", "bicubic", "bilinear")   # attacker view: Pillow filters
     size_variants: tuple[str, ...] = EVAL_SIZE_VARIANTS                    # attacker view: full-size photos
+    purifiers: tuple[str, ...] = ("none",)  # what the attacker may run on the file before the edit (PURIFIERS)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
     lpips_weights: str | None = None
     device: str | None = None
 
@@ -510,6 +593,7 @@ class EvalConfig:
         _tuple("attacker_filters", self.attacker_filters, lambda v: v in RESIZE_FILTERS,
                f"names from {list(RESIZE_FILTERS)}")
         _tuple("size_variants", self.size_variants, lambda v: v in SIZE_VARIANTS, f"names from {list(SIZE_VARIANTS)}")
+        _purifiers(self.purifiers, self.purify, self.model)
         return self
 
     def settings(self) -> dict:
@@ -564,6 +648,10 @@ class MicroSuiteConfig:
     split: str = "heldout"
     device: str | None = None
     workers: int = 1                            # parallel Ray workers (evaluation/workers.py), one torch thread each
+    # What the attacker may run on the protected file before the edit (PURIFIERS; model-based ones default to
+    # editors[0], the editor protected against); every purified file is edited by every editor.
+    purifiers: tuple[str, ...] = ("none",)
+    purify: PurifyConfig = field(default_factory=PurifyConfig)
 
     def __post_init__(self) -> None:
         if self.editors == () and self.world in MICRO_WORLDS:
@@ -608,6 +696,7 @@ class MicroSuiteConfig:
         _choice("protect_set", self.protect_set, ("own", "kinds"))
         _choice("split", self.split, ("heldout", "train"))
         _integer("workers", self.workers, 1)
+        _purifiers(self.purifiers, self.purify, self.editors[0])
         return self
 
     @property

@@ -12,8 +12,9 @@ from ..config import (
     EditConfig,
     EvalConfig,
     MicroSuiteConfig,
+    PurifyConfig,
 )
-from .options import _csv_list, _default, add_attack_options, attack_config
+from .options import _csv_list, _default, _parse_value, add_attack_options, attack_config
 
 logger = logging.getLogger("danp_pipeline")
 
@@ -38,6 +39,24 @@ def add_comparison_options(parser: argparse.ArgumentParser, cls: type, size_vari
     parser.add_argument("--size-variants", type=_csv_list(str), default=_default(cls, "size_variants"),
                         help=f"from {','.join(C.SIZE_VARIANTS)}: {size_variants_help} "
                              f"(default {','.join(_default(cls, 'size_variants'))})")
+    parser.add_argument("--purifiers", type=_csv_list(str), default=(),
+                        help=f"purifiers the attacker may run on the downloaded file before the edit, from "
+                             f"{','.join(C.PURIFIERS[1:])}; each is evaluated beside the unpurified file, and the "
+                             "summary reports the attacker's best choice per photo (default: none)")
+    parser.add_argument("--purify-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a purifier setting (repeatable), one of: " + ", ".join(PurifyConfig.__dataclass_fields__))
+
+
+def purify_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``purifiers`` (the unpurified file first) and ``purify`` for EvalConfig and MicroSuiteConfig."""
+    d, options = PurifyConfig(), {}
+    for item in args.purify_option:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in PurifyConfig.__dataclass_fields__:
+            raise ValueError(f"--purify-option expects KEY=VALUE with KEY one of "
+                             f"{', '.join(PurifyConfig.__dataclass_fields__)}; got {item!r}")
+        options[key] = _parse_value(raw, getattr(d, key))
+    return {"purifiers": ("none", *(p for p in args.purifiers if p != "none")), "purify": d.replace(**options)}
 
 
 def add_workers_option(parser: Any, default: int) -> None:
@@ -82,7 +101,7 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
                       edit=edit, seeds=tuple(args.seeds), transforms=tuple(args.transforms),
                       protect_prompts=tuple(args.protect_prompt), lpips_weights=args.lpips_weights,
                       device=args.device, view=args.view, attacker_filters=tuple(args.attacker_filters),
-                      size_variants=tuple(args.size_variants))
+                      size_variants=tuple(args.size_variants), **purify_settings(args))
 
 
 def eval_inputs(args: argparse.Namespace) -> tuple[EvalConfig, list]:
@@ -154,7 +173,7 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
                             budgets=attacks if len(attacks) > 1 else (), seeds=tuple(args.seeds),
                             transforms=tuple(args.transforms), view=args.view, device=args.device,
                             workers=args.workers, size_variants=tuple(args.size_variants),
-                            protect_set=args.protect_set, split=args.split)
+                            protect_set=args.protect_set, split=args.split, **purify_settings(args))
 
 
 def run_micro_bench(args: argparse.Namespace) -> int:

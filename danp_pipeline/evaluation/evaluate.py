@@ -8,6 +8,8 @@ with the real editing pipeline, same prompt and seed, for several seeds — and 
 - fidelity, protected vs original: PSNR↑ SSIM↑ L∞ in 8-bit levels;
 - robustness: the efficacy again after the protected photo is JPEG-compressed, resized down and
   up, or blurred before the edit;
+- purification: the efficacy again after each purifier the attacker may run on the downloaded file
+  (``purifiers``; purifiers.py), and under the attacker's best choice per photo;
 - cost: seconds and peak memory (CUDA max allocated on GPU, peak RSS on CPU) per photo and method.
 
 Two views. ``editor`` (default): photos are first resized to the editor's size (``--resolution``),
@@ -30,6 +32,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,7 @@ from .editing import Editor
 from .memory import MEANING, peak_memory
 from .metrics import LPIPS, MetricUnavailable, compare, psnr, ssim
 from .objective_probe import ObjectiveProbe
+from .purifiers import Purifier, attackers_input, build_suite
 from .report import amplify, grid, write_report
 
 logger = logging.getLogger(__name__)
@@ -138,6 +142,9 @@ class Evaluator:
         self.editor = Editor(self.bundle, config.edit)
         self.immunizers = {m: Immunizer(self.bundle, method_config(m, config.attack)) for m in config.methods}
         self.probe = ObjectiveProbe(self.bundle, config.attack)
+        self.purifiers = build_suite(config.purifiers, config.purify, config.model, {config.model: self.bundle},
+                                     config.attack.resolution, device=config.device,
+                                     precision=config.attack.precision)
 
     def __call__(self, pair: Pair) -> tuple[str, list[dict], dict[str, np.ndarray]]:
         if self.config.view == "attacker":
@@ -152,9 +159,13 @@ class Evaluator:
             rows += variant_rows
         return pair.name, rows, grids
 
-    def seen(self, pixels: np.ndarray, view: str, transform: str) -> np.ndarray:
+    def seen(self, pixels: np.ndarray, view: str, transform: str, purifier: Purifier | None = None) -> np.ndarray:
         """What the editor gets: ``none`` = the photo as is (the ``editor`` view); ``own-size`` = a photo
-        already at the editor's size; else the attacker's copy resized with the Pillow filter ``view``."""
+        already at the editor's size; else the attacker's copy resized with the Pillow filter ``view``;
+        ``purifier`` run by the attacker on the way (purifiers.attackers_input)."""
+        if purifier is not None:
+            return attackers_input(pixels, transform, purifier, lambda file, t: self.seen(file, view, t),
+                                   self.config.purify.seed)
         if view == "none":
             return TRANSFORMS[transform](pixels)
         return attackers_copy(pixels, self.config.attack.resolution, self.bundle.vae_scale_factor,
@@ -184,17 +195,17 @@ class Evaluator:
                     "model": self.bundle.model_id, "editor_kind": self.bundle.kind}
             panel = None
             for view in views:
-                for name in cfg.transforms:
-                    seen = self.seen(files[view], view, name)
+                for name, purifier in product(cfg.transforms, self.purifiers.values()):
+                    seen = self.seen(files[view], view, name, purifier)
                     probe = self.probe(clean_seen[view], seen, prompts)
                     for seed in seeds:
                         edit = self.editor(seen, pair.prompt, seed)
                         reference = clean[(view, seed)]
                         scores = compare(reference, edit, _metrics_for(edit), lpips_weights_path=cfg.lpips_weights)
                         mse = float(np.mean(((edit.astype(np.float32) - reference) / 255.0) ** 2))
-                        rows.append({**base, "view": view, "seed": seed, "transform": name, **scores,
-                                     "edit_mse": mse, **probe})
-                        if panel is None and name == "none" and view != "own-size":
+                        rows.append({**base, "view": view, "seed": seed, "transform": name,
+                                     "purifier": purifier.name, **scores, "edit_mse": mse, **probe})
+                        if panel is None and (name, purifier.name) == ("none", "none") and view != "own-size":
                             levels = immunizer.config.linf_levels_bound
                             panel = [clean_seen[view], seen, amplify(clean_seen[view], seen, levels),
                                      reference, edit]

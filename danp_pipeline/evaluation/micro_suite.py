@@ -28,7 +28,8 @@ attacker (Pillow Lanczos, long side = the editor's size, aspect kept, centred cr
 before the edit; the ground truth is the same scene drawn in that copy's frame. In the textured world the
 full-size photo is the 128x128 scene upscaled 4x (Pillow Lanczos) and the ground truth stays the 128x128
 scene. In the editor view the same frame's scene is protected at the editor's size (the reference the
-attacker's view is measured against). ``transforms`` adds a JPEG re-encoding of the protected file first. The
+attacker's view is measured against). ``transforms`` adds a JPEG re-encoding of the protected file first,
+``purifiers`` what the attacker may run on the downloaded file before every editor's edit (purifiers.py). The
 micro-editors are small proxies trained in this project, not Stable Diffusion: their numbers rank
 methods on a known task, they do not promise how a method does against a real editor.
 """
@@ -39,6 +40,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,8 @@ from .budget_curves import as_levels, curve_markdown
 from .editing import Editor
 from .metrics import psnr, ssim
 from .objective_probe import ObjectiveProbe
-from .report import amplify
+from .purifiers import attackers_input, build_suite
+from .report import amplify, purification_section, unpurified
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +149,8 @@ class MicroSuite:
         self.immunizers = {(m, attack.eps): Immunizer(bundle, method_config(m, attack))
                            for m in config.methods for attack in config.attacks}
         self.probe = ObjectiveProbe(bundle, config.attack)
+        self.purifiers = build_suite(config.purifiers, config.purify, self.protected_editor, self.bundles,
+                                     self.world.size, device=config.device, edit_config=micro_edit_config)
 
     def settings(self, case: Case) -> list[tuple[str, str, world.EditSample]]:
         """(attack editor, prompt set, sample) triples the attacker plays."""
@@ -191,8 +196,8 @@ class MicroSuite:
                     "variant": case.variant, "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
-            for transform in cfg.transforms:
-                seen = self.seen(result.pixels, transform)
+            for transform, purifier in product(cfg.transforms, self.purifiers.values()):
+                seen = attackers_input(result.pixels, transform, purifier, self.seen, cfg.purify.seed)
                 # DANP's terms on the protected editor's copy against the clean copy (the edits' reference)
                 objective = self.probe(clean_seen, seen, [case.own.instruction])
                 for editor_name, prompt_set, sample in self.settings(case):
@@ -200,15 +205,16 @@ class MicroSuite:
                         edit = self.editors[editor_name](seen, sample.instruction, seed)
                         clean_edit, clean_ok = clean[(editor_name, prompt_set, seed)]
                         rows.append({**base, "attack_editor": editor_name, "prompt_set": prompt_set,
-                                     "transform": transform, "seed": seed, "instruction": sample.instruction,
+                                     "transform": transform, "purifier": purifier.name, "seed": seed,
+                                     "instruction": sample.instruction,
                                      **objective,
                                      "edit_success_clean": clean_ok,
                                      "edit_success_protected": self.world.edit_success(edit, sample),
                                      "edits_psnr": psnr(clean_edit, edit), "edits_ssim": ssim(clean_edit, edit),
                                      "target_psnr_clean": psnr(sample.target, clean_edit),
                                      "target_psnr_protected": psnr(sample.target, edit)})
-                        if (transform, editor_name, prompt_set, seed) == ("none", self.protected_editor, "own",
-                                                                          cfg.seeds[0]):
+                        if (transform, purifier.name, editor_name, prompt_set, seed) == (
+                                "none", "none", self.protected_editor, "own", cfg.seeds[0]):
                             levels = immunizer.config.linf_levels_bound
                             panels.append([clean_seen, seen, amplify(clean_seen, seen, levels), clean_edit, edit,
                                            case.own.target])
@@ -269,7 +275,7 @@ def summary_table(df) -> list[dict]:
 
 
 def summary_markdown(df, settings: dict) -> str:
-    records = summary_table(df)
+    records = summary_table(unpurified(df))
     world_name = settings.get("world", "flat")
     header = ["method", "budget", "size", "attack editor", "prompts", "transform", "n", "edit success clean",
               "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
@@ -292,8 +298,11 @@ def summary_markdown(df, settings: dict) -> str:
             r["edits_ssim"], r["target_psnr_protected"], r["nba"], r["fidelity_psnr"], r["seconds"])) + " |")
     lines.append("")
     if df["eps"].nunique() > 1:
-        lines += curve_markdown(df)
-    lines += ["## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",
+        lines += curve_markdown(unpurified(df))
+    drop = df.assign(success_drop=df["edit_success_clean"].astype(float) - df["edit_success_protected"].astype(float))
+    lines += purification_section(drop, GROUP, ["case"], "success_drop", lambda v: f"{100 * v:.0f} pts",
+                                  "Reduction of the edit success (clean − protected) in points, over scenes × seeds")
+    lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",
               "", "Grids (`grids/case-<n>.png`): one row per method and budget; columns: photo | protected (as the "
               "editor gets it) | amplified δ | edit of clean | edit of protected | ground-truth target.", ""]
     return "\n".join(lines)

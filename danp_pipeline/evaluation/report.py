@@ -1,9 +1,11 @@
 """The evaluation report: a Parquet table, a Markdown summary and one picture grid per photo.
 
-``results.parquet`` has one row per (photo, method, edit seed, robustness transform). The summary
-gives mean ± std per method over photos and seeds (efficacy: edit of the protected photo against
+``results.parquet`` has one row per (photo, method, edit seed, robustness transform, purifier). The
+summary gives mean ± std per method over photos and seeds (efficacy: edit of the protected photo against
 edit of the clean one; fidelity: protected against original; cost per photo), then the efficacy
-PSNR/SSIM under each robustness transform. ``grids/<photo>.png`` has one row per method:
+PSNR/SSIM under each robustness transform, all on the unpurified file; with purifiers, the protection
+under each of them and under the attacker's best choice per photo (:func:`purification_table`, shared
+with the micro benchmark). ``grids/<photo>.png`` has one row per method:
 original | protected | amplified δ | edit of clean | edit of protected.
 """
 
@@ -14,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 EFFICACY = (("psnr", "PSNR↓"), ("ssim", "SSIM↓"), ("fsim", "FSIM↓"), ("vifp", "VIFp↓"), ("lpips", "LPIPS↑"))
 FIDELITY = (("fidelity_psnr", "PSNR↑"), ("fidelity_ssim", "SSIM↑"), ("linf_levels", "L∞ (levels)"))
 COST = (("seconds", "s/photo"), ("peak_mem_mb", "peak MiB"))
-COLUMNS = ("photo", "prompt", "method", "variant", "view", "width", "height", "seed", "transform",
+COLUMNS = ("photo", "prompt", "method", "variant", "view", "width", "height", "seed", "transform", "purifier",
            *(c for c, _ in EFFICACY + FIDELITY + COST), "edit_mse", "nba", "daa", "loss_first", "loss_last",
            "memory_kind", "model", "editor_kind")
 PANELS = 5
@@ -75,7 +77,9 @@ def _digits(column: str) -> int:
 def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[str] = (),
                      settings: dict | None = None, transforms: Sequence[str] | None = None) -> str:
     """Mean ± std per method: efficacy (no transform), fidelity and cost, then robustness (columns in
-    the order of ``transforms``, default: first appearance in ``df``)."""
+    the order of ``transforms``, default: first appearance in ``df``), on the unpurified file; then the
+    purification section when ``df`` has purified rows."""
+    purified, df = df, unpurified(df)
     attacked = df[df["view"] != "own-size"]          # the attacker's copies (or the editor-size photos)
     clean = attacked[attacked["transform"] == "none"]
     per_photo = clean.drop_duplicates(["photo", "variant", "method"])
@@ -105,6 +109,10 @@ def summary_markdown(df: pd.DataFrame, methods: Sequence[str], notes: Sequence[s
         parts.append(_table(["method", "none", *transforms], rob_rows))
     if (df["view"] == "own-size").any():
         parts += ["", *_attacker_view_section(df, methods)]
+    parts += purification_section(
+        purified[purified["view"] != "own-size"], ["method", "transform"], ["photo", "variant", "view"], "edit_mse",
+        lambda v: f"{v:.5f}", "Edit MSE of the protected photo's edit against the clean photo's ([0,1]², higher = "
+        "the protection works), mean over photos × seeds (× the attacker's filters in the attacker view)")
     if notes:
         parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]
     if settings:
@@ -138,6 +146,63 @@ def _attacker_view_section(df: pd.DataFrame, methods: Sequence[str]) -> list[str
             "edit of the protected copy against the edit of the clean copy ([0,1]², higher = protection works); "
             "NBA: DANP's noise term on the copy, one fixed draw (more negative = stronger). kept = attacker / own.",
             "", _table(header, rows)]
+
+
+def unpurified(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the unpurified file (``purifier`` "none"; rows without a purifier count as unpurified)."""
+    if "purifier" not in df:
+        return df
+    return df[df["purifier"].fillna("none") == "none"]
+
+
+def purification_table(df: pd.DataFrame, group: Sequence[str], unit: Sequence[str], measure: str) -> list[dict]:
+    """Per ``group`` key: the protection ``measure`` (a number per row, higher = the protection works, 0 = it
+    does nothing) under every purifier, its mean over the suite (the purifiers other than "none"), and the
+    worst case: per ``unit`` (a photo or scene, seeds averaged), the choice of the suite or of no purification
+    that leaves the attacker the best edit (the lowest measure), then averaged over units. ``surviving`` =
+    worst case / unpurified (NaN when the unpurified measure is not positive); ``worst_purifier``: the most
+    frequent choice (ties: the first in the suite's order, "none" first)."""
+    df = df.assign(purifier=df["purifier"].fillna("none"))
+    order = ["none", *(p for p in dict.fromkeys(df["purifier"]) if p != "none")]
+    per_unit = df.groupby([*group, *unit, "purifier"], sort=False, dropna=False)[measure].mean()
+    records = []
+    for key, sub in per_unit.groupby(level=list(range(len(group))), sort=False, dropna=False):
+        table = sub.unstack("purifier").reindex(columns=order)          # units × purifiers
+        means = table.mean()
+        best = table.idxmin(axis=1, skipna=True)                         # the attacker's choice per unit
+        worst = float(table.min(axis=1, skipna=True).mean())
+        none, counts = float(means["none"]), best.value_counts()
+        records.append({**dict(zip(group, key if isinstance(key, tuple) else (key,))), "units": len(table),
+                        "purifiers": {p: float(means[p]) for p in order},
+                        "suite_mean": float(means[order[1:]].mean()) if len(order) > 1 else float("nan"),
+                        "worst_case": worst,
+                        "worst_purifier": max(order, key=lambda p: counts.get(p, 0)),
+                        "surviving": worst / none if none > 0 else float("nan")})
+    return records
+
+
+def purification_section(df: pd.DataFrame, group: Sequence[str], unit: Sequence[str], measure: str,
+                         fmt: Callable[[float], str], meaning: str) -> list[str]:
+    """The summary's purification section (Markdown lines; none without purified rows): the table of
+    :func:`purification_table`, ``fmt`` formatting the measure, ``meaning`` saying what it is."""
+    if "purifier" not in df or set(df["purifier"].fillna("none")) <= {"none"}:
+        return []
+    records = purification_table(df, group, unit, measure)
+    suite = list(records[0]["purifiers"])
+
+    def cell(value: float) -> str:
+        return "n/a" if math.isnan(value) else fmt(value)
+
+    rows = [[*(str(r[g]) for g in group), *(cell(r["purifiers"][p]) for p in suite), cell(r["suite_mean"]),
+             cell(r["worst_case"]), r["worst_purifier"],
+             "n/a" if math.isnan(r["surviving"]) else f"{100 * r['surviving']:.0f}%"] for r in records]
+    header = [*group, *suite, "suite mean", "worst case", "attacker's choice", "surviving"]
+    return ["", "## Purification", "",
+            f"{meaning}, on the file as downloaded (none) and after each purifier the attacker may run before the "
+            "edit (evaluation/purifiers.py); suite mean: over the purifiers. Worst case: for each photo, the "
+            "purifier (or none) that left the attacker the best edit, averaged over photos; attacker's choice: the "
+            "most frequent one. surviving = worst case / none: the share of the protection that survives an "
+            "attacker who purifies.", "", _table(header, rows)]
 
 
 def write_report(rows: list[dict], grids: dict[str, np.ndarray], output_dir: str | os.PathLike,
