@@ -194,6 +194,7 @@ def ray_console(interactive: bool | None = None) -> None:
         return
     import ray.data  # noqa: F401  (configures the "ray.data" logger and its handlers)
 
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+    for handler in logging.getLogger("ray.data").handlers:   # Ray's own console handler, never one of ours
+        if type(handler).__module__.startswith("ray.") and isinstance(handler, logging.StreamHandler) \
+                and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)

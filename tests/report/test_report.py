@@ -139,14 +139,17 @@ def test_ray_progress_reaches_the_console_only_on_a_terminal():
 
     console = [h for h in logging.getLogger("ray.data").handlers if type(h).__name__ == "PlainRayHandler"]
     assert console, "Ray Data's console handler"
+    ours = logging.StreamHandler()                  # e.g. a test's capture, or a handler the user attached
+    logging.getLogger("ray.data").addHandler(ours)
     before = console[0].level
     try:
         progress.ray_console(interactive=True)
         assert console[0].level == before
         progress.ray_console(interactive=False)
-        assert console[0].level == logging.WARNING
+        assert console[0].level == logging.WARNING and ours.level == logging.NOTSET
     finally:
         console[0].setLevel(before)
+        logging.getLogger("ray.data").removeHandler(ours)
 
 
 def _browser() -> str | None:
