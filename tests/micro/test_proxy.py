@@ -145,3 +145,24 @@ def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> No
     info = training.train(cfg, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", resume_run=True)
     assert info["resumed"] == 1 and info["unet_steps_done"] == 4 and "vae_train_s" in info["times_s"]
     assert not (tmp_path / "b" / "vae_stage").exists()
+
+
+def test_the_installed_proxy_still_responds_to_an_attack(tmp_path) -> None:
+    """The measuring stick must move: on four fixed training scenes PhotoGuard's encoder attack at 64/255
+    stops every edit that succeeds clean, uniform noise at the same budget stops none (measured when the
+    proxy was installed: 100 % → 0 % and 100 % → 100 %). A retrained or broken proxy that no attack can
+    move, or that noise moves, fails here."""
+    import pandas as pd
+
+    from danp_pipeline import cli
+
+    out = tmp_path / "gate"
+    argv = ["micro-bench", str(out), "--world", "textured", "--editors", "proxy-ip2p", "--split", "train",
+            "--scenes", "4", "--seeds", "0", "--methods", "pge,random", "--profile", "fast", "--eps", "64/255",
+            "--workers", "1"]
+    assert cli.entrypoint(argv) == 0
+    df = pd.read_parquet(out / "results.parquet")
+    own = df[df["prompt_set"] == "own"].groupby("method")[["edit_success_clean", "edit_success_protected"]].mean()
+    assert own.loc["pge", "edit_success_clean"] >= 0.75                       # the editor edits
+    assert own.loc["pge", "edit_success_protected"] <= own.loc["pge", "edit_success_clean"] - 0.5
+    assert own.loc["random", "edit_success_protected"] == own.loc["random", "edit_success_clean"]
