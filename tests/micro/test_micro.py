@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from danp_pipeline.micro import world
+from danp_pipeline.micro import textures, world
 
 
 def test_render_is_deterministic_and_named_uniquely() -> None:
@@ -97,10 +97,11 @@ def test_the_development_split_uses_training_scenes_and_the_other_training_wordi
 
 
 @pytest.mark.parametrize("split", ["train", "heldout"])
-def test_success_rule_on_ground_truth(split: str) -> None:
-    for s in world.make_split(split, 150, seed=3):
-        assert world.edit_success(s.target, s)[0], s.instruction
-        assert not world.edit_success(s.source, s)[0], s.instruction
+@pytest.mark.parametrize("edit_world, n, seed", [(world, 150, 3), (textures, 60, 5)], ids=["flat", "textured"])
+def test_success_rule_passes_ground_truth_and_fails_the_source(edit_world, n: int, seed: int, split: str) -> None:
+    for s in edit_world.make_split(split, n, seed=seed):
+        assert edit_world.edit_success(s.target, s)[0], s.instruction
+        assert not edit_world.edit_success(s.source, s)[0], s.instruction
 
 
 def test_success_rule_rejects_global_damage() -> None:

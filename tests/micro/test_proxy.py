@@ -44,13 +44,6 @@ def test_textured_edits_keep_the_object_material_and_have_exact_masks() -> None:
             assert s.target[inside].std() > 4                        # textured, not flat
 
 
-@pytest.mark.parametrize("split", ["train", "heldout"])
-def test_textured_success_rule_passes_ground_truth_and_fails_the_source(split: str) -> None:
-    for s in textures.make_split(split, 60, seed=5):
-        assert textures.edit_success(s.target, s)[0], s.instruction
-        assert not textures.edit_success(s.source, s)[0], s.instruction
-
-
 def test_textured_success_rule_tolerates_lost_texture_but_not_global_damage() -> None:
     from PIL import Image, ImageFilter
 
