@@ -2,18 +2,21 @@
 
 A run on 2 CPU cores can outlast a working session, so training is checkpointed to a folder that is
 committed as it appears and resumed by a later session (``danp-protect train-editor ... --resume``). The
-folder holds, next to the loadable editor (EMA weights, diffusers layout, see training.save_editor),
-``resume/``:
+checkpoint folder holds the frozen VAE (``vae/``, fp32, the only copy a resumed run reads) and ``resume/``:
 
-* ``model.safetensors``: the raw (non-EMA) UNet and text encoder weights, fp32, keys ``unet.*``/``text.*``;
-* ``ema.safetensors``: the EMA copies, fp32, unless the checkpoint's editor folder holds them already (its
-  ``unet/`` and ``text_encoder/`` weights, which ``load`` then reads);
-* ``optimizer.safetensors``: AdamW's moments in bfloat16 (half the size; a resumed run's first steps differ
-  from an uninterrupted one's by the rounding), keyed by parameter index, and the sampler's RNG state;
+* ``model.safetensors``: the raw (non-EMA) UNet and text encoder weights, keys ``unet.*``/``text.*``;
+* ``ema.safetensors``: their EMA copies;
+* ``rng.safetensors``: the batch sampler's RNG state;
 * ``state.json``: the step reached, the wall time spent, the loss and attention-share history.
 
-Each file stays far below 10 MB for the proxy editors (about 1.2 M parameters). Written to a temporary folder
-and renamed, so a run killed mid-write leaves the previous checkpoint whole.
+Both weight files are stored in bfloat16 and AdamW's moments are not stored at all: a checkpoint of the
+proxy editors (about 1.5 M parameters) is then 3.3 MB of VAE + 2 x 3.1 MB, under the 10 MB that one
+committed checkpoint may take (fp32 weights, EMA and bf16 moments made 22 MB). A resumed run rebuilds the
+moments with :data:`MOMENT_STEPS` optimizer steps at learning rate 0 on batches of its own RNG, then goes on
+with the step it stopped at; it follows the uninterrupted run up to the weights' rounding (2^-8 relative)
+and the rebuilt moments. Checkpoints of the older layout (fp32 weights, ``optimizer.safetensors`` with
+bf16 moments) still load. Written to a temporary folder and renamed, so a run killed mid-write leaves the
+previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE = "state.json"
+MOMENT_STEPS = 20  # optimizer steps at lr 0 that rebuild AdamW's moments on resume (beta2 = 0.999: bias-corrected)
 
 
 @dataclass
@@ -43,11 +47,15 @@ class DenoiserState:
     elapsed_s: float = 0.0
     losses: list[float] = field(default_factory=list)
     attention_shares: list[float] = field(default_factory=list)
+    moments_missing: bool = False  # resumed from a checkpoint without AdamW's moments: rebuild them first
 
 
 def _weights(unet: torch.nn.Module, text: torch.nn.Module) -> dict[str, torch.Tensor]:
-    out = {f"unet.{k}": v.detach().contiguous() for k, v in unet.state_dict().items()}
-    out.update({f"text.{k}": v.detach().contiguous() for k, v in text.state_dict().items()})
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        return (v.to(torch.bfloat16) if v.is_floating_point() else v).detach().contiguous()
+
+    out = {f"unet.{k}": stored(v) for k, v in unet.state_dict().items()}
+    out.update({f"text.{k}": stored(v) for k, v in text.state_dict().items()})
     return out
 
 
@@ -57,27 +65,16 @@ def _load_weights(path: Path, unet: torch.nn.Module, text: torch.nn.Module) -> N
     text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")})
 
 
-def save(folder: str | Path, s: DenoiserState, extra: dict | None = None, ema: bool = True) -> None:
-    """Write ``s`` to ``folder`` (replaced whole); ``ema=False``: leave the EMA weights to the editor saved in
-    ``folder``'s parent."""
+def save(folder: str | Path, s: DenoiserState, extra: dict | None = None) -> None:
+    """Write ``s`` to ``folder`` (replaced whole)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(_weights(s.unet, s.text), tmp / "model.safetensors")
-    if ema:
-        save_file(_weights(s.ema_unet, s.ema_text), tmp / "ema.safetensors")
-    params = [p for group in s.opt.param_groups for p in group["params"]]
-    moments: dict[str, torch.Tensor] = {"generator": s.generator.get_state()}
-    adam_step = 0.0
-    for i, p in enumerate(params):
-        st = s.opt.state.get(p)
-        if st:
-            moments[f"m.{i}"] = st["exp_avg"].to(torch.bfloat16).contiguous()
-            moments[f"v.{i}"] = st["exp_avg_sq"].to(torch.bfloat16).contiguous()
-            adam_step = float(st["step"])
-    save_file(moments, tmp / "optimizer.safetensors")
-    state = {"step": s.step, "adam_step": adam_step, "elapsed_s": s.elapsed_s, "losses": s.losses,
+    save_file(_weights(s.ema_unet, s.ema_text), tmp / "ema.safetensors")
+    save_file({"generator": s.generator.get_state()}, tmp / "rng.safetensors")
+    state = {"step": s.step, "elapsed_s": s.elapsed_s, "losses": s.losses,
              "attention_shares": s.attention_shares, **(extra or {})}
     (tmp / STATE).write_text(json.dumps(state))
     replace_dir(tmp, folder)
@@ -114,13 +111,15 @@ def load(folder: str | Path, s: DenoiserState) -> DenoiserState:
     else:  # the editor saved next to the state holds them (diffusers / transformers layout, same keys)
         s.ema_unet.load_state_dict(load_file(folder.parent / "unet" / "diffusion_pytorch_model.safetensors"))
         s.ema_text.load_state_dict(load_file(folder.parent / "text_encoder" / "model.safetensors"))
-    moments = load_file(folder / "optimizer.safetensors")
-    s.generator.set_state(moments["generator"])
+    old_layout = (folder / "optimizer.safetensors").is_file()
+    stored = load_file(folder / ("optimizer.safetensors" if old_layout else "rng.safetensors"))
+    s.generator.set_state(stored["generator"])
     params = [p for group in s.opt.param_groups for p in group["params"]]
     for i, p in enumerate(params):
-        if f"m.{i}" in moments:
+        if f"m.{i}" in stored:
             s.opt.state[p] = {"step": torch.tensor(state["adam_step"]),
-                              "exp_avg": moments[f"m.{i}"].to(p.dtype), "exp_avg_sq": moments[f"v.{i}"].to(p.dtype)}
+                              "exp_avg": stored[f"m.{i}"].to(p.dtype), "exp_avg_sq": stored[f"v.{i}"].to(p.dtype)}
+    s.moments_missing = not s.opt.state
     s.step, s.elapsed_s = int(state["step"]), float(state["elapsed_s"])
     s.losses, s.attention_shares = list(state["losses"]), list(state["attention_shares"])
     return s

@@ -459,7 +459,49 @@ def train_denoiser(
     losses, attention_shares = state.losses, state.attention_shares
     t0 = work_clock() - state.elapsed_s
     last_checkpoint = time.time()  # checkpoints follow the wall clock: they are there to survive a session
+
+    def batch_loss(gen: torch.Generator) -> tuple[torch.Tensor, float]:
+        """The training loss of one batch drawn from ``gen`` (records the attention share when supervised),
+        and its denoising part."""
+        b = torch.randint(len(tgt_lat), (cfg.batch,), generator=gen)
+        z0 = tgt_lat[b]
+        cond = src_lat[index[b]].clone()
+        tids = ids[b].clone()
+        drop_t = torch.rand(cfg.batch, generator=gen) < cfg.p_drop_text
+        drop_i = torch.rand(cfg.batch, generator=gen) < cfg.p_drop_image
+        tids[drop_t] = empty
+        cond[drop_i] = 0.0
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=gen)
+        zt = sched.add_noise(z0, noise, t)
+        emb = text(tids)[0]
+        if supervise:
+            weights = torch.zeros(tids.shape)
+            weights.scatter_(1, object_tokens[b], 1.0 / object_tokens.shape[1])
+            store.begin(tuple(zt.shape[-2:]), weights)
+        pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
+        target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
+        loss = F.mse_loss(pred, target)
+        denoise_loss = loss.item()
+        if supervise:
+            share = share_inside(store.aggregate(), object_masks[b])[~drop_t]   # text-dropped samples left out
+            share = share.mean() if share.numel() else loss.new_ones(())
+            attention_shares.append(float(share.detach()))
+            loss = loss + cfg.attention_loss * (1.0 - share)
+        return loss, denoise_loss
+
     with capture:
+        if state.moments_missing:  # rebuild AdamW's moments at lr 0 (weights unchanged), on batches of their own
+            rebuild, n_shares = torch.Generator().manual_seed(cfg.seed + state.step), len(attention_shares)
+            for group in opt.param_groups:
+                group["lr"] = 0.0
+            for _ in range(resume.MOMENT_STEPS):
+                opt.zero_grad(set_to_none=True)
+                batch_loss(rebuild)[0].backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+            del attention_shares[n_shares:]
+            logger.info("optimizer moments rebuilt over %d batches", resume.MOMENT_STEPS)
         for step in range(state.step, cfg.steps):
             prog = step / max(cfg.steps - 1, 1)
             if cfg.time_budget_s > 0:
@@ -472,31 +514,7 @@ def train_denoiser(
             lr *= cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog))
             for group in opt.param_groups:
                 group["lr"] = lr
-            b = torch.randint(len(tgt_lat), (cfg.batch,), generator=g)
-            z0 = tgt_lat[b]
-            cond = src_lat[index[b]].clone()
-            tids = ids[b].clone()
-            drop_t = torch.rand(cfg.batch, generator=g) < cfg.p_drop_text
-            drop_i = torch.rand(cfg.batch, generator=g) < cfg.p_drop_image
-            tids[drop_t] = empty
-            cond[drop_i] = 0.0
-            noise = torch.randn(z0.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=g)
-            zt = sched.add_noise(z0, noise, t)
-            emb = text(tids)[0]
-            if supervise:
-                weights = torch.zeros(tids.shape)
-                weights.scatter_(1, object_tokens[b], 1.0 / object_tokens.shape[1])
-                store.begin(tuple(zt.shape[-2:]), weights)
-            pred = unet(torch.cat([zt, cond], dim=1), t, encoder_hidden_states=emb).sample
-            target = noise if cfg.prediction_type == "epsilon" else sched.get_velocity(z0, noise, t)
-            loss = F.mse_loss(pred, target)
-            denoise_loss = loss.item()
-            if supervise:
-                share = share_inside(store.aggregate(), object_masks[b])[~drop_t]   # text-dropped samples left out
-                share = share.mean() if share.numel() else loss.new_ones(())
-                attention_shares.append(float(share.detach()))
-                loss = loss + cfg.attention_loss * (1.0 - share)
+            loss, denoise_loss = batch_loss(g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -563,8 +581,9 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
 
     ``vae_from``: a saved AutoencoderKL to reuse (``vae_train_s``: the wall time it took to train).
     ``checkpoint_dir`` (default ``out/checkpoint``): where the resumable checkpoint goes, replaced whole each
-    time: the editor so far (EMA weights, loadable by ``load_editor``) plus ``resume/`` (:mod:`.resume`).
-    ``resume_run``: continue from that checkpoint (its VAE, step, optimizer, time spent) if it holds one."""
+    time: the frozen VAE (``vae/``) plus ``resume/`` (:mod:`.resume`: bf16 weights and EMA, under 10 MB in all).
+    ``resume_run``: continue from that checkpoint (its VAE, weights, step and time spent; the optimizer's
+    moments are rebuilt) if it holds one."""
     wall0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -637,8 +656,8 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         shutil.rmtree(tmp, ignore_errors=True)
         extra = {**base_info, "step": state.step, "times_s": {**times, "unet_train_s": state.elapsed_s},
                  "wall_s": earlier.get("wall_s", 0.0) + time.time() - wall0}
-        save_editor(tmp, vae, state.ema_unet, state.ema_text, tok, extra, cfg.prediction_type)
-        resume.save(tmp / "resume", state, extra, ema=False)  # the EMA weights are the editor's own files
+        vae.save_pretrained(tmp / "vae", safe_serialization=True)  # frozen: the one copy a resumed run reads
+        resume.save(tmp / "resume", state, extra)
         resume.replace_dir(tmp, ckdir)
         logger.info("checkpoint at step %d (%.0fs of UNet training) in %s", state.step, state.elapsed_s, ckdir)
 

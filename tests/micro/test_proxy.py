@@ -86,8 +86,8 @@ def test_a_proxy_editor_that_is_not_installed_is_refused_by_name(monkeypatch, tm
 
 def test_denoiser_training_resumes_where_its_checkpoint_stopped(tmp_path) -> None:
     """A resumed run continues on the same batches from the same weights: the step after the checkpoint has
-    exactly the uninterrupted run's loss (the optimizer's moments are stored in bfloat16, so later steps
-    differ by rounding only)."""
+    the uninterrupted run's loss up to the weights' bfloat16 rounding, and the step after it (taken with
+    rebuilt optimizer moments) stays close."""
     from danp_pipeline.micro import resume
     from danp_pipeline.micro.tokenizer import build_tokenizer
 
@@ -111,11 +111,11 @@ def test_denoiser_training_resumes_where_its_checkpoint_stopped(tmp_path) -> Non
     full = training.train_denoiser(*args, checkpoint, **kw)
     assert saved == [3] and resume.read_extra(tmp_path / "ckpt")["note"] == "test"
     resumed = training.train_denoiser(*args, **kw, resume_from=tmp_path / "ckpt")
-    assert len(resumed[2]) == len(full[2]) == 5 and resumed[2][:4] == full[2][:4]
-    assert abs(resumed[2][4] - full[2][4]) < 1e-2 * abs(full[2][4])
-    assert len(resumed[3]) == 5                                       # attention shares carried over too
-    for name in list((tmp_path / "ckpt").iterdir()):
-        assert name.stat().st_size < 10 * 2**20
+    assert len(resumed[2]) == len(full[2]) == 5 and resumed[2][:3] == full[2][:3]
+    assert abs(resumed[2][3] - full[2][3]) < 1e-2 * abs(full[2][3])  # same batch, bf16-rounded weights
+    assert abs(resumed[2][4] - full[2][4]) < 5e-2 * abs(full[2][4])  # one step with rebuilt moments
+    assert len(resumed[3]) == 5                                       # attention shares carried over, not rebuilt
+    assert not (tmp_path / "ckpt" / "optimizer.safetensors").exists()
 
 
 def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> None:
@@ -134,7 +134,8 @@ def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> No
     training.train(cfg, tmp_path / "a", checkpoint_dir=tmp_path / "ckpt")
     state = json.loads((tmp_path / "ckpt" / "resume" / "state.json").read_text())
     assert state["step"] == 2 and len(state["losses"]) == 2
-    assert not (tmp_path / "ckpt" / "resume" / "ema.safetensors").exists()     # the editor's weights are the EMA
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"vae", "resume"}   # the VAE once, no editor copy
+    assert sum(p.stat().st_size for p in (tmp_path / "ckpt").rglob("*") if p.is_file()) < 10 * 2**20
     info = training.train(cfg, tmp_path / "b", checkpoint_dir=tmp_path / "ckpt", resume_run=True)
     assert info["resumed"] == 1 and info["unet_steps_done"] == 4 and "vae_train_s" in info["times_s"]
     assert not (tmp_path / "b" / "vae_stage").exists()
