@@ -299,7 +299,8 @@ def summary_markdown(df, settings: dict) -> str:
     lines.append("")
     if df["eps"].nunique() > 1:
         lines += curve_markdown(unpurified(df))
-    drop = df.assign(success_drop=df["edit_success_clean"].astype(float) - df["edit_success_protected"].astype(float))
+    drop = df.assign(success_drop=df["edit_success_clean"].astype(float) - df["edit_success_protected"].astype(float),
+                     eps=df["eps"].map(as_levels))   # the budget as the main table prints it
     lines += purification_section(drop, GROUP, ["case"], "success_drop", lambda v: f"{100 * v:.0f} pts",
                                   "Reduction of the edit success (clean − protected) in points, over scenes × seeds")
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```",

@@ -200,7 +200,7 @@ def test_micro_bench_edits_every_purified_file_and_reports_the_worst_case(tmp_pa
     assert (df.groupby("prompt_set")["edits_psnr"].nunique() == 3).all()   # each purified file edited anew
     summary = (out / "summary.md").read_text()
     assert "## Purification" in summary and "| worst case | attacker's choice | surviving |" in summary
-    assert summary.count("| random | 0.03 | micro-ip2p | 4x-1:1 | micro-ip2p | own | none |") == 1   # purification
+    assert summary.count("| random | 7.65/255 | micro-ip2p | 4x-1:1 | micro-ip2p | own | none |") == 1  # purification
     assert summary.count("| random | 7.65/255 | 4x-1:1 | micro-ip2p | own | none | 1 |") == 1  # main: unpurified
 
 
