@@ -30,7 +30,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .. import storage
 from ..config import FORMAT_EXTENSIONS
 from . import writer
-from .provenance import read_configs, read_manifest, winners
+from .provenance import read_manifest, winners
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,11 @@ class Output:
 
     # -- manifest --------------------------------------------------------------------------------
 
-    def read(self, columns: Iterable[str] | None = None, *, with_part: bool = False) -> pa.Table:
-        """Every committed row (duplicates included)."""
-        return read_manifest(self.fs, self.manifest_dir, columns, with_part=with_part)
-
-    def configs(self) -> dict[str, str]:
-        """{config_sha256: config_json} of every configuration with a committed row (read part by part,
-        so that the long JSON text is never held for every row)."""
-        return read_configs(self.fs, self.manifest_dir)
+    def read(self, columns: Iterable[str] | None = None, *, with_part: bool = False,
+             configs: dict[str, str] | None = None) -> pa.Table:
+        """Every committed row (duplicates included); ``configs``: a dict to fill in the same pass with
+        {config_sha256: config_json} of every configuration with a committed row."""
+        return read_manifest(self.fs, self.manifest_dir, columns, with_part=with_part, configs=configs)
 
     def status(self) -> dict[str, Any] | None:
         """The status file of the current or last run (job/progress.py), None when there is none."""

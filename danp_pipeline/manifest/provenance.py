@@ -158,38 +158,35 @@ def read_manifest(
     columns: Iterable[str] | None = None,
     *,
     with_part: bool = False,
+    configs: dict[str, str] | None = None,
     threads: int = 16,
 ) -> pa.Table:
-    """Every row of every part (duplicates included); ``with_part`` adds the part path as ``part``."""
+    """Every row of every part (duplicates included); ``with_part`` adds the part path as ``part``.
+    ``configs``: a dict to fill with {config_sha256: config_json} in the same pass, each part's long JSON
+    text reduced to its few configurations as the part is read (never held for every row)."""
     columns = list(columns) if columns is not None else list(COLUMNS)
     parts = list_parts(fs, manifest_dir)
+    extra = [c for c in ("config_sha256", "config_json") if configs is not None and c not in columns]
 
-    def load(path: str) -> pa.Table:
-        table = read_part(fs, path, columns)
-        return table.append_column("part", pa.array([path] * table.num_rows, pa.string())) if with_part else table
+    def load(path: str) -> tuple[pa.Table, dict[str, str]]:
+        table = read_part(fs, path, columns + extra)
+        found = dict(zip(table["config_sha256"].to_pylist(), table["config_json"].to_pylist())) \
+            if configs is not None else {}
+        table = table.drop_columns(extra)
+        if with_part:
+            table = table.append_column("part", pa.array([path] * table.num_rows, pa.string()))
+        return table, found
 
     if not parts:
         table = empty_table(columns)
         return table.append_column("part", pa.array([], pa.string())) if with_part else table
+    tables = []
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(parts)))) as pool:
-        tables = list(pool.map(load, parts))
-    return pa.concat_tables(tables)
-
-
-def read_configs(fs: fsspec.AbstractFileSystem, manifest_dir: str, threads: int = 16) -> dict[str, str]:
-    """{config_sha256: config_json} over every part; each part is reduced to its few configurations as it
-    is read."""
-    def load(path: str) -> dict[str, str]:
-        table = read_part(fs, path, ("config_sha256", "config_json"))
-        return dict(zip(table["config_sha256"].to_pylist(), table["config_json"].to_pylist()))
-
-    configs: dict[str, str] = {}
-    parts = list_parts(fs, manifest_dir)
-    if parts:
-        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(parts)))) as pool:
-            for found in pool.map(load, parts):
+        for table, found in pool.map(load, parts):
+            tables.append(table)
+            if configs is not None:
                 configs.update(found)
-    return configs
+    return pa.concat_tables(tables)
 
 
 #: What varies between rows that fail for the same reason: numbers and quoted names.

@@ -106,8 +106,8 @@ class Summary:
 
 
 def summarize(output: Output, top_reasons: int = REPORT_TOP_REASONS) -> Summary:
-    table = winners(output.read(COLUMNS))
-    configs = output.configs()
+    configs: dict[str, str] = {}
+    table = winners(output.read(COLUMNS, configs=configs))   # one pass over the parts for both
     statuses = _tally(table["status"])
     ok = table.select(["config_sha256", "output_format", "linf_bounded", "linf_levels", "psnr_db", "metadata",
                        "c2pa_bytes", "duration_s", "device"]).filter(pc.equal(table["status"], "ok"))

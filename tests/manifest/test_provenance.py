@@ -176,3 +176,19 @@ def test_compact_command(manifest, tmp_path):
     assert len(provenance.list_parts(fs, mdir)) == 3
     assert cli.entrypoint(["compact", str(tmp_path)]) == 0
     assert len(provenance.list_parts(fs, mdir)) == 1 and provenance.read_manifest(fs, mdir).num_rows == 3
+
+
+def test_rows_and_configurations_come_from_one_pass_over_the_parts(manifest, monkeypatch):
+    """The report needs the rows and each configuration's JSON: every part is fetched once for both, and
+    the JSON text is reduced to one entry per configuration, not returned per row."""
+    fs, manifest_dir = manifest
+    writer.write_part(fs, manifest_dir, [row("s3://b/a.jpg", config="c1", config_json='{"a": 1}'),
+                                         row("s3://b/b.jpg", config="c2", config_json='{"b": 2}')])
+    writer.write_part(fs, manifest_dir, [row("s3://b/c.jpg", config="c1", config_json='{"a": 1}')])
+    fetched, cat_file = [], fs.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda path, *a, **kw: fetched.append(path) or cat_file(path, *a, **kw))
+    configs: dict[str, str] = {}
+    table = provenance.read_manifest(fs, manifest_dir, ["source_uri", "status"], configs=configs)
+    assert table.column_names == ["source_uri", "status"] and table.num_rows == 3
+    assert configs == {"c1": '{"a": 1}', "c2": '{"b": 2}'}
+    assert len(fetched) == len(set(fetched)) == 2
