@@ -11,13 +11,13 @@ written file, writing to local disk (or to a moto S3 server on loopback with ``-
 
     busy_share = Σ time inside the protect step / (wall time of the protect phase × actors)
 
-where the protect phase runs from the start of the first protection after ``--warmup`` of them to the
-last one's end: the first photos also pay for Ray starting the CPU stages' worker processes (seconds on
-an idle machine, 20-30 s on a loaded 2-core one), a one-off per job that a long job amortizes and a
-16-photo run cannot. ``busy_share_all`` is the same over every protection. The hook also
-times each CPU stage (thread CPU seconds, so waits do not count) and reports CPU seconds per photo per
-stage: the CPUs a node needs per accelerator at a given protect time follow from them. The last line
-of stdout is ``busy_share=<float>``. Not a test: figures depend on the machine and its load.
+where the protect phase runs from the start of the first protection (after ``--warmup`` of them, none
+by default) to the last one's end; the editor actor's own start-up (loading the editor) comes before it.
+``busy_share_all`` is the same over every protection. The hook also times each CPU stage (thread CPU
+seconds, so waits do not count) and reports CPU seconds per photo of each stage, and each stage's peak
+memory per call above its worker's resting memory (VmHWM after a reset through ``/proc/self/clear_refs``):
+the CPUs and memory a node needs per accelerator follow from them. The last line of stdout is
+``busy_share=<float>``. Not a test: figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -36,11 +36,16 @@ WAIT_ENV = "DANP_BENCH_ACCELERATOR_S"
 
 
 def setup_worker() -> None:
-    """Ray worker_process_setup_hook: the fake accelerator and the stage timers, in each worker process."""
-    import functools
+    """Ray worker_process_setup_hook: the fake accelerator and the stage timers, in each worker process.
 
-    from danp_pipeline.job import outputs, reader, worker
-    from danp_pipeline.protect.immunizer import Immunizer, ProtectedImage
+    The CPU stages' modules are patched at once (they import no torch); the editor actor's modules are
+    patched when the process first imports them, so that the CPU task workers do not pay for importing
+    torch here (5-6 s each on this machine), which the job's own CPU stages never do."""
+    import functools
+    import importlib.abc
+    import importlib.util
+
+    from danp_pipeline.job import outputs, reader
 
     log_path, wait_s = os.environ[LOG_ENV], float(os.environ[WAIT_ENV])
 
@@ -48,31 +53,65 @@ def setup_worker() -> None:
         with open(log_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
 
-    def protect(self, photos, prompts, seeds=None):
-        start = time.time()
-        time.sleep(wait_s * len(photos))
-        results = []
-        for image in photos:
-            pixels = image.rgb[..., 0] ^ 1 if image.grayscale else image.rgb ^ 1
-            results.append(ProtectedImage(pixels, image.alpha, 1, 48.1, 0.0, 0.0, steps=1))
-        log(stage="protect", start=start, end=time.time(), n=len(photos))
-        return results
-
     def timed(stage, fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            rss = _status_kb("VmRSS")
+            with open("/proc/self/clear_refs", "w") as fh:   # resets VmHWM to the current RSS (Linux >= 4.0)
+                fh.write("5")
             clock, start = time.thread_time(), time.time()
             out = fn(*args, **kwargs)
             log(stage=stage, cpu=time.thread_time() - clock, n=getattr(out, "num_rows", 0), start=start,
-                end=time.time(), pid=os.getpid())
+                end=time.time(), pid=os.getpid(), peak_mb=(_status_kb("VmHWM") - rss) / 1024)
             return out
         return wrapper
 
-    Immunizer.protect = protect
+    def patch_actor(worker) -> None:
+        from danp_pipeline.protect.immunizer import Immunizer, ProtectedImage
+
+        def protect(self, photos, prompts, seeds=None):
+            start = time.time()
+            time.sleep(wait_s * len(photos))
+            results = []
+            for image in photos:
+                pixels = image.rgb[..., 0] ^ 1 if image.grayscale else image.rgb ^ 1
+                results.append(ProtectedImage(pixels, image.alpha, 1, 48.1, 0.0, 0.0, steps=1))
+            log(stage="protect", start=start, end=time.time(), n=len(photos))
+            return results
+
+        Immunizer.protect = protect
+        worker.Protector.__call__ = timed("editor actor, outside protect", worker.Protector.__call__)
+
+    class PatchOnImport(importlib.abc.MetaPathFinder):
+        """Runs ``patch_actor`` right after ``danp_pipeline.job.worker`` is first executed."""
+
+        def find_spec(self, name, path, target=None):
+            if name != "danp_pipeline.job.worker":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            execute = spec.loader.exec_module
+
+            def exec_module(module):
+                execute(module)
+                patch_actor(module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
     for module, name in ((reader, "read_objects"), (reader, "decode_objects"), (outputs, "write_outputs")):
         if hasattr(module, name):        # the stages of this version of the job
             setattr(module, name, timed(name, getattr(module, name)))
-    worker.Protector.__call__ = timed("editor actor, outside protect", worker.Protector.__call__)
+    if "danp_pipeline.job.worker" in sys.modules:
+        patch_actor(sys.modules["danp_pipeline.job.worker"])
+    else:
+        sys.meta_path.insert(0, PatchOnImport())
+
+
+def _status_kb(field: str) -> int:
+    """A ``/proc/self/status`` memory field, in kB."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
 
 
 def make_photos(directory: Path, n: int, megapixels: float) -> None:
@@ -108,14 +147,17 @@ def summarize(log_path: Path, photos: int, actors: int, warmup: int) -> dict:
     share_all = busy_share(spans, actors)[0]
     share, busy, phase = busy_share(spans[min(warmup, len(spans) - 1):], actors)
     stages: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     for e in entries:
         if e["stage"] != "protect":
             stages[e["stage"]] = stages.get(e["stage"], 0.0) + e["cpu"]
+            peaks[e["stage"]] = max(peaks.get(e["stage"], 0.0), e.get("peak_mb", 0.0))
     per_photo = {stage: round(cpu / photos, 3) for stage, cpu in sorted(stages.items())}
     return {"busy_share": round(share, 3), "busy_share_all": round(share_all, 3), "warmup_calls": warmup,
             "protect_calls": len(spans),
             "protect_busy_s": round(busy, 1), "protect_phase_s": round(phase, 1),
-            "cpu_s_per_photo": per_photo, "cpu_s_per_photo_total": round(sum(per_photo.values()), 3)}
+            "cpu_s_per_photo": per_photo, "cpu_s_per_photo_total": round(sum(per_photo.values()), 3),
+            "peak_mb_per_call": {stage: round(mb, 1) for stage, mb in sorted(peaks.items())}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--megapixels", type=float, default=12.0)
     parser.add_argument("--accelerator-seconds", type=float, default=4.0, help="the protect step's wait per photo")
     parser.add_argument("--actors", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="protections left out of the phase: the job's start-up (default 2)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="first protections left out of the phase (default 0: the whole run)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--s3", action="store_true", help="read and write through a moto S3 server on loopback")

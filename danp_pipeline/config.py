@@ -101,6 +101,25 @@ DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 #: copies at peak (measured on a 24 MP photo, benchmarks/full_size_cost.py) plus the decoded 8-bit
 #: source and output, rounded up.
 ACTOR_BYTES_PER_PIXEL = 80
+#: Concurrent tasks of each CPU stage (read and decode; encode and write) per editor actor. Two keep an
+#: actor fed when a photo's CPU work takes less than twice its protection: 12 MP photos cost about 2.0
+#: CPU-s in the write stage and 0.2 in decode (benchmarks/accelerator_share.py), the fast profile about
+#: 1.2 s on an H100 (estimated from counted FLOPs). Raise it (``--tasks-per-actor``) for larger photos or
+#: faster accelerators: about (CPU-s per photo) / (accelerator-s per photo), with the CPUs to run them.
+TASKS_PER_ACTOR = 2
+#: Calls an editor actor runs at once: while one batch is protected (under the actor's lock), the next
+#: is converted and screened and the last one's rows are built, so the accelerator does not wait on
+#: the actor's own CPU work (benchmarks/accelerator_share.py).
+ACTOR_CALLS = 2
+#: Host memory per pixel of a batch that waits in an actor beside the one being protected: its Arrow
+#: input, the Python copy of the decoded bytes and, once protected, its pickled output and Arrow rows.
+ACTOR_WAITING_BYTES_PER_PIXEL = 16
+#: Host memory a CPU task needs per pixel of the largest photo allowed, above its worker's resting
+#: memory, rounded up from the peaks measured on 12 MP JPEG photos (benchmarks/accelerator_share.py):
+#: read and decode 13.6 (the source's bytes and its 8-bit pixels), encode, measure and write 54 (the
+#: protected and source pixels, the encoder's buffers and the written file decoded back to measure it).
+DECODE_TASK_BYTES_PER_PIXEL = 16
+WRITE_TASK_BYTES_PER_PIXEL = 64
 #: Host memory of an editor whose weights' size cannot be read from disk (not yet downloaded): an
 #: SD 1.x editor's UNet, VAE and text encoder in float32, rounded up.
 EDITOR_BYTES_UNKNOWN = 4_500_000_000
@@ -344,6 +363,7 @@ class PipelineConfig:
     commit_seconds: float = COMMIT_SECONDS   # …or of what arrived within this many seconds
     cpus_per_task: float = 0.25         # CPUs each read/decode and write task asks Ray for (fractional: they
                                         # must fit beside the actors on any node; raise it on GPU nodes)
+    tasks_per_actor: int = TASKS_PER_ACTOR  # concurrent tasks of each CPU stage per editor actor (see the constant)
     lease_ttl_s: float = LEASE_TTL_S    # the lease on OUTPUT: seconds it lasts without renewal (object stores)
     lease_wait_s: float = 0.0           # seconds to wait for a lease another run holds before giving up
     report: bool = True                 # write OUTPUT/report/index.html when the run ends (report/)
@@ -396,6 +416,7 @@ class PipelineConfig:
         _integer("commit_rows", self.commit_rows, 1)
         _positive("commit_seconds", self.commit_seconds)
         _positive("cpus_per_task", self.cpus_per_task)
+        _integer("tasks_per_actor", self.tasks_per_actor, 1)
         _positive("lease_ttl_s", self.lease_ttl_s)
         _positive("lease_wait_s", self.lease_wait_s, allow_zero=True)
         if not isinstance(self.report, bool):

@@ -81,3 +81,11 @@ def test_pipeline_config_validation_and_hash():
     assert config_sha256(a) == config_sha256(config_json(AttackConfig(), "tiny-ip2p", "r1"))
     assert config_sha256(a) != config_sha256(config_json(AttackConfig(eps=0.02), "tiny-ip2p", "r1"))
     assert config_sha256(a) != config_sha256(config_json(AttackConfig(), "tiny-ip2p", "r2"))
+
+
+def test_cpu_stage_concurrency_is_a_validated_pipeline_setting():
+    from danp_pipeline.config import TASKS_PER_ACTOR, PipelineConfig
+
+    assert PipelineConfig(input_uri="in", output_uri="out").tasks_per_actor == TASKS_PER_ACTOR
+    with pytest.raises(ValueError, match="tasks_per_actor must be an integer >= 1, got 0"):
+        PipelineConfig(input_uri="in", output_uri="out", tasks_per_actor=0)

@@ -51,6 +51,10 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
                         help="CPUs each read/decode and write task asks Ray for; a fraction fits beside the actors "
                              "on any node, more keeps Ray from starting more tasks than a node has cores "
                              f"(default {p('cpus_per_task'):g})")
+    parser.add_argument("--tasks-per-actor", type=int, default=p("tasks_per_actor"),
+                        help="concurrent tasks of each CPU stage (decode; encode and write) per editor actor: about "
+                             "the CPU seconds a photo takes outside the editor over the editor's seconds per photo "
+                             f"(default {p('tasks_per_actor')})")
     parser.add_argument("--batch-size", type=int, default=p("batch_size"),
                         help=f"photos per immunizer call (default {p('batch_size')})")
     parser.add_argument("--max-pixels", type=int, default=p("max_pixels"),
@@ -148,7 +152,8 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         input_list=args.input_list, list_fanout_depth=args.list_fanout_depth, plan_partitions=args.plan_partitions,
         progress_interval_s=args.progress_interval, actor_memory=args.actor_memory, lease_ttl_s=args.lease_ttl,
         lease_wait_s=args.wait, commit_rows=args.commit_rows, commit_seconds=args.commit_seconds,
-        cpus_per_task=args.cpus_per_task, report=args.report, report_sample=args.report_sample,
+        cpus_per_task=args.cpus_per_task, tasks_per_actor=args.tasks_per_actor, report=args.report,
+        report_sample=args.report_sample,
     )
 
 

@@ -51,11 +51,6 @@ __all__ = ["LockHeld", "Run", "RunStopped", "RunSummary", "dataset", "execute", 
 
 logger = logging.getLogger(__name__)
 
-#: Concurrent CPU tasks of each CPU stage (read and decode; write) per editor actor: enough to keep an
-#: actor fed (benchmarks/accelerator_share.py), few enough that a small machine does not spend its CPUs
-#: starting worker processes. Each asks for ``cpus_per_task`` CPUs: a fraction by default, so that on
-#: any node they fit beside the actors (an actor pool that claims every CPU starves them: the job hangs).
-TASKS_PER_ACTOR = 2
 #: Objects per read block: small blocks keep the bytes in flight bounded whatever the archive size.
 OBJECTS_PER_BLOCK = 4
 #: A Protector whose process or node dies is restarted and its batch resubmitted, without limit:
@@ -251,29 +246,32 @@ def dataset(todo: ray.data.Dataset | list[dict], run: Run) -> ray.data.Dataset:
     # No repartition step: it runs as a 1-CPU task, which never fits beside actors holding most of a small
     # node's CPUs (the job then waits forever). The read tasks' outputs are blocks bounded in bytes.
     cpu_stage = {"batch_format": "pyarrow", "batch_size": 1, "num_cpus": cfg.cpus_per_task,
-                 "compute": ray.data.TaskPoolStrategy(size=TASKS_PER_ACTOR * cfg.actors)}
+                 "compute": ray.data.TaskPoolStrategy(size=cfg.tasks_per_actor * cfg.actors)}
+    decode = {**cpu_stage, "memory": _memory_request(resources.task_memory(cfg, "decode"), "a decode task (one photo)")}
+    write = {**cpu_stage, "memory": _memory_request(resources.task_memory(cfg, "write"), "a write task (one photo)")}
     return (todo
-            .map_batches(reader.read_objects, **cpu_stage, fn_kwargs={
+            .map_batches(reader.read_objects, **decode, fn_kwargs={
                 "input_uri": cfg.input_uri, "storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
-            .map_batches(reader.decode_objects, **cpu_stage, fn_kwargs={"run": run})
+            .map_batches(reader.decode_objects, **decode, fn_kwargs={"run": run})
             .map_batches(Protector, fn_constructor_kwargs={"run": run}, batch_format="pyarrow",
-                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor, memory=_actor_memory(cfg))
-            .map_batches(outputs.write_outputs, **cpu_stage, fn_kwargs={"run": run}))
+                         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(
+                             size=cfg.actors, max_concurrent_calls_per_actor=C.ACTOR_CALLS,
+                             enable_true_multi_threading=True),   # the Protector's own lock guards the editor
+                         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+                         memory=_memory_request(resources.actor_memory(cfg), "an editor actor (editors and batches)"))
+            .map_batches(outputs.write_outputs, **write, fn_kwargs={"run": run}))
 
 
-def _actor_memory(cfg: PipelineConfig) -> int:
-    """The actor's memory request (job/resources.py), at most the largest node's memory: a request no
-    node can grant would leave the job waiting forever."""
-    wanted = resources.actor_memory(cfg)
+def _memory_request(wanted: int, what: str) -> int:
+    """A memory request (job/resources.py) of at most the largest node's memory: a request no node can
+    grant would leave the job waiting forever."""
     nodes = [n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() \
         else []
     largest = int(max(nodes, default=0))
     if largest and wanted > largest:
-        logger.warning("an editor actor needs about %.1f GB of memory (editor + batch of %d photo(s) of up to %d "
-                       "pixels) but the largest node offers %.1f GB: asking for that; lower --max-pixels or "
-                       "--batch-size if actors run out of memory", wanted / 1e9, cfg.batch_size, cfg.max_pixels,
-                       largest / 1e9)
+        logger.warning("%s needs about %.1f GB of memory but the largest node offers %.1f GB: asking for that; "
+                       "lower --max-pixels (or --batch-size) if it runs out of memory",
+                       what, wanted / 1e9, largest / 1e9)
         return largest
     return wanted
 

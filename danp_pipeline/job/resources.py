@@ -1,7 +1,8 @@
-"""What an editor actor asks Ray for, so that Ray never packs more actors on a node than fit.
+"""What the job's actors and CPU tasks ask Ray for, so that Ray never packs more of them on a node than fit.
 
 An actor holds one editor and a batch of decoded photos of up to ``max_pixels`` each; its peak host
-memory is the editor's weights plus :data:`config.ACTOR_BYTES_PER_PIXEL` per pixel of the batch.
+memory is the editor's weights plus :data:`config.ACTOR_BYTES_PER_PIXEL` per pixel of the batch being
+protected and :data:`config.ACTOR_WAITING_BYTES_PER_PIXEL` per pixel of each other batch it holds.
 The editor's size is read from its safetensors files on disk (a local directory or the Hugging Face
 cache) without loading them; an editor not on disk yet counts :data:`config.EDITOR_BYTES_UNKNOWN`.
 """
@@ -26,7 +27,17 @@ def actor_memory(cfg: PipelineConfig) -> int:
     if cfg.actor_memory is not None:
         return cfg.actor_memory
     editors = editor_bytes(cfg.model, cfg.revision) + sum(editor_bytes(m) for m in cfg.ensemble)
-    return editors + cfg.batch_size * cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
+    per_pixel = C.ACTOR_BYTES_PER_PIXEL + (C.ACTOR_CALLS - 1) * C.ACTOR_WAITING_BYTES_PER_PIXEL
+    return editors + cfg.batch_size * cfg.max_pixels * per_pixel
+
+
+def task_memory(cfg: PipelineConfig, stage: str) -> int:
+    """Bytes of host memory one CPU task of ``stage`` ("decode": read and decode; "write": encode, measure
+    and write) asks Ray for: one photo of the largest size allowed (CPU stages take a photo at a time)."""
+    per_pixel = {"decode": C.DECODE_TASK_BYTES_PER_PIXEL, "write": C.WRITE_TASK_BYTES_PER_PIXEL}
+    if stage not in per_pixel:
+        raise ValueError(f"unknown CPU stage {stage!r}; expected one of {sorted(per_pixel)}")
+    return cfg.max_pixels * per_pixel[stage]
 
 
 def editor_bytes(model: str, revision: str | None = None) -> int:

@@ -9,7 +9,12 @@ row yields exactly one output row: a failure is the row's ``error``, never an ex
 same without Ray (unit tests call it directly) and as a Ray Data actor (pipeline.py).
 
 A photo can also kill the process that protects it (a native crash, the OOM killer, a lost node): each
-attempt is recorded around the protection (job/attempts.py). A batch that finds a record from a dead
+attempt is recorded around the protection (job/attempts.py).
+
+An actor runs :data:`config.ACTOR_CALLS` calls at once (pipeline.py), so that one batch's conversion,
+screening and output rows overlap another's protection; the protection itself, with its attempt records,
+holds the actor's lock: one batch on the accelerator at a time, and a process that dies there leaves
+records for that batch only, never for a batch that was merely waiting. A batch that finds a record from a dead
 attempt is protected photo by photo, so a good photo is not held back by the one that kills the actor;
 a photo whose attempts died ``max_photo_attempts`` times becomes an ``error`` row without another
 attempt. A protection that did not happen (every step skipped, the photo unchanged) is an error too.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +93,7 @@ class Protector:
         self.revision = "+".join(str(e.revision) for e in self.editors)
         self.attempts = AttemptRecords(self.run.output, self.run.config_sha256, self.run.run_id,
                                        self.config.storage_options)
+        self.accelerator = threading.Lock()   # one batch in _attempt at a time (see the module's docstring)
 
     def __call__(self, batch: pa.Table | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> pa.Table:
         photos = [_Photo(record) for record in _records(batch)]
@@ -116,15 +123,17 @@ class Protector:
     def _attempt(self, photos: list[_Photo]) -> None:
         """Protect ``photos`` under attempt records: if this process dies meanwhile, the records stay
         behind and count one more death for each photo."""
-        started = utcnow().isoformat()
-        for photo in photos:
-            self.attempts.record(photo.record["source_uri"], photo.record["source_key"], photo.died, started)
-        faults.maybe_hold()
-        for photo in photos:
-            photo.image = pickle.loads(photo.record["decoded"])
-        self._protect(photos)
-        for photo in photos:   # not in a finally: a dying process must leave the records behind
-            self.attempts.forget(photo.record["source_uri"])
+        with self.accelerator:
+            started = utcnow().isoformat()
+            for photo in photos:
+                self.attempts.record(photo.record["source_uri"], photo.record["source_key"], photo.died, started)
+            faults.maybe_hold()
+            for photo in photos:
+                photo.image = pickle.loads(photo.record["decoded"])
+            self._protect(photos)
+            for photo in photos:   # not in a finally: a dying process must leave the records behind
+                self.attempts.forget(photo.record["source_uri"])
+                photo.image = None  # the decoded pixels are not needed past the protection
 
     def _protect(self, photos: list[_Photo]) -> None:
         faults.maybe_crash(p.record.get("source_key") for p in photos)

@@ -216,19 +216,26 @@ def test_job_graph_passes_no_deprecated_actor_options_and_keeps_actor_fault_tole
     assert {k: applied[k] for k in pipeline.ACTOR_FAULT_TOLERANCE} == pipeline.ACTOR_FAULT_TOLERANCE
     # The actor asks for the memory its editor and its largest photo need (tiny editor: the photo alone),
     # and never for more than the largest node has (such a request would wait forever).
-    assert protect.ray_remote_args["memory"] == cfg.max_pixels * C.ACTOR_BYTES_PER_PIXEL
+    assert protect.ray_remote_args["memory"] == cfg.max_pixels * (
+        C.ACTOR_BYTES_PER_PIXEL + (C.ACTOR_CALLS - 1) * C.ACTOR_WAITING_BYTES_PER_PIXEL)
+    # Calls overlap in the actor (conversion beside protection), the Protector's lock keeps one on the editor.
+    assert protect.compute.max_concurrent_calls_per_actor == C.ACTOR_CALLS >= 2
+    assert protect.compute.enable_true_multi_threading
     largest = max(n["Resources"]["memory"] for n in ray_local.nodes() if n["Alive"])
     huge = _operator(pipeline.dataset([item], pipeline.Run.start(cfg.replace(actor_memory=10**15), "r1")), "Protector")
     assert huge.ray_remote_args["memory"] == int(largest)
     # The CPU stages around it hold no accelerator and ask for their own CPUs.
-    for stage in ("decode_objects", "write_outputs"):
+    # and memory for one photo of the largest size allowed.
+    for stage, kind in (("decode_objects", "decode"), ("write_outputs", "write")):
         args = _operator(ds, stage).ray_remote_args
         assert args["num_cpus"] == cfg.cpus_per_task and not args.get("num_gpus"), (stage, args)
+        assert args["memory"] == resources.task_memory(cfg, kind) > 0, (stage, args)
+        assert _operator(ds, stage).compute.size == cfg.tasks_per_actor * cfg.actors
 
 
 def test_actor_memory_counts_the_editors_weights_and_the_largest_photo(tmp_path):
     cfg = fast_config("in", "out", batch_size=2, max_pixels=1_000_000)
-    photos = 2 * 1_000_000 * C.ACTOR_BYTES_PER_PIXEL
+    photos = 2 * 1_000_000 * (C.ACTOR_BYTES_PER_PIXEL + (C.ACTOR_CALLS - 1) * C.ACTOR_WAITING_BYTES_PER_PIXEL)
     assert resources.actor_memory(cfg) == photos                                    # tiny: no files
     micro = sum(f.stat().st_size for part in resources.EDITOR_PARTS
                 for f in (C.MICRO_EDITORS_DIR / "micro-ip2p" / part).glob("*.safetensors"))

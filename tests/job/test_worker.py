@@ -250,3 +250,35 @@ def test_an_ensemble_is_protected_against_recorded_and_is_its_own_configuration(
     assert run.config_sha256 != single.config_sha256 and "ensemble" not in single.config_json
     assert single.config_json == config_json(cfg.attack, "tiny-ip2p", None)   # one editor: the hash as before
 
+
+
+def test_overlapping_calls_protect_one_batch_at_a_time_and_record_only_it(cfg, tmp_path, monkeypatch):
+    """An actor runs two calls at once (config.ACTOR_CALLS): while one batch is on the editor the other may
+    convert and screen, but never protect, and only the batch on the editor has attempt records, so a
+    process that dies there counts no death for the batch that was waiting."""
+    import threading
+    import time
+
+    files = {f"p{i}.jpg": encode(photo("astronaut", (48, 40)), "JPEG") for i in range(4)}
+    batch = reader.decode_objects(read_batch(cfg, files, tmp_path), run=Run.start(cfg, run_id="r1"))
+    protector = Protector(Run.start(cfg, run_id="r1"))
+    fs, _ = storage.filesystem(cfg.output_uri)
+    inside, seen, original = [], [], Immunizer.protect
+
+    def protect(self, photos, prompts, seeds=None):
+        inside.append(len(photos))
+        seen.append((len(inside), len(fs.ls(f"{tmp_path}/out/{ATTEMPTS_DIR}"))))
+        time.sleep(0.3)          # the other call arrives meanwhile
+        inside.pop()
+        return original(self, photos, prompts, seeds)
+
+    monkeypatch.setattr(Immunizer, "protect", protect)
+    halves = [batch.slice(0, 2), batch.slice(2, 2)]
+    out = [None, None]
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, protector(halves[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [(1, 2), (1, 2)]          # one batch on the editor at a time, and its 2 records only
+    assert [r["error"] for part in out for r in part.to_pylist()] == [None] * 4
