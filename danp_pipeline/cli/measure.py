@@ -74,7 +74,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                              "pairs, photo paths relative to the file")
     parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
-                        help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
+                        help="diffusers repo id, local dir, or a tiny test editor (tiny-<kind>)")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--prompt", action="append", default=[], help="instruction for a folder INPUT (repeatable)")
     parser.add_argument("--protect-prompt", action="append", default=[],
@@ -85,8 +85,8 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
-    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix")
-    g.add_argument("--strength", type=float, default=e.strength, help="SD img2img strength")
+    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix kinds")
+    g.add_argument("--strength", type=float, default=e.strength, help="img2img strength (SD, SDXL)")
     g.add_argument("--scheduler", choices=C.EDIT_SCHEDULERS, default=e.scheduler)
     parser.add_argument("--lpips-weights", default=None, help="local safetensors file of LPIPS weights "
                         "(default: $DANP_LPIPS_WEIGHTS); without it LPIPS is reported as unavailable")
@@ -190,7 +190,7 @@ def run_micro_bench(args: argparse.Namespace) -> int:
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=list(C.BENCH_ARCHS), default="tiny-ip2p",
-                        help="editor architecture; ip2p and sd15 are full size with random weights (no download)")
+                        help="editor architecture; those without tiny- are full size with random weights (no download)")
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
