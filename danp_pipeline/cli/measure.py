@@ -196,9 +196,10 @@ def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="editor weights: auto = bf16 on GPU, fp32 on CPU (the attack's precision: bench sets "
                              "it here, not with --attack-option)")
-    parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
-                        help="which implementation to time; both alternate iteration by iteration (the attack's "
-                             "path: bench sets it here, not with --attack-option)")
+    parser.add_argument("--path", choices=("fast", "reference", "both"), default=None,
+                        help="which implementation to time; both (the default) alternate iteration by iteration; "
+                             "with --device meta the default is fast alone, as the reference traces one UNet pass "
+                             "per timestep (the attack's path: bench sets it here, not with --attack-option)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
     parser.add_argument("--device", default=None,
@@ -218,7 +219,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..storage import write_local
 
     cfg = attack_config(args).replace(precision=args.precision)
-    paths = ["reference", "fast"] if args.path == "both" else [args.path]
+    path = args.path or ("fast" if args.device == "meta" else "both")
+    paths = ["reference", "fast"] if path == "both" else [path]
     report = bench.run(args.arch, {p: cfg.replace(path=p) for p in paths}, device=args.device,
                        precision=args.precision, threads=args.threads, batch_size=args.batch_size,
                        prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
