@@ -57,12 +57,15 @@ SIZE_VARIANTS: tuple[str, ...] = ("4x-1:1", "4x-3:2", "4x-16:9", "4x-4:5", "smal
 #: The evaluation's default set (the square one is the micro benchmark's default, see MicroSuiteConfig).
 EVAL_SIZE_VARIANTS: tuple[str, ...] = ("4x-3:2", "4x-16:9", "4x-4:5", "small-3:2")
 
-#: Schedulers the attacker's edit can use ("auto": euler-ancestral for ip2p, pndm for sd).
-EDIT_SCHEDULERS: tuple[str, ...] = ("auto", "euler-ancestral", "pndm", "ddim")
+#: Schedulers the attacker's edit can use ("auto": the one the editor kind ships with, EditorKind.scheduler).
+EDIT_SCHEDULERS: tuple[str, ...] = ("auto", "euler-ancestral", "euler", "pndm", "ddim")
 
 #: ``danp-protect bench --arch``: name -> (editor kind, "tiny" random editor or "full" size architecture).
 BENCH_ARCHS: dict[str, tuple[str, str]] = {
-    "tiny-ip2p": ("ip2p", "tiny"), "tiny-sd": ("sd", "tiny"), "ip2p": ("ip2p", "full"), "sd15": ("sd", "full"),
+    "tiny-ip2p": ("ip2p", "tiny"), "tiny-sd": ("sd", "tiny"), "tiny-sdxl": ("sdxl", "tiny"),
+    "tiny-sdxl-ip2p": ("sdxl-ip2p", "tiny"), "tiny-sd-inpaint": ("sd-inpaint", "tiny"),
+    "ip2p": ("ip2p", "full"), "sd15": ("sd", "full"), "sdxl": ("sdxl", "full"), "sdxl-ip2p": ("sdxl-ip2p", "full"),
+    "sd-inpaint": ("sd-inpaint", "full"),
 }
 
 #: Manifest compaction (manifest/writer.py): parts with fewer rows than COMPACT_ROWS are small, and
@@ -124,7 +127,36 @@ WRITE_TASK_BYTES_PER_PIXEL = 64
 #: SD 1.x editor's UNet, VAE and text encoder in float32, rounded up.
 EDITOR_BYTES_UNKNOWN = 4_500_000_000
 
-EDITOR_KINDS: tuple[str, ...] = ("ip2p", "sd")
+#: The attacker's img2img strength (EditConfig) and the attack's timestep range for img2img editors.
+SD_EDIT_STRENGTH = 0.8
+#: Inpainting masks (protect/inpaint_masks.py): the share of the frame the mask's region covers, drawn uniformly
+#: in this range, for the protection (AttackConfig.inpaint_mask_area) and the evaluation's attacker alike.
+INPAINT_MASK_AREA: tuple[float, float] = (0.1, 0.5)
+
+
+@dataclass(frozen=True)
+class EditorKind:
+    """What the objectives, the loader and the attacker's edit need to know of one kind of editor."""
+
+    pipeline: str           # the diffusers pipeline class the attacker edits with
+    unet_channels: int      # the UNet's input channels
+    condition: str          # how the photo reaches the UNet besides the noised latent z_t: "none"; "latent"
+                            # (InstructPix2Pix: [z_t, E_img(x)]); "masked" (inpainting: [z_t, m, E(x ⊙ (1 − m))])
+    xl: bool                # SDXL: two text encoders, a pooled text embedding and added time ids
+    strength: float         # the attack's timesteps cover [0, strength·T) unless AttackConfig.strength says
+                            # otherwise: the pipeline's own (1.0: its edit starts from pure noise)
+    scheduler: str          # the attacker's scheduler under EditConfig.scheduler="auto": the one the kind ships with
+
+
+#: Editor kinds by name; protect/models.py tells them apart by the UNet's input channels and SDXL's added
+#: text-time embedding.
+EDITOR_KINDS: dict[str, EditorKind] = {
+    "ip2p": EditorKind("StableDiffusionInstructPix2PixPipeline", 8, "latent", False, 1.0, "euler-ancestral"),
+    "sd": EditorKind("StableDiffusionImg2ImgPipeline", 4, "none", False, SD_EDIT_STRENGTH, "pndm"),
+    "sdxl": EditorKind("StableDiffusionXLImg2ImgPipeline", 4, "none", True, SD_EDIT_STRENGTH, "euler"),
+    "sdxl-ip2p": EditorKind("StableDiffusionXLInstructPix2PixPipeline", 8, "latent", True, 1.0, "euler"),
+    "sd-inpaint": EditorKind("StableDiffusionInpaintPipeline", 9, "masked", False, 1.0, "pndm"),
+}
 
 #: Trained micro-editors shipped with the package (micro/, weights under assets/editors/<name>/), with the
 #: attacker's sampler settings for each, tuned on 48 training scenes only (benchmarks/micro_editors.py --tune):
@@ -142,12 +174,10 @@ MICRO_WORLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "textured": (tuple(PROXY_MODELS), ("4x-1:1",)),
 }
 
-#: The attacker's SD img2img strength (EditConfig) and the attack's timestep range for sd editors.
-SD_EDIT_STRENGTH = 0.8
-
 #: Antialiased resize filters of the attacker's view (Pillow's; protect/views.py).
 RESIZE_FILTERS: tuple[str, ...] = ("box", "bilinear", "bicubic", "lanczos")
-TINY_MODELS: dict[str, str] = {"tiny-ip2p": "ip2p", "tiny-sd": "sd"}
+#: Random test editors (protect/models.py tiny_editor): name -> editor kind.
+TINY_MODELS: dict[str, str] = {f"tiny-{kind}": kind for kind in EDITOR_KINDS}
 
 #: ``--output-format``: lossless formats keep every pixel (the L∞ guarantee holds on the file; png and
 #: tiff keep 16 bits); lossy ones report the L∞ measured on the decoded file. "source": the input's
@@ -228,6 +258,10 @@ class AttackConfig:
     view_jpeg: tuple[int, ...] = ()     # JPEG qualities re-encoded before the resize (besides none)
     view_blur: tuple[float, ...] = ()   # Gaussian blur sigmas (editor pixels) after the resize (besides none)
     view_crop: float = 0.0              # also a centred crop of this fraction per side (0: never)
+    # Inpainting editors: the attacker's mask is unknown; the objective averages over masks drawn from the
+    # distribution of protect/inpaint_masks.py, seeded per photo.
+    inpaint_masks: int = 2              # masks per photo per iteration; timestep bin i uses mask i mod this
+    inpaint_mask_area: tuple[float, float] = INPAINT_MASK_AREA   # the subject region's share of the frame (uniform)
     path: str = "fast"                  # "fast" (batched, see danp.py) or "reference" (Algorithm 1 literally)
     timestep_batch: int = 0             # fast path: timesteps per UNet call; 0 = auto (see max_unet_batch)
     max_unet_batch: int = 16            # fast path, auto: fewest UNet calls of at most this many (photo, prompt, t)
@@ -288,6 +322,11 @@ class AttackConfig:
         _tuple("view_blur", self.view_blur, lambda v: isinstance(v, (int, float)) and 0 < v <= 10,
                "sigmas in (0, 10]", empty=True)
         _positive("view_crop", self.view_crop, allow_zero=True)
+        _integer("inpaint_masks", self.inpaint_masks, 1)
+        area = self.inpaint_mask_area
+        if not (isinstance(area, tuple) and len(area) == 2 and all(isinstance(a, (int, float)) for a in area)
+                and 0 < area[0] <= area[1] < 1):
+            raise ValueError(f"inpaint_mask_area must be a tuple (low, high) with 0 < low <= high < 1, got {area!r}")
         if self.view_crop >= 0.5:
             raise ValueError(f"view_crop is a fraction per side and must be < 0.5, got {self.view_crop!r}")
         _choice("path", self.path, ("fast", "reference"))
@@ -742,13 +781,22 @@ def validate_prompts(prompts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return prompts
 
 
+#: AttackConfig fields that concern some editor kinds only: config_json records them only when changed from
+#: their defaults, so that a configuration's hash does not move for editors they do not concern.
+KIND_SPECIFIC_ATTACK_FIELDS: tuple[str, ...] = ("inpaint_masks", "inpaint_mask_area")
+
+
 def config_json(attack: AttackConfig, model_id: str, model_revision: str | None,
                 output: dict[str, Any] | None = None, ensemble: dict[str, Any] | None = None) -> str:
     """Canonical JSON of everything that determines a protected photo (sorted keys, no spaces).
     ``output``: the output settings (output_settings()), ``ensemble``: the further editors and the weights
     (ensemble_settings()); each included only when set, so that manifests written before they existed
-    keep their configuration hash."""
-    payload = {"attack": dataclasses.asdict(attack), "model_id": model_id, "model_revision": model_revision}
+    keep their configuration hash (likewise KIND_SPECIFIC_ATTACK_FIELDS at their defaults)."""
+    settings = dataclasses.asdict(attack)
+    for name in KIND_SPECIFIC_ATTACK_FIELDS:
+        if settings[name] == AttackConfig.__dataclass_fields__[name].default:
+            del settings[name]
+    payload = {"attack": settings, "model_id": model_id, "model_revision": model_revision}
     if output:
         payload["output"] = output
     if ensemble:

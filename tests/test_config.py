@@ -42,6 +42,9 @@ def test_defaults_follow_the_spec():
     (dict(resolution=32), "resolution must be an integer >= 64, got 32"),
     (dict(use_daa=False, use_nba=False), "both False"),
     (dict(method="photoshop"), "method must be one of"),
+    (dict(inpaint_masks=0), "inpaint_masks must be an integer >= 1, got 0"),
+    (dict(inpaint_mask_area=(0.5, 0.2)), "inpaint_mask_area must be a tuple \\(low, high\\) with 0 < low <= high < 1, "
+                                         "got \\(0.5, 0.2\\)"),
 ])
 def test_bad_settings_are_refused_naming_field_and_value(change, message):
     with pytest.raises(ValueError, match=message):
@@ -81,6 +84,11 @@ def test_pipeline_config_validation_and_hash():
     assert config_sha256(a) == config_sha256(config_json(AttackConfig(), "tiny-ip2p", "r1"))
     assert config_sha256(a) != config_sha256(config_json(AttackConfig(eps=0.02), "tiny-ip2p", "r1"))
     assert config_sha256(a) != config_sha256(config_json(AttackConfig(), "tiny-ip2p", "r2"))
+    # Settings of some editor kinds only (inpainting masks) are recorded only when changed: a configuration's
+    # hash does not move for editors they do not concern.
+    assert '"inpaint_masks"' not in a and '"inpaint_mask_area"' not in a
+    changed = config_json(AttackConfig(inpaint_masks=3), "tiny-ip2p", "r1")
+    assert '"inpaint_masks":3' in changed and config_sha256(changed) != config_sha256(a)
 
 
 def test_cpu_stage_concurrency_is_a_validated_pipeline_setting():

@@ -74,7 +74,7 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
                              "pairs, photo paths relative to the file")
     parser.add_argument("output", metavar="OUTPUT", help="folder for results.parquet, summary.md and grids/")
     parser.add_argument("--model", default=_default(EvalConfig, "model"),
-                        help="diffusers repo id, local dir, tiny-ip2p or tiny-sd")
+                        help="diffusers repo id, local dir, or a tiny test editor (tiny-<kind>)")
     parser.add_argument("--revision", default=None)
     parser.add_argument("--prompt", action="append", default=[], help="instruction for a folder INPUT (repeatable)")
     parser.add_argument("--protect-prompt", action="append", default=[],
@@ -85,8 +85,8 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("the attacker's edit")
     g.add_argument("--editor-steps", type=int, default=e.steps, help="inference steps (default: the pipeline's)")
     g.add_argument("--guidance-scale", type=float, default=e.guidance_scale)
-    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix")
-    g.add_argument("--strength", type=float, default=e.strength, help="SD img2img strength")
+    g.add_argument("--image-guidance-scale", type=float, default=e.image_guidance_scale, help="InstructPix2Pix kinds")
+    g.add_argument("--strength", type=float, default=e.strength, help="img2img strength (SD, SDXL)")
     g.add_argument("--scheduler", choices=C.EDIT_SCHEDULERS, default=e.scheduler)
     parser.add_argument("--lpips-weights", default=None, help="local safetensors file of LPIPS weights "
                         "(default: $DANP_LPIPS_WEIGHTS); without it LPIPS is reported as unavailable")
@@ -190,15 +190,16 @@ def run_micro_bench(args: argparse.Namespace) -> int:
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", choices=list(C.BENCH_ARCHS), default="tiny-ip2p",
-                        help="editor architecture; ip2p and sd15 are full size with random weights (no download)")
+                        help="editor architecture; those without tiny- are full size with random weights (no download)")
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="editor weights: auto = bf16 on GPU, fp32 on CPU (the attack's precision: bench sets "
                              "it here, not with --attack-option)")
-    parser.add_argument("--path", choices=("fast", "reference", "both"), default="both",
-                        help="which implementation to time; both alternate iteration by iteration (the attack's "
-                             "path: bench sets it here, not with --attack-option)")
+    parser.add_argument("--path", choices=("fast", "reference", "both"), default=None,
+                        help="which implementation to time; both (the default) alternate iteration by iteration; "
+                             "with --device meta the default is fast alone, as the reference traces one UNet pass "
+                             "per timestep (the attack's path: bench sets it here, not with --attack-option)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations per path (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per path first (default 1)")
     parser.add_argument("--device", default=None,
@@ -218,7 +219,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from ..storage import write_local
 
     cfg = attack_config(args).replace(precision=args.precision)
-    paths = ["reference", "fast"] if args.path == "both" else [args.path]
+    path = args.path or ("fast" if args.device == "meta" else "both")
+    paths = ["reference", "fast"] if path == "both" else [path]
     report = bench.run(args.arch, {p: cfg.replace(path=p) for p in paths}, device=args.device,
                        precision=args.precision, threads=args.threads, batch_size=args.batch_size,
                        prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)

@@ -25,10 +25,11 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None,
                         help=f"the editor to protect against: a diffusers repo id (from the local Hugging Face cache, "
                              f"else downloaded) or local directory, safetensors only (default {p('model')}, "
-                             "InstructPix2Pix); repeat it to protect against several editors at once (one "
-                             "perturbation, the mean of their objectives; each actor holds every editor). tiny-ip2p, "
-                             "tiny-sd (random weights) and the micro-editors are test editors: outputs protected "
-                             "against them protect against nothing real")
+                             "InstructPix2Pix; also SD img2img, SDXL img2img and InstructPix2Pix, SD inpainting); "
+                             "repeat it to protect against several editors at once (one perturbation, the mean of "
+                             "their objectives; each actor holds every editor). tiny-ip2p, tiny-sd, tiny-sdxl, "
+                             "tiny-sdxl-ip2p, tiny-sd-inpaint (random weights) and the micro-editors are test "
+                             "editors: outputs protected against them protect against nothing real")
     parser.add_argument("--model-weights", type=_weights, default=(), metavar="W1,W2,…",
                         help="with several --model: their weights, in order (default equal)")
     parser.add_argument("--revision", default=p("revision"), help="revision of the first --model (branch, tag or "

@@ -1,7 +1,8 @@
 """``danp-protect bench``: how fast the immunizer runs, per iteration and per photo, and at what memory.
 
-Builds an editor (the tiny test editors, or the full-size SD v1.5 / InstructPix2Pix architectures with
-random weights, which cost exactly what the real models cost and need no download), then times
+Builds an editor (the tiny test editors of every kind, or the full-size SD v1.5 / InstructPix2Pix / SD
+inpainting / SDXL / SDXL InstructPix2Pix architectures with random weights, which cost exactly what the real
+models cost and need no download), then times
 ``gradients()`` — one PGD iteration: VAE encode, |𝒯| UNet passes with their backward, VAE backward —
 on a fixed protected photo. With ``--path both`` the reference and fast paths alternate iteration by
 iteration, so that both see the same machine load; medians are reported. Per-photo time is

@@ -38,7 +38,13 @@ import torch
 from PIL import Image
 
 from ..config import MICRO_MODELS, PROXY_MODELS, PURIFIERS, EditConfig, PurifyConfig, micro_edit_config
-from ..protect.diffusion import encode_mean, encode_prompts, latents_and_condition, predict_noise
+from ..protect.diffusion import (
+    blind_condition,
+    encode_mean,
+    encode_prompts,
+    latents_and_condition,
+    predict_noise,
+)
 from ..protect.models import EditorBundle, load_editor
 from .attacker import FULL_SIZE_TRANSFORMS, PIL_FILTERS, TRANSFORMS
 from .editing import Editor
@@ -106,8 +112,8 @@ class DiffPure(Purifier):
         bundle, (h, w) = self.bundle, pixels.shape[:2]
         padded = pad_to(pixels, bundle.vae_scale_factor)
         x = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1)[None].float().div(255)
-        z, condition = latents_and_condition(bundle, encode_mean(bundle, x.to(bundle.device)))
-        condition = None if condition is None else torch.zeros_like(condition)   # the unconditional branch
+        z, _ = latents_and_condition(bundle, encode_mean(bundle, x.to(bundle.device)))
+        condition = blind_condition(bundle, z)   # the unconditional branch: the UNet sees the photo only in z_t
         noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(int(seed))).to(z.device)
         z = bundle.scheduler.add_noise(z, noise, torch.tensor([self.t_star]))
         abar = bundle.scheduler.alphas_cumprod.to(z.device, torch.float32)

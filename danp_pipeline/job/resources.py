@@ -18,7 +18,7 @@ from ..config import PipelineConfig
 logger = logging.getLogger(__name__)
 
 #: The editor's parts whose weights an actor holds.
-EDITOR_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder")
+EDITOR_PARTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "text_encoder_2")   # the last: SDXL only
 
 
 def actor_memory(cfg: PipelineConfig) -> int:

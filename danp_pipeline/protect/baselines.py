@@ -53,11 +53,14 @@ from .diffusion import (
     Sampler,
     add_noise,
     attack_strength,
+    condition_of,
+    encode_masked,
     encode_mean,
     encode_prompts,
     latents_and_condition,
     loss_scale,
     predict_noise,
+    unconditional_embeds,
 )
 from .models import EditorBundle
 from .pgd import Objective
@@ -135,13 +138,16 @@ class DiffusionAttack(PixelObjective):
         self.steps = steps
         self.sampler = Sampler(bundle, cfg, encode_prompts(bundle, prompts, cfg.token_reduction), seeds,
                                per_timestep=False)
-        self.uncond = encode_prompts(bundle, [[""]], cfg.token_reduction).embeds
+        self.uncond = unconditional_embeds(bundle)
 
     def losses(self, x, iteration):
-        z, cond = latents_and_condition(self.bundle, encode_mean(self.bundle, x))
-        draw = self.sampler.draw(iteration, tuple(z.shape[1:]))
+        mean = encode_mean(self.bundle, x)
+        draw = self.sampler.draw(iteration, tuple(mean.shape[1:]))
+        if draw.masks is not None:
+            mean = torch.cat([mean, encode_masked(self.bundle, x, draw.masks)], dim=1)
+        z, cond = latents_and_condition(self.bundle, mean, draw.masks)
         prompts, pairs = draw.prompts, draw.prompts.image_index
-        latents = few_step_edit(self.bundle, z[pairs], None if cond is None else cond[pairs], prompts.embeds,
+        latents = few_step_edit(self.bundle, z[pairs], condition_of(cond, pairs), prompts.embeds,
                                 self.uncond, draw.noise, self.steps, attack_strength(self.bundle, self.cfg))
         decoded = self.bundle.vae.decode((latents / self.bundle.vae.config.scaling_factor).to(self.bundle.dtype)).sample
         image = (decoded.float() + 1) / 2
@@ -153,18 +159,22 @@ def few_step_edit(bundle: EditorBundle, z: torch.Tensor, cond: torch.Tensor | No
                   uncond: torch.Tensor, noise: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
     """Differentiable DDIM (η=0) edit with classifier-free guidance; returns the final latents [P,4,h,w].
 
-    InstructPix2Pix starts from pure noise and conditions on the image latents (3-way guidance, as
-    its pipeline); SD img2img starts from z noised to strength·T (2-way guidance).
+    InstructPix2Pix kinds start from pure noise and condition on the image latents (3-way guidance, as
+    their pipelines); img2img kinds start from z noised to strength·T (2-way guidance); inpainting starts
+    from pure noise at strength 1 (else as img2img) with its mask and masked-image latent ``cond`` in both
+    branches of its 2-way guidance, as its pipeline.
     """
     abar = bundle.scheduler.alphas_cumprod.to(z.device, torch.float32)
-    top = bundle.num_train_timesteps - 1 if cond is not None else max(int(strength * bundle.num_train_timesteps) - 1, 0)
+    three_way = bundle.spec.condition == "latent"
+    from_noise = three_way or (bundle.spec.condition == "masked" and strength >= 1)
+    top = bundle.num_train_timesteps - 1 if from_noise else max(int(strength * bundle.num_train_timesteps) - 1, 0)
     ts = torch.linspace(top, 0, steps + 1)[:-1].round().long().tolist()
     start = torch.full((len(z),), ts[0], device=z.device, dtype=torch.long)
-    latents = noise if cond is not None else add_noise(bundle, z, noise, start)
+    latents = noise if from_noise else add_noise(bundle, z, noise, start)
     n = len(z)
     unc = uncond.expand(n, -1, -1)
     for i, t in enumerate(ts):
-        if cond is not None:
+        if three_way:
             sample_cond = torch.cat([cond, cond, torch.zeros_like(cond)])
             eps = predict_noise(bundle, latents.repeat(3, 1, 1, 1), torch.full((3 * n,), t, device=z.device),
                                 torch.cat([embeds, unc, unc]), sample_cond)
@@ -172,7 +182,7 @@ def few_step_edit(bundle: EditorBundle, z: torch.Tensor, cond: torch.Tensor | No
             eps = e_unc + GUIDANCE * (e_text - e_img) + IMAGE_GUIDANCE * (e_img - e_unc)
         else:
             eps = predict_noise(bundle, latents.repeat(2, 1, 1, 1), torch.full((2 * n,), t, device=z.device),
-                                torch.cat([embeds, unc]), None)
+                                torch.cat([embeds, unc]), None if cond is None else cond.repeat(2, 1, 1, 1))
             e_text, e_unc = eps.chunk(2)
             eps = e_unc + GUIDANCE * (e_text - e_unc)
         a_t = abar[t]

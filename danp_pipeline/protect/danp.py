@@ -19,10 +19,14 @@ from ..config import AttackConfig
 from .attention import AttentionStore, capture_cross_attention
 from .diffusion import (
     Chunk,
+    Draw,
     PromptBatch,
     Sampler,
     add_noise,
+    condition_of,
+    encode_masked,
     encode_mean,
+    encode_photos,
     encode_prompts,
     fast_path_setup,
     latents_and_condition,
@@ -110,7 +114,7 @@ class DiffusionObjective:
         values: dict[str, torch.Tensor] = {}
         for steps in self.chunks(len(draw.prompts.image_index)):
             chunk = Chunk(draw, steps)
-            losses, extras, weight = self._chunk(encode_mean(self.bundle, x), chunk)
+            losses, extras, weight = self._chunk(encode_photos(self.bundle, x, draw.masks), chunk)
             self._accumulate(grads, losses, weight * self.scale, x, chunk, scales)
             self._record(values, {**losses, **extras}, weight, chunk)
         return self._complete(grads, x, scales is not None), values
@@ -123,8 +127,10 @@ class DiffusionObjective:
         x = x.detach().requires_grad_(True)
         with torch.set_grad_enabled(not self.cfg.vae_recompute):
             mean = encode_mean(self.bundle, x)
+            draw = self.sampler.draw(iteration, tuple(mean.shape[1:]))
+            if draw.masks is not None:
+                mean = torch.cat([mean, encode_masked(self.bundle, x, draw.masks)], dim=1)
         mean_leaf = mean.detach().requires_grad_(True)
-        draw = self.sampler.draw(iteration, tuple(mean.shape[1:]))
         latent_grads: dict[str, torch.Tensor] = {}
         values: dict[str, torch.Tensor] = {}
         for steps in self.chunks(len(draw.prompts.image_index)):
@@ -135,7 +141,7 @@ class DiffusionObjective:
             self._record(values, {**losses, **extras}, weight, chunk)
         names = [name for name in (COMBINED, *self.weights) if name in latent_grads]
         if names and self.cfg.vae_recompute:
-            mean = encode_mean(self.bundle, x)
+            mean = encode_photos(self.bundle, x, draw.masks)
         grads = {}
         for j, name in enumerate(names):
             (grads[name],) = torch.autograd.grad(mean, x, latent_grads[name], retain_graph=j < len(names) - 1)
@@ -145,12 +151,11 @@ class DiffusionObjective:
                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """Losses of one UNet call over the chunk's timesteps × every (image, prompt) pair, chunk-major."""
         k, pairs = chunk.k, chunk.prompts.image_index
-        z, cond = latents_and_condition(self.bundle, mean)
+        z, cond = latents_and_condition(self.bundle, mean, chunk.draw.masks)
         t = chunk.draw.timesteps[pairs][:, chunk.steps].T.reshape(-1)                 # [k·P], chunk-major
         eps = chunk.draw.noise[chunk.steps].reshape(k * len(pairs), *z.shape[1:])
         z_rep = z[pairs].repeat(k, 1, 1, 1)
-        cond_rep = None if cond is None else cond[pairs].repeat(k, 1, 1, 1)
-        losses, extras = self.chunk_losses(z_rep, cond_rep, t, eps, chunk)
+        losses, extras = self.chunk_losses(z_rep, chunk.condition(cond), t, eps, chunk)
         weight = (chunk.prompts.pair_weight / self.sampler.per_iteration).repeat(k)
         return losses, extras, weight
 
@@ -220,6 +225,8 @@ class DanpObjective(DiffusionObjective):
         self.x0 = x0
         self.clean_z: torch.Tensor | None = None
         self.clean_cond: torch.Tensor | None = None
+        self.clean_mean: torch.Tensor | None = None
+        self.masked_cond: tuple[torch.Tensor, torch.Tensor] | None = None   # (inpainting masks, their clean cond)
         self.fixed_masks: torch.Tensor | None = None
         self.clean_cache: dict[int, torch.Tensor] = {}   # noise="fixed": bin·P + pair (of all P) -> clean ε_θ
 
@@ -229,7 +236,8 @@ class DanpObjective(DiffusionObjective):
         encodes: same layout (channels_last), same modules, so that NBA is exactly 0 at δ = 0."""
         if self.clean_z is not None:
             return
-        self.clean_z, self.clean_cond = latents_and_condition(self.bundle, encode_mean(self.bundle, self.x0))
+        self.clean_mean = encode_mean(self.bundle, self.x0)
+        self.clean_z, self.clean_cond = latents_and_condition(self.bundle, self.clean_mean)
         if self.cfg.mask == "fixed" and self.cfg.use_daa:
             self.fixed_masks = self._clean_masks()
 
@@ -262,7 +270,7 @@ class DanpObjective(DiffusionObjective):
             z = self.clean_z[pairs]
             noise = torch.randn(z.shape, generator=gen).to(z.device)
             t = torch.full((len(pairs),), t_value, device=z.device)
-            cond = None if self.clean_cond is None else self.clean_cond[pairs]
+            cond = condition_of(self.clean_cond, pairs)      # inpainting: nothing masked
             att, _ = self._attention(add_noise(self.bundle, z, noise, t), cond, t, prompts, 1)
             maps = maps + att
         return kapur_mask(maps, self.cfg.threshold_bins)
@@ -273,10 +281,11 @@ class DanpObjective(DiffusionObjective):
         protected branch so that NBA is exactly 0 at δ = 0. With ``noise="fixed"`` each (bin, pair) is
         predicted once and reused in every later iteration."""
         pairs = chunk.prompts.image_index
+        cond = chunk.condition(self._clean_condition(chunk.draw))
 
         def predict(idx) -> torch.Tensor:
             z0_t = add_noise(self.bundle, chunk.repeat(self.clean_z[pairs])[idx], noise[idx], t[idx])
-            cond0 = None if self.clean_cond is None else chunk.repeat(self.clean_cond[pairs])[idx]
+            cond0 = None if cond is None else cond[idx]
             return predict_noise(self.bundle, z0_t, t[idx], chunk.repeat(chunk.prompts.embeds)[idx], cond0)
 
         with capture_cross_attention(self.bundle.unet, None):
@@ -288,6 +297,17 @@ class DanpObjective(DiffusionObjective):
                 for i, value in zip(missing, predict(torch.tensor(missing, device=t.device))):
                     self.clean_cache[slots[i]] = value
             return torch.stack([self.clean_cache[slot] for slot in slots])
+
+    @torch.no_grad()
+    def _clean_condition(self, draw: Draw) -> torch.Tensor | None:
+        """The clean photo's image conditioning under the draw's inpainting masks (encoded as the protected
+        branch's, once per set of masks), else the one of :meth:`prepare`."""
+        if draw.masks is None:
+            return self.clean_cond
+        if self.masked_cond is None or self.masked_cond[0] is not draw.masks:
+            mean = torch.cat([self.clean_mean, encode_masked(self.bundle, self.x0, draw.masks)], dim=1)
+            self.masked_cond = (draw.masks, latents_and_condition(self.bundle, mean, draw.masks)[1])
+        return self.masked_cond[1]
 
     def chunk_losses(self, z, cond, t, noise, chunk):
         z_t = add_noise(self.bundle, z, noise, t)

@@ -1,9 +1,10 @@
 """Forward passes of a frozen editor that every objective shares, and the objectives' random draws.
 
 Small functions over an :class:`~danp_pipeline.protect.models.EditorBundle`: encode prompts, encode a photo
-into latents (and, for InstructPix2Pix, the image conditioning), noise latents at a timestep,
-predict noise, and choose the attack timesteps 𝒯. :class:`Sampler` draws each iteration's prompts,
-timesteps and noise.
+into latents and the kind's image conditioning (InstructPix2Pix: its latent; inpainting: a mask and the latent of
+the photo with that mask applied), noise latents at a timestep, predict noise (with SDXL's pooled text embedding
+and time ids), and choose the attack timesteps 𝒯. :class:`Sampler` draws each iteration's prompts, timesteps,
+noise and, for inpainting editors, masks (protect/inpaint_masks.py).
 """
 
 from __future__ import annotations
@@ -13,17 +14,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ..config import SD_EDIT_STRENGTH, AttackConfig
+from ..config import AttackConfig
 from .attention import token_weights
+from .inpaint_masks import draw_masks, mask_out
 from .models import EditorBundle
 
 
 @dataclass
 class PromptBatch:
-    """Text conditioning for a flat list of (image, prompt) pairs."""
+    """Text conditioning for a flat list of (image, prompt) pairs.
 
-    embeds: torch.Tensor          # [P, 77, D] in the editor's dtype
+    ``embeds`` holds everything the UNet reads of a prompt, so that objectives index, repeat and concatenate
+    it as one tensor: the token states [P, 77, D], and for SDXL editors one more row [P, 78, D] holding the
+    pooled embedding of the second text encoder, zero-padded to D (:func:`unet_text_inputs` unpacks it)."""
+
+    embeds: torch.Tensor          # [P, 77, D] (SDXL: [P, 78, D]) in the editor's dtype
     token_weights: torch.Tensor   # [P, 77] float32, each row sums to 1
     image_index: torch.Tensor     # [P] which image of the batch each pair belongs to
     pair_weight: torch.Tensor     # [P] 1 / (number of prompts of that image)
@@ -32,13 +39,21 @@ class PromptBatch:
 
 @torch.no_grad()
 def encode_prompts(bundle: EditorBundle, prompts: list[list[str]], reduction: str = "content") -> PromptBatch:
-    """Encode every image's prompts; pairs are ordered image by image."""
+    """Encode every image's prompts; pairs are ordered image by image. SDXL editors: the penultimate hidden
+    states of both text encoders side by side and the second one's pooled output, as their pipelines do."""
     flat = [p for image_prompts in prompts for p in image_prompts]
     owner = [i for i, image_prompts in enumerate(prompts) for _ in image_prompts]
     weight = [1.0 / len(image_prompts) for image_prompts in prompts for _ in image_prompts]
-    tok = bundle.tokenizer(flat, padding="max_length", max_length=bundle.tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-    embeds = bundle.text_encoder(tok.input_ids.to(bundle.device))[0]
+    tok = _tokenize(bundle.tokenizer, flat)
+    if bundle.spec.xl:
+        first = bundle.text_encoder(tok.input_ids.to(bundle.device), output_hidden_states=True).hidden_states[-2]
+        second = bundle.text_encoder_2(_tokenize(bundle.tokenizer_2, flat).input_ids.to(bundle.device),
+                                       output_hidden_states=True)
+        states = torch.cat([first, second.hidden_states[-2]], dim=-1)
+        pooled = F.pad(second.text_embeds, (0, states.shape[-1] - second.text_embeds.shape[-1]))
+        embeds = torch.cat([states, pooled[:, None]], dim=1)
+    else:
+        embeds = bundle.text_encoder(tok.input_ids.to(bundle.device))[0]
     return PromptBatch(
         embeds=embeds.to(bundle.dtype),
         token_weights=token_weights(tok.attention_mask, reduction).to(bundle.device),
@@ -46,6 +61,32 @@ def encode_prompts(bundle: EditorBundle, prompts: list[list[str]], reduction: st
         pair_weight=torch.tensor(weight, device=bundle.device, dtype=torch.float32),
         counts=[len(image_prompts) for image_prompts in prompts],
     )
+
+
+def _tokenize(tokenizer, prompts: list[str]):
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt")
+
+
+@torch.no_grad()
+def unconditional_embeds(bundle: EditorBundle) -> torch.Tensor:
+    """The text conditioning of classifier-free guidance's unconditional branch [1, ...], as the editor's
+    pipeline builds it: the empty prompt's, or zeros for SDXL pipelines (``force_zeros_for_empty_prompt``)."""
+    embeds = encode_prompts(bundle, [[""]]).embeds
+    return torch.zeros_like(embeds) if bundle.spec.xl and bundle.force_zeros_for_empty_prompt else embeds
+
+
+def unet_text_inputs(bundle: EditorBundle, embeds: torch.Tensor, latent_hw: tuple[int, int]) -> dict:
+    """The UNet's text keyword arguments for ``embeds`` (:class:`PromptBatch`) on latents of ``latent_hw``: the
+    token states, and for SDXL the pooled embedding and the time ids of an uncropped image of the latents' size
+    (original size = target size, crop at (0, 0)), which is what the pipelines pass by default."""
+    if not bundle.spec.xl:
+        return {"encoder_hidden_states": embeds}
+    pooled = bundle.text_encoder_2.config.projection_dim
+    h, w = (side * bundle.vae_scale_factor for side in latent_hw)
+    time_ids = torch.tensor([h, w, 0, 0, h, w], device=embeds.device, dtype=embeds.dtype)
+    return {"encoder_hidden_states": embeds[:, :-1],
+            "added_cond_kwargs": {"text_embeds": embeds[:, -1, :pooled], "time_ids": time_ids.expand(len(embeds), -1)}}
 
 
 def draw_prompts(batch: PromptBatch, m: int, generators: list[torch.Generator]) -> tuple[PromptBatch, torch.Tensor]:
@@ -78,6 +119,7 @@ class Draw:
     bins: torch.Tensor | None         # [B, m] host: the |𝒯| bins the timesteps come from (None: an edit's draw)
     timesteps: torch.Tensor | None    # [B, m] on the editor's device
     noise: torch.Tensor               # [m, P, C, h, w] on the editor's device ([P, C, h, w]: an edit's draw)
+    masks: torch.Tensor | None = None  # inpainting editors: [B, K, 1, H, W] (1 = repainted); bin i uses mask i mod K
 
     @property
     def pair_images(self) -> torch.Tensor:
@@ -94,7 +136,9 @@ class Sampler:
     per bin, or the bin centres), then with ``timestep_subset`` a random m of the |𝒯| bins, then noise for
     every bin and every one of its prompts (the chosen ones are kept); ``noise="fixed"`` draws the noise in
     the first iteration only. ``per_timestep=False`` (a few-step edit, no timesteps): the prompts, then one
-    noise per chosen pair."""
+    noise per chosen pair. Inpainting editors then draw each image's masks (``inpaint_masks`` of them, at most
+    one per bin; one for a few-step edit; with ``noise="fixed"`` in the first iteration only, so that a bin
+    keeps its mask and the clean branch stays reusable)."""
 
     def __init__(self, bundle: EditorBundle, cfg: AttackConfig, prompts: PromptBatch, seeds: list[int], *,
                  per_timestep: bool = True) -> None:
@@ -105,6 +149,9 @@ class Sampler:
         self.per_iteration = cfg.timestep_subset or cfg.num_timesteps      # timesteps drawn per iteration (m)
         self.next_iteration = 0
         self.fixed_noise: list[torch.Tensor] | None = None                 # noise="fixed": one draw per image
+        self.mask_count = 0 if bundle.spec.condition != "masked" else \
+            min(cfg.inpaint_masks, cfg.num_timesteps) if per_timestep else 1
+        self.fixed_masks: torch.Tensor | None = None
 
     def draw(self, iteration: int, latent_shape: tuple[int, ...]) -> Draw:
         """Iteration ``iteration``'s draw for latents of shape [C, h, w]."""
@@ -116,7 +163,8 @@ class Sampler:
         if not self.per_timestep:
             noise = torch.cat([torch.randn((c, *latent_shape), generator=gen)
                                for gen, c in zip(self.generators, prompts.counts)])
-            return Draw(iteration, prompts, pair_ids, None, None, noise.to(self.bundle.device))
+            return Draw(iteration, prompts, pair_ids, None, None, noise.to(self.bundle.device),
+                        self._masks(latent_shape))
         n, m = self.cfg.num_timesteps, self.per_iteration
         ts, bins = [], []
         for gen in self.generators:
@@ -134,7 +182,22 @@ class Sampler:
             noises = self.fixed_noise
         timesteps = torch.stack([t[b] for t, b in zip(ts, bins)]).to(self.bundle.device)        # [B, m]
         noise = torch.cat([nz[b] for nz, b in zip(noises, bins)], dim=1)[:, pair_ids]            # [m, P, C, h, w]
-        return Draw(iteration, prompts, pair_ids, torch.stack(bins), timesteps, noise.to(self.bundle.device))
+        if self.fixed_masks is None or self.cfg.noise == "fresh":
+            masks = self._masks(latent_shape)
+            self.fixed_masks = masks if self.cfg.noise == "fixed" else None
+        else:
+            masks = self.fixed_masks
+        return Draw(iteration, prompts, pair_ids, torch.stack(bins), timesteps, noise.to(self.bundle.device), masks)
+
+    def _masks(self, latent_shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Each image's inpainting masks [B, K, 1, H, W] at the photos' size (None: not an inpainting editor)."""
+        if not self.mask_count:
+            return None
+        factor = self.bundle.vae_scale_factor
+        height, width = latent_shape[-2] * factor, latent_shape[-1] * factor
+        masks = [draw_masks(gen, self.mask_count, height, width, self.cfg.inpaint_mask_area)
+                 for gen in self.generators]
+        return torch.stack(masks).to(self.bundle.device)
 
 
 def repeat_pairs(value: torch.Tensor, k: int) -> torch.Tensor:
@@ -167,6 +230,14 @@ class Chunk:
         """[k·P] host: the |𝒯| bin of each sample."""
         return self.draw.bins[self.draw.pair_images][:, self.steps].T.reshape(-1)
 
+    def condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The image conditioning of every sample [k·P, ...] (:func:`latents_and_condition`): its image's, and for
+        per-mask conditionings [B, K, ...] the mask of its timestep bin (bin mod K)."""
+        if cond is None or cond.ndim == 4:
+            return None if cond is None else self.repeat(cond[self.prompts.image_index])
+        slots = self.bins % cond.shape[1]
+        return condition_of(cond, self.repeat(self.prompts.image_index), slots.to(cond.device))
+
 
 def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
     """VAE posterior mean (= mode) of photos x in [0,1], unscaled, float32 out."""
@@ -174,10 +245,60 @@ def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
     return posterior.mean.float()
 
 
-def latents_and_condition(bundle: EditorBundle, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """z = E(x) (mean × scaling factor) and, for ip2p, the image conditioning E_img(x) (mean, unscaled)."""
-    z = mean * bundle.vae.config.scaling_factor
-    return z, (mean if bundle.kind == "ip2p" else None)
+def encode_masked(bundle: EditorBundle, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The VAE means of photos x [B,3,H,W] under each of their masks [B,K,1,H,W] (repainted pixels mid-grey, as the
+    inpainting pipeline encodes them), stacked on the channel axis: [B, K·C, h, w]."""
+    mean = encode_mean(bundle, mask_out(x, masks))
+    return mean.unflatten(0, masks.shape[:2]).flatten(1, 2)
+
+
+def encode_photos(bundle: EditorBundle, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+    """What an objective differentiates through: the VAE means of photos x [B, C, h, w], and with inpainting
+    masks those of the masked photos after them on the channel axis, [B, C·(1+K), h, w]."""
+    mean = encode_mean(bundle, x)
+    return mean if masks is None else torch.cat([mean, encode_masked(bundle, x, masks)], dim=1)
+
+
+def latents_and_condition(bundle: EditorBundle, mean: torch.Tensor, masks: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z = E(x) (mean × scaling factor) and the kind's image conditioning from :func:`encode_photos`' ``mean``:
+    InstructPix2Pix kinds E_img(x) [B, C, h, w] (mean, unscaled); inpainting one conditioning per mask [B, K, 1+C,
+    h, w]: the mask at the latents' size (nearest, as the pipeline resizes it) and the masked photo's latent
+    (scaled). Without ``masks``, one with nothing masked (the photo itself); other kinds None."""
+    channels = bundle.vae.config.latent_channels
+    z = mean[:, :channels] * bundle.vae.config.scaling_factor
+    kind = bundle.spec.condition
+    if kind == "latent":
+        return z, mean[:, :channels]
+    if kind != "masked":
+        return z, None
+    if masks is None:
+        masked, small = z[:, None], torch.zeros((len(z), 1, 1, *z.shape[-2:]), device=z.device)
+    else:
+        masked = mean[:, channels:].unflatten(1, (masks.shape[1], channels)) * bundle.vae.config.scaling_factor
+        small = F.interpolate(masks.flatten(0, 1).float(), size=tuple(z.shape[-2:])).unflatten(0, masks.shape[:2])
+    return z, torch.cat([small.to(masked.dtype), masked], dim=2)
+
+
+def condition_of(cond: torch.Tensor | None, images: torch.Tensor, slots: torch.Tensor | int = 0
+                 ) -> torch.Tensor | None:
+    """Per-sample image conditioning: ``cond[images]`` of a per-image conditioning [B, ...]; of a per-mask one
+    [B, K, ...] the masks ``slots`` (default each image's first)."""
+    if cond is None or cond.ndim == 4:
+        return None if cond is None else cond[images]
+    return cond[images, slots]
+
+
+def blind_condition(bundle: EditorBundle, z: torch.Tensor) -> torch.Tensor | None:
+    """An image conditioning that shows the UNet nothing of the photo, for latents z [B, C, h, w]: zeros for
+    InstructPix2Pix kinds (their pipelines' unconditional image), for inpainting everything masked and a
+    zero masked-image latent; None for the others."""
+    kind = bundle.spec.condition
+    if kind == "latent":
+        return torch.zeros_like(z)
+    if kind == "masked":
+        return torch.cat([torch.ones_like(z[:, :1]), torch.zeros_like(z)], dim=1)
+    return None
 
 
 def add_noise(bundle: EditorBundle, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -193,13 +314,14 @@ def predict_noise(
     embeds: torch.Tensor,
     condition: torch.Tensor | None,
 ) -> torch.Tensor:
-    """ε_θ(z_t, t, c); for ip2p the UNet input is [z_t, E_img(x)] on the channel axis. float32 out.
+    """ε_θ(z_t, t, c); with an image conditioning (one per sample) the UNet input is [z_t, condition] on the
+    channel axis (InstructPix2Pix: E_img(x); inpainting: mask and masked-image latent). float32 out.
 
     A v-prediction UNet (``prediction_type="v_prediction"`` in its scheduler config, as the micro-editors
     and SD 2.x) is converted exactly to ε = √ᾱ_t v + √(1−ᾱ_t) z_t, so every objective reads noise.
     """
     sample = z_t if condition is None else torch.cat([z_t, condition], dim=1)
-    out = bundle.unet(sample.to(bundle.dtype), t, encoder_hidden_states=embeds).sample.float()
+    out = bundle.unet(sample.to(bundle.dtype), t, **unet_text_inputs(bundle, embeds, z_t.shape[-2:])).sample.float()
     kind = bundle.scheduler.config.get("prediction_type", "epsilon")
     if kind == "v_prediction":
         abar = bundle.scheduler.alphas_cumprod.to(out.device, torch.float32)[t].view(-1, 1, 1, 1)
@@ -211,10 +333,11 @@ def predict_noise(
 
 def attack_strength(bundle: EditorBundle, cfg: AttackConfig) -> float:
     """The img2img strength the attack's timesteps (and PhotoGuard's edit) cover: the configured one, else
-    the editor's own: InstructPix2Pix edits from pure noise (1.0), SD img2img at SD_EDIT_STRENGTH."""
+    the editor kind's own (EditorKind.strength): InstructPix2Pix and inpainting edit from pure noise (1.0),
+    img2img at SD_EDIT_STRENGTH."""
     if cfg.strength is not None:
         return cfg.strength
-    return 1.0 if bundle.kind == "ip2p" else SD_EDIT_STRENGTH
+    return bundle.spec.strength
 
 
 def loss_scale(bundle: EditorBundle, cfg: AttackConfig) -> float:

@@ -62,6 +62,43 @@ def test_full_size_architectures_have_the_published_sizes(kind, unet_params):
     assert bundle.unet.config.in_channels == (8 if kind == "ip2p" else 4)
 
 
+@pytest.mark.parametrize("kind, unet_params, second_encoder", [
+    ("sdxl", 2_567_463_684, 694_659_840),         # SDXL base 1.0; OpenCLIP ViT-bigG/14 with its projection
+    ("sdxl-ip2p", 2_567_475_204, 694_659_840),    # 4 more input channels
+    ("sd-inpaint", 859_535_364, None),             # SD 1.5 inpainting: 5 more input channels
+])
+def test_new_full_size_architectures_have_the_published_sizes(kind, unet_params, second_encoder):
+    bundle = full_size_editor(kind, device="meta")
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(bundle.unet) == unet_params and count(bundle.vae) == 83_653_863
+    assert count(bundle.text_encoder) == 123_060_480
+    assert (None if bundle.text_encoder_2 is None else count(bundle.text_encoder_2)) == second_encoder
+
+
+def test_bench_counts_sdxl_at_1024_on_the_meta_device(tmp_path):
+    """The full-size SDXL architecture, built on the meta device (no memory, no weights), traced once per kind of
+    iteration on the fast path (--device meta's default)."""
+    out = tmp_path / "sdxl.json"
+    assert entrypoint(["bench", "--arch", "sdxl", "--resolution", "1024", "--device", "meta", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model_id"] == "sdxl-arch" and report["resolution"] == [1024, 1024]
+    (name, res), = report["results"].items()
+    assert name == "fast" and res["traced_iterations"] == 2
+    # 100 iterations × 10 timesteps of a ~2.6 B-parameter UNet's forward and backward on 128² latents
+    assert 2.0e4 < res["tflop_per_photo"] < 4.0e4
+
+
+def test_bench_times_a_tiny_inpainting_editor_and_counts_its_masked_encodes(tmp_path):
+    arch = "tiny-sd-inpaint"
+    out = tmp_path / "bench.json"
+    assert entrypoint(["bench", "--arch", arch, "--resolution", "64", "--timesteps", "2", "--iterations", "1",
+                       "--steps", "2", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model_id"] == arch and set(report["results"]) == {"reference", "fast"}
+    for res in report["results"].values():
+        assert res["sec_per_iteration"] > 0 and res["flop_per_iteration"] > 0
+
+
 FOUR = ["put her in a prison cell", "make it snow", "turn him into a clown", "add fire in the background"]
 
 

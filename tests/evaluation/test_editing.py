@@ -1,4 +1,4 @@
-"""The attacker's edit: real diffusers pipelines over the tiny editors, seeded and reproducible."""
+"""The attacker's edit: real diffusers pipelines over the tiny editors of every kind, seeded and reproducible."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import pytest
 from diffusers import (
     DDIMScheduler,
     EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionInstructPix2PixPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInstructPix2PixPipeline,
 )
 from helpers import photo
 
@@ -65,3 +69,65 @@ def test_bad_settings_and_sizes_are_refused(tiny_ip2p):
         EditConfig(scheduler="lms")
     with pytest.raises(ValueError, match="multiple of 8"):
         Editor(tiny_ip2p, EditConfig(steps=1))(np.zeros((60, 64, 3), np.uint8), PROMPT, 0)
+
+
+NEW_KINDS = ("sdxl", "sdxl-ip2p", "sd-inpaint")
+
+
+@pytest.fixture(scope="module")
+def new_editors():
+    from danp_pipeline.protect.models import load_editor
+
+    return {kind: load_editor(f"tiny-{kind}", device="cpu") for kind in NEW_KINDS}
+
+
+@pytest.mark.parametrize("kind, cls, scheduler", [
+    ("sdxl", StableDiffusionXLImg2ImgPipeline, EulerDiscreteScheduler),
+    ("sdxl-ip2p", StableDiffusionXLInstructPix2PixPipeline, EulerDiscreteScheduler),
+    ("sd-inpaint", StableDiffusionInpaintPipeline, PNDMScheduler),
+])
+def test_new_kinds_edit_with_their_real_pipeline(new_editors, kind, cls, scheduler):
+    bundle = new_editors[kind]
+    pipe = build_pipeline(bundle)
+    assert type(pipe) is cls and type(pipe.scheduler) is scheduler and pipe.unet is bundle.unet
+    assert (getattr(pipe, "text_encoder_2", None) is bundle.text_encoder_2) and getattr(pipe, "watermark", None) is None
+    editor = Editor(bundle, EditConfig(steps=3))
+    options = editor.options()
+    assert ("image_guidance_scale" in options, "strength" in options) == (kind == "sdxl-ip2p", kind == "sdxl")
+    img = photo("astronaut", (48, 32))
+    a, b, c = editor(img, PROMPT, 0), editor(img, PROMPT, 0), editor(img, PROMPT, 1)
+    assert a.shape == img.shape and a.dtype == np.uint8 and np.array_equal(a, b) and psnr(a, c) < 40
+
+
+def test_the_real_pipelines_edit_a_protected_photo(new_editors):
+    """Each new kind protects a photo (DANP, two steps) and its own pipeline then edits the protected file; the
+    edit of the protected photo differs from the edit of the clean one (same seed, same mask)."""
+    from danp_pipeline.config import AttackConfig
+    from danp_pipeline.protect.immunizer import Immunizer
+
+    img = photo("chelsea", (48, 32))
+    cfg = AttackConfig(resolution=48, resolution_multiple=16, steps=2, num_timesteps=2, eps=8 / 255,
+                       step_size=4 / 255)
+    for kind, bundle in new_editors.items():
+        protected = Immunizer(bundle, cfg).protect([img], PROMPT)[0]
+        assert 1 <= protected.linf_levels <= cfg.linf_levels_bound
+        editor = Editor(bundle, EditConfig(steps=3))
+        clean, edited = editor(img, PROMPT, 4), editor(protected.pixels, PROMPT, 4)
+        assert edited.shape == img.shape and not np.array_equal(clean, edited), kind
+
+
+def test_inpainting_repaints_the_given_mask_or_one_drawn_with_the_seed(new_editors):
+    editor = Editor(new_editors["sd-inpaint"], EditConfig(steps=3))
+    assert editor.options() == {"guidance_scale": 7.5, "num_inference_steps": 3}      # the pipeline's strength 1.0
+    drawn = editor.mask(32, 48, 7)
+    assert drawn.shape == (32, 48) and set(np.unique(drawn)) == {0, 255}
+    assert np.array_equal(drawn, editor.mask(32, 48, 7)) and not np.array_equal(drawn, editor.mask(32, 48, 8))
+    img = photo("astronaut", (48, 32))
+    left = np.zeros((32, 48), np.uint8)
+    left[:, :24] = 1
+    assert np.array_equal(editor(img, PROMPT, 7), editor(img, PROMPT, 7, mask=drawn))
+    assert not np.array_equal(editor(img, PROMPT, 7), editor(img, PROMPT, 7, mask=left))
+    with pytest.raises(ValueError, match=r"mask shape \(32, 24\) must be the photo's"):
+        editor(img, PROMPT, 7, mask=left[:, :24])
+    with pytest.raises(ValueError, match="a mask was given for a sdxl editor, which takes none"):
+        Editor(new_editors["sdxl"], EditConfig(steps=1))(img, PROMPT, 0, mask=left)

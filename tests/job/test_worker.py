@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from helpers import FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, photo, protect_rows
+from helpers import FAST_ARGS, FAST_ATTACK, bad_inputs, check_linf, encode, fast_config, odd_photos, photo, protect_rows
 
 from danp_pipeline import storage
 from danp_pipeline.config import DEFAULT_PROMPTS, config_json, config_sha256
@@ -282,3 +282,43 @@ def test_overlapping_calls_protect_one_batch_at_a_time_and_record_only_it(cfg, t
         t.join()
     assert seen == [(1, 2), (1, 2)]          # one batch on the editor at a time, and its 2 records only
     assert [r["error"] for part in out for r in part.to_pylist()] == [None] * 4
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sdxl-ip2p", "sd-inpaint"])
+def test_sdxl_and_inpainting_editors_saved_to_disk_are_protected_against_like_ip2p(tmp_path, kind):
+    """An SDXL or inpainting editor in a local diffusers directory: the run's pre-flight accepts it, the Protector
+    loads it through the real loading path, and its rows and outputs are those of an InstructPix2Pix run."""
+    from danp_pipeline import cli
+    from danp_pipeline.job import preflight
+    from danp_pipeline.protect.models import load_editor
+
+    model = str(tmp_path / kind)
+    load_editor(f"tiny-{kind}").save_pretrained(model)
+    argv = ["run", str(tmp_path / "in"), str(tmp_path / "out"), "--model", model, *FAST_ARGS[2:]]
+    cfg = cli.pipeline_config(cli.build_parser().parse_args(argv))
+    files = {"a.jpg": encode(photo("astronaut", (72, 48)), "JPEG")}
+    batch = read_batch(cfg, files, tmp_path)
+    preflight.check(cfg)
+    (row,) = protect_rows(cfg, batch).to_pylist()
+    assert row["status"] == "ok", row["error"]
+    data = storage.filesystem(cfg.output_uri)[0].cat_file(row["output_uri"])
+    assert row["output_uri"] == f"file://{tmp_path}/out/images/a.jpg.png"
+    assert row["output_sha256"] == provenance.sha256_hex(data)
+    assert 1 <= check_linf(files["a.jpg"], data, FAST_ATTACK.eps) == row["linf_levels"] <= FAST_ATTACK.linf_levels_bound
+    assert row["model_id"] == model and row["model_revision"].startswith("local-")
+    assert row["config_sha256"] == config_sha256(config_json(FAST_ATTACK, model, None))
+    assert row["psnr_db"] > 35 and row["loss_first"] == row["loss_first"] and row["loss_last"] == row["loss_last"]
+
+
+def test_an_ensemble_of_editors_of_different_kinds_is_protected_against(tmp_path):
+    """InstructPix2Pix, SDXL img2img (saved to disk) and SD inpainting: one actor, one δ, one row naming all."""
+    from danp_pipeline.protect.models import load_editor
+
+    sdxl = str(tmp_path / "sdxl")
+    load_editor("tiny-sdxl").save_pretrained(sdxl)
+    cfg = fast_config(str(tmp_path / "in"), str(tmp_path / "out"), ensemble=(sdxl, "tiny-sd-inpaint"))
+    rows = protect_rows(cfg, read_batch(cfg, {"a.jpg": encode(photo("astronaut", (72, 48)), "JPEG")}, tmp_path))
+    (row,) = rows.to_pylist()
+    assert row["status"] == "ok", row["error"]
+    assert 1 <= row["linf_levels"] <= FAST_ATTACK.linf_levels_bound
+    assert row["model_id"] == f"tiny-ip2p+{sdxl}+tiny-sd-inpaint" and row["model_revision"].count("+") == 2
