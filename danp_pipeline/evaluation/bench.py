@@ -6,9 +6,9 @@ random weights, which cost exactly what the real models cost and need no downloa
 on a fixed protected photo. With ``--path both`` the reference and fast paths alternate iteration by
 iteration, so that both see the same machine load; medians are reported. Per-photo time is
 ``setup + steps × iteration`` over the batch. Only the asked iterations run on the device: FLOPs are
-counted on a copy of the architecture on the "meta" device (shapes only, no arithmetic) with
-``torch.utils.flop_counter``, one traced iteration per kind of iteration (:class:`Work`), and set
-against the device's dense bf16 peak where it is known.
+counted on a copy of the architecture on the "meta" device (shapes only, no arithmetic) with torch's
+FlopCounterMode, one traced iteration per kind of iteration (:class:`Work`), each distinct op traced once
+(evaluation/flops.py), and set against the device's dense bf16 peak where it is known.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from ..protect.devices import pick_device, resolve_dtype
 from ..protect.diffusion import set_memory_format
 from ..protect.immunizer import Immunizer
 from ..protect.models import EditorBundle, full_size_editor, load_editor
+from .flops import FlopTable, count_flops_of
 from .memory import peak_memory
 
 logger = logging.getLogger(__name__)
@@ -89,9 +89,11 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     prompt_lists = [[DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(prompts)]] * batch_size
     seeds = list(range(batch_size))
     sync = torch.cuda.synchronize if bundle.device.type == "cuda" else (lambda: None)
+    table = FlopTable()                    # every count of this run replays the ops its predecessors traced
 
     if bundle.device.type == "meta":       # shapes only: count the work, time nothing
-        results = {name: {"config": _knobs(cfg), **count_photo_flops(bundle, cfg, x0, x, prompt_lists, seeds)}
+        results = {name: {"config": _knobs(cfg), **count_photo_flops(bundle, cfg, x0, x, prompt_lists, seeds,
+                                                                     table=table)}
                    for name, cfg in configs.items()}
         return {"device": {"type": "meta", "name": "meta (FLOPs counted, nothing timed)"},
                 "dtype": str(bundle.dtype).replace("torch.", ""), "model_id": bundle.model_id,
@@ -127,7 +129,7 @@ def benchmark(bundle: EditorBundle, configs: dict[str, AttackConfig], *, batch_s
     for name, res in results.items():
         res.update(summarize(res, configs[name].steps, batch_size))
         if counter is not None:
-            work = count_work(counter, configs[name], x0, x, prompt_lists, seeds,
+            work = count_work(counter, configs[name], x0, x, prompt_lists, seeds, table=table,
                               iterations=max(configs[name].steps, warmup + iterations))
             res.update(work.photo(configs[name].steps, len(x0)))
             timed = range(warmup, warmup + iterations)           # the iterations the clock measured
@@ -184,21 +186,23 @@ class Work:
 
 def count_work(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
                prompt_lists: list[list[str]], seeds: list[int], *, every: bool = False,
-               iterations: int | None = None) -> Work:
+               iterations: int | None = None, table: FlopTable | None = None, replay: bool = True) -> Work:
     """Trace building the objective of x0 and its gradient evaluations at x (which photo does not change the
     count), for iterations 0 … ``iterations`` - 1 (default ``cfg.steps``). On the meta device, where no branch
     depends on values, one iteration of each kind is traced (the first, the second and, when ``balance_every``
     = k > 1, the k-th; those between run uncounted); every one where the kinds are not known ahead: fixed
     noise drawn for a subset of timesteps or prompts (its clean cache fills at random), several attacker
-    views, a device with values, or ``every``."""
+    views, a device with values, or ``every``. On meta each distinct op is traced once into ``table`` (a new
+    one by default) and replayed after (evaluation/flops.py; the same count); ``replay=False`` traces every op."""
     x0, x = x0.to(bundle.device), x.to(bundle.device)
+    table = (table if table is not None else FlopTable()) if replay and bundle.device.type == "meta" else None
     objective = None
 
     def setup() -> None:
         nonlocal objective
         objective = Immunizer(bundle, cfg).objective(x0, prompt_lists, seeds)
 
-    setup_flop = count_flops_of(setup)
+    setup_flop = count_flops_of(setup, table)
     period = max(1, cfg.balance_every)
     random_cache = cfg.noise == "fixed" and (cfg.timestep_subset or cfg.prompt_subset)
     kinds_known = bundle.device.type == "meta" and not random_cache and len(getattr(objective, "views", ())) <= 1
@@ -206,17 +210,20 @@ def count_work(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: tor
     work = Work(setup_flop, {}, period)
     for i in range(needed if every or not kinds_known else min(needed, period + 1 if period > 1 else 2)):
         if every or not kinds_known or work.kind(i) == i:
-            work.traced[i] = count_flops_of(lambda: objective.gradients(x))
-        else:                       # of a kind already traced: run (a third of the cost) to reach the next kind
+            work.traced[i] = count_flops_of(lambda: objective.gradients(x), table)
+        elif table is not None:     # of a kind already traced: replayed, uncounted, to reach the next kind
+            count_flops_of(lambda: objective.gradients(x), table)
+        else:
             objective.gradients(x)
     return work
 
 
 def count_photo_flops(bundle: EditorBundle, cfg: AttackConfig, x0: torch.Tensor, x: torch.Tensor,
-                      prompt_lists: list[list[str]], seeds: list[int], *, every: bool = False) -> dict[str, float]:
+                      prompt_lists: list[list[str]], seeds: list[int], *, every: bool = False,
+                      table: FlopTable | None = None) -> dict[str, float]:
     """The counted work of protecting the photos x0 (:func:`count_work`), per photo: building the objective
     (clean latents, masks) and every one of ``cfg.steps`` gradient evaluations."""
-    return count_work(bundle, cfg, x0, x, prompt_lists, seeds, every=every).photo(cfg.steps, len(x0))
+    return count_work(bundle, cfg, x0, x, prompt_lists, seeds, every=every, table=table).photo(cfg.steps, len(x0))
 
 
 def _layout(bundle: EditorBundle, cfg: AttackConfig) -> None:
@@ -229,25 +236,6 @@ def summarize(res: dict[str, Any], steps: int, batch_size: int) -> dict[str, flo
     per_photo = (res["setup_s"] + steps * per_iteration) / batch_size
     return {"sec_per_iteration": per_iteration, "cpu_sec_per_iteration": statistics.median(res["iteration_cpu_s"]),
             "sec_per_photo": per_photo, "photos_per_hour": 3600.0 / per_photo}
-
-
-def count_flops_of(work: Callable[[], Any]) -> int:
-    """FLOPs of ``work()`` (matmuls, convolutions, attention; forward and backward), e.g. one gradients() call."""
-    from torch.utils.flop_counter import (
-        FlopCounterMode,
-        sdpa_backward_flop_count,
-        sdpa_flop_count,
-    )
-
-    aten = torch.ops.aten
-    custom = {  # CPU's fused attention kernels are not in torch's table
-        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
-    }
-    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
-        work()
-    return int(counter.get_total_flops())
 
 
 def describe_device(device: torch.device) -> dict[str, Any]:
