@@ -64,6 +64,8 @@ EDIT_SCHEDULERS: tuple[str, ...] = ("auto", "euler-ancestral", "pndm", "ddim")
 BENCH_ARCHS: dict[str, tuple[str, str]] = {
     "tiny-ip2p": ("ip2p", "tiny"), "tiny-sd": ("sd", "tiny"), "ip2p": ("ip2p", "full"), "sd15": ("sd", "full"),
 }
+#: ``bench``'s editor when no ``--arch`` is given.
+BENCH_DEFAULT_ARCH = "tiny-ip2p"
 
 #: Manifest compaction (manifest/writer.py): parts with fewer rows than COMPACT_ROWS are small, and
 #: merged parts hold at most that many. A run compacts at its end once COMPACT_MIN_PARTS small parts

@@ -1,5 +1,5 @@
 """``danp-protect bench`` end to end on the tiny editor, the counting of its work (one iteration per kind,
-each distinct op once), and the full-size architectures' sizes.
+ensembles), and the full-size architectures' sizes.
 
 No assertion depends on timing: only that the report is complete, its numbers are positive, and counts
 are equal to the FLOP where they must be.
@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from danp_pipeline.cli import entrypoint
-from danp_pipeline.config import AttackConfig, profile_config
+from danp_pipeline.config import ACTOR_BYTES_PER_PIXEL, AttackConfig, profile_config
 from danp_pipeline.evaluation.bench import build_editor, count_work
 from danp_pipeline.evaluation.flops import FlopTable
+from danp_pipeline.evaluation.memory import weights_bytes
 from danp_pipeline.protect.models import full_size_editor
 
 META = torch.device("meta")
@@ -39,6 +40,7 @@ def test_bench_reports_both_paths_as_json(tmp_path):
         assert res["traced_iterations"] == 2               # the first, and one of the three alike
         assert res["tflop_per_photo"] * 1e12 == pytest.approx(res["setup_flop"] + res["iterations_flop"])
         assert len(res["iteration_s"]) == 1
+    assert report["memory"]["weights_bytes"] > 0 and report["memory"]["peak"].startswith("peak resident memory")
     # --device meta counts the same work from shapes alone, timing nothing
     meta_out = tmp_path / "meta.json"
     assert entrypoint(["bench", "--arch", "tiny-ip2p", "--resolution", "64", "--timesteps", "2", "--steps", "4",
@@ -68,6 +70,8 @@ def test_full_size_architectures_have_the_published_sizes(kind, unet_params):
     assert count(bundle.vae) == 83_653_863
     assert count(bundle.text_encoder) == 123_060_480     # CLIP ViT-L/14 text tower
     assert bundle.unet.config.in_channels == (8 if kind == "ip2p" else 4)
+    # float32 weights, and the text encoder's 77 int64 position ids
+    assert weights_bytes(bundle) == 4 * (unet_params + 83_653_863 + 123_060_480) + 77 * 8
 
 
 FOUR = ["put her in a prison cell", "make it snow", "turn him into a clown", "add fire in the background"]
@@ -123,6 +127,17 @@ def test_replaying_distinct_ops_on_meta_counts_what_the_full_trace_counts(path):
     assert table.replayed > table.traced / 2 > 0
 
 
+def test_an_ensembles_count_is_the_sum_of_each_editors_alone():
+    cfg = AttackConfig(steps=3, num_timesteps=2, resolution=64)
+    editors = [build_editor("tiny-ip2p", META, "auto", seed=0), build_editor("tiny-sd", META, "auto", seed=1)]
+    x0, x = photo()
+    both = count_work(editors, cfg, x0, x, [FOUR[:1]], [0])
+    alone = [count_work(e, cfg, x0, x, [FOUR[:1]], [0]) for e in editors]
+    assert both.setup_flop == sum(w.setup_flop for w in alone) > 0        # the prompts, through each text encoder
+    assert both.traced == {i: sum(w.traced[i] for w in alone) for i in (0, 1)}
+    assert both.photo(3, 1)["iterations_flop"] == sum(w.photo(3, 1)["iterations_flop"] for w in alone)
+
+
 def test_counting_on_meta_traces_two_iterations_whatever_the_steps_and_each_distinct_op_once():
     bundle = build_editor("tiny-ip2p", META, "auto")
     passes = []
@@ -144,3 +159,21 @@ def test_counting_on_meta_traces_two_iterations_whatever_the_steps_and_each_dist
     assert len(table.entries) == distinct            # the second count replayed every op the first one traced
     assert many.traced == few.traced
     assert many.photo(100, 1)["iterations_flop"] == many.traced[0] + 99 * many.traced[1]
+
+
+def test_bench_counts_an_ensemble_and_its_memory(tmp_path):
+    out = tmp_path / "ensemble.json"
+    assert entrypoint(["bench", "--arch", "tiny-ip2p", "--arch", "tiny-sd", "--resolution", "64", "--timesteps", "2",
+                       "--steps", "3", "--path", "fast", "--device", "meta", "--model-weights", "2,1",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["archs"] == ["tiny-ip2p", "tiny-sd"] and report["model_id"] == "tiny-ip2p + tiny-sd"
+    res = report["results"]["fast"]
+    assert len(res["tflop_per_photo_by_editor"]) == 2
+    assert res["tflop_per_photo"] == pytest.approx(sum(res["tflop_per_photo_by_editor"]), rel=1e-12)
+    memory = report["memory"]
+    held = [weights_bytes(build_editor(arch, META, "auto")) for arch in ("tiny-ip2p", "tiny-sd")]
+    assert memory["weights_bytes_by_editor"] == held and memory["weights_bytes"] == sum(held)
+    assert memory["estimate_bytes"] == sum(held) + 64 * 64 * ACTOR_BYTES_PER_PIXEL
+    assert entrypoint(["bench", "--arch", "tiny-ip2p", "--arch", "tiny-sd", "--model-weights", "2,1,1",
+                       "--resolution", "64", "--device", "meta"]) == 2      # three weights for two editors
