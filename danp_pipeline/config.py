@@ -67,6 +67,8 @@ BENCH_ARCHS: dict[str, tuple[str, str]] = {
     "ip2p": ("ip2p", "full"), "sd15": ("sd", "full"), "sdxl": ("sdxl", "full"), "sdxl-ip2p": ("sdxl-ip2p", "full"),
     "sd-inpaint": ("sd-inpaint", "full"),
 }
+#: ``bench``'s editor when no ``--arch`` is given.
+BENCH_DEFAULT_ARCH = "tiny-ip2p"
 
 #: Manifest compaction (manifest/writer.py): parts with fewer rows than COMPACT_ROWS are small, and
 #: merged parts hold at most that many. A run compacts at its end once COMPACT_MIN_PARTS small parts

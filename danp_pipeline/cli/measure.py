@@ -14,7 +14,7 @@ from ..config import (
     MicroSuiteConfig,
     PurifyConfig,
 )
-from .options import _csv_list, _default, _parse_value, add_attack_options, attack_config
+from .options import _csv_list, _default, _parse_value, _weights, add_attack_options, attack_config
 
 logger = logging.getLogger("danp_pipeline")
 
@@ -189,8 +189,13 @@ def run_micro_bench(args: argparse.Namespace) -> int:
 
 
 def configure_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arch", choices=list(C.BENCH_ARCHS), default="tiny-ip2p",
-                        help="editor architecture; those without tiny- are full size with random weights (no download)")
+    parser.add_argument("--arch", choices=list(C.BENCH_ARCHS), action="append", default=None,
+                        help="editor architecture; those without tiny- are full size with random weights (no "
+                             "download); repeat it to protect against several at once, as run's --model (an "
+                             f"ensemble: its FLOPs are the sum of each editor's; default {C.BENCH_DEFAULT_ARCH})")
+    parser.add_argument("--model-weights", type=_weights, default=None, metavar="W1,W2,…",
+                        help="with several --arch: their weights, in order, as run's (default equal; they change "
+                             "no work)")
     parser.add_argument("--batch-size", type=int, default=1, help="photos per immunizer call")
     parser.add_argument("--prompts", type=int, default=1, help="edit instructions per photo (default 1)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -221,9 +226,10 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = attack_config(args).replace(precision=args.precision)
     path = args.path or ("fast" if args.device == "meta" else "both")
     paths = ["reference", "fast"] if path == "both" else [path]
-    report = bench.run(args.arch, {p: cfg.replace(path=p) for p in paths}, device=args.device,
-                       precision=args.precision, threads=args.threads, batch_size=args.batch_size,
-                       prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops)
+    report = bench.run(args.arch or [C.BENCH_DEFAULT_ARCH], {p: cfg.replace(path=p) for p in paths},
+                       device=args.device, precision=args.precision, threads=args.threads, batch_size=args.batch_size,
+                       prompts=args.prompts, iterations=args.iterations, warmup=args.warmup, count_flops=args.flops,
+                       editor_weights=args.model_weights)
     sys.stdout.write(bench.format_report(report) + "\n")
     if args.json == "-":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

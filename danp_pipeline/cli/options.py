@@ -38,6 +38,14 @@ def _budget(text: str) -> float:
     return value / 255 if sep else value
 
 
+def _weights(text: str) -> tuple[float, ...]:
+    """Editor weights of an ensemble (``--model-weights``), comma-separated numbers."""
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _csv_list(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
         return tuple(kind(item.strip()) for item in text.split(",") if item.strip())

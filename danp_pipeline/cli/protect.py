@@ -11,7 +11,7 @@ from .. import config as C
 from ..config import (
     PipelineConfig,
 )
-from .options import _default, _storage_options, add_attack_options, attack_config
+from .options import _default, _storage_options, _weights, add_attack_options, attack_config
 
 logger = logging.getLogger("danp_pipeline")
 
@@ -124,13 +124,6 @@ def add_listing_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--progress-interval", type=float, default=p("progress_interval_s"),
                    help="seconds between progress lines and OUTPUT/_status.json updates "
                         f"(default {p('progress_interval_s'):g})")
-
-
-def _weights(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:

@@ -4,7 +4,8 @@ On CUDA: ``torch.cuda.max_memory_allocated`` since the block started. On CPU: th
 resident memory (Linux VmHWM), reset to the current RSS when the block starts by writing 5 to
 ``/proc/self/clear_refs``; so it includes what the process already holds (weights, allocator
 caches). Where the reset is not possible the peak is the process's since it started, and
-:attr:`PeakMemory.kind` says so.
+:attr:`PeakMemory.kind` says so. Without a measurement (``bench`` on the meta device), the figure is the
+editors' weights plus the host-memory rule per pixel of the batch (:func:`host_estimate_bytes`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,36 @@ import resource
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+from ..config import ACTOR_BYTES_PER_PIXEL
+
+if TYPE_CHECKING:
+    from ..protect.models import EditorBundle
 
 #: What each kind of figure means, for reports.
 MEANING = {
     "cuda_max_allocated": "CUDA memory allocated by torch at its peak",
     "rss_peak": "peak resident memory of the whole process (editor included)",
     "rss_peak_since_start": "peak resident memory of the process since it started (no per-block reset)",
+    "host_estimate": f"the editors' weights plus {ACTOR_BYTES_PER_PIXEL} bytes per pixel of the batch, the editor "
+                     "actor's host-memory rule; a full-size editor's activations are not in it",
 }
+
+
+def weights_bytes(editor: EditorBundle) -> int:
+    """Bytes of an editor's parameters and buffers (UNet, VAE, text encoder) in their dtype, on any device
+    (meta too)."""
+    modules = (editor.unet, editor.vae, editor.text_encoder)
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def host_estimate_bytes(weights: int, pixels: int) -> int:
+    """Host memory of a protection by the rule an editor actor asks Ray for (job/resources.py): the
+    editors' ``weights`` plus config.ACTOR_BYTES_PER_PIXEL per pixel of the batch."""
+    return weights + pixels * ACTOR_BYTES_PER_PIXEL
 
 
 @dataclass
