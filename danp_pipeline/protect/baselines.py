@@ -54,8 +54,8 @@ from .diffusion import (
     add_noise,
     attack_strength,
     condition_of,
-    encode_masked,
     encode_mean,
+    encode_photos,
     encode_prompts,
     latents_and_condition,
     loss_scale,
@@ -143,9 +143,7 @@ class DiffusionAttack(PixelObjective):
     def losses(self, x, iteration):
         mean = encode_mean(self.bundle, x)
         draw = self.sampler.draw(iteration, tuple(mean.shape[1:]))
-        if draw.masks is not None:
-            mean = torch.cat([mean, encode_masked(self.bundle, x, draw.masks)], dim=1)
-        z, cond = latents_and_condition(self.bundle, mean, draw.masks)
+        z, cond = latents_and_condition(self.bundle, encode_photos(self.bundle, x, draw.masks, mean), draw.masks)
         prompts, pairs = draw.prompts, draw.prompts.image_index
         latents = few_step_edit(self.bundle, z[pairs], condition_of(cond, pairs), prompts.embeds,
                                 self.uncond, draw.noise, self.steps, attack_strength(self.bundle, self.cfg))

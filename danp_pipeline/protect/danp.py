@@ -24,7 +24,6 @@ from .diffusion import (
     Sampler,
     add_noise,
     condition_of,
-    encode_masked,
     encode_mean,
     encode_photos,
     encode_prompts,
@@ -128,8 +127,7 @@ class DiffusionObjective:
         with torch.set_grad_enabled(not self.cfg.vae_recompute):
             mean = encode_mean(self.bundle, x)
             draw = self.sampler.draw(iteration, tuple(mean.shape[1:]))
-            if draw.masks is not None:
-                mean = torch.cat([mean, encode_masked(self.bundle, x, draw.masks)], dim=1)
+            mean = encode_photos(self.bundle, x, draw.masks, mean)
         mean_leaf = mean.detach().requires_grad_(True)
         latent_grads: dict[str, torch.Tensor] = {}
         values: dict[str, torch.Tensor] = {}
@@ -305,7 +303,7 @@ class DanpObjective(DiffusionObjective):
         if draw.masks is None:
             return self.clean_cond
         if self.masked_cond is None or self.masked_cond[0] is not draw.masks:
-            mean = torch.cat([self.clean_mean, encode_masked(self.bundle, self.x0, draw.masks)], dim=1)
+            mean = encode_photos(self.bundle, self.x0, draw.masks, self.clean_mean)
             self.masked_cond = (draw.masks, latents_and_condition(self.bundle, mean, draw.masks)[1])
         return self.masked_cond[1]
 

@@ -233,10 +233,10 @@ class Chunk:
     def condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         """The image conditioning of every sample [k·P, ...] (:func:`latents_and_condition`): its image's, and for
         per-mask conditionings [B, K, ...] the mask of its timestep bin (bin mod K)."""
-        if cond is None or cond.ndim == 4:
-            return None if cond is None else self.repeat(cond[self.prompts.image_index])
-        slots = self.bins % cond.shape[1]
-        return condition_of(cond, self.repeat(self.prompts.image_index), slots.to(cond.device))
+        if cond is None:
+            return None
+        slots = (self.bins % cond.shape[1]).to(cond.device) if cond.ndim > 4 else 0
+        return condition_of(cond, self.repeat(self.prompts.image_index), slots)
 
 
 def encode_mean(bundle: EditorBundle, x: torch.Tensor) -> torch.Tensor:
@@ -252,10 +252,12 @@ def encode_masked(bundle: EditorBundle, x: torch.Tensor, masks: torch.Tensor) ->
     return mean.unflatten(0, masks.shape[:2]).flatten(1, 2)
 
 
-def encode_photos(bundle: EditorBundle, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+def encode_photos(bundle: EditorBundle, x: torch.Tensor, masks: torch.Tensor | None = None,
+                  mean: torch.Tensor | None = None) -> torch.Tensor:
     """What an objective differentiates through: the VAE means of photos x [B, C, h, w], and with inpainting
-    masks those of the masked photos after them on the channel axis, [B, C·(1+K), h, w]."""
-    mean = encode_mean(bundle, x)
+    masks those of the masked photos after them on the channel axis, [B, C·(1+K), h, w]. ``mean``: the photos'
+    own means when already encoded (e.g. to size the draw that picks the masks)."""
+    mean = encode_mean(bundle, x) if mean is None else mean
     return mean if masks is None else torch.cat([mean, encode_masked(bundle, x, masks)], dim=1)
 
 
