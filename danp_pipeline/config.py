@@ -688,6 +688,9 @@ class MicroSuiteConfig:
     # attention term has something to act on; micro-ip2p-b (trained without it) is the independent transfer editor.
     # Textured: proxy-ip2p, and proxy-ip2p-b for transfer.
     editors: tuple[str, ...] = ()
+    # How many of ``editors``, from the first, each photo is protected against at once: 1, or an ensemble (one δ,
+    # the mean of their objectives, protect/ensemble.py). The attacker edits with every editor either way.
+    ensemble: int = 1
     scenes: int = 24
     scene_seed: int = 0
     methods: tuple[str, ...] = tuple(EVAL_METHODS)
@@ -730,6 +733,9 @@ class MicroSuiteConfig:
             if other is not None:
                 raise ValueError(f"editors: {name!r} is trained on the {other} world, not on world={self.world!r} "
                                  f"(its editors: {', '.join(editors)})")
+        _integer("ensemble", self.ensemble, 1)
+        if self.ensemble > len(self.editors):
+            raise ValueError(f"ensemble must be at most the {len(self.editors)} editor(s) given, got {self.ensemble}")
         _integer("scenes", self.scenes, 1)
         _integer("scene_seed", self.scene_seed, 0)
         if not self.methods or len(set(self.methods)) != len(self.methods):

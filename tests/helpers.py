@@ -402,17 +402,21 @@ def tiny_proxy_config():
     return cfg
 
 
-def tiny_proxy_editor(out: Path, seed: int = 0) -> Path:
+def tiny_proxy_editor(out: Path, seed: int = 0, kind: str = "ip2p") -> Path:
     """A random-weight editor with proxy-ip2p's geometry saved in diffusers layout at ``out`` (recorded as an
-    editor of the textured world, as training records it): loads with load_editor, edits, does not edit well."""
+    editor of the textured world, as training records it): loads with load_editor, edits, does not edit well.
+    ``kind="sd-inpaint"``: proxy-inpaint's (a 9-channel inpainting UNet)."""
     from danp_pipeline.micro import textures, training, world
     from danp_pipeline.micro.tokenizer import build_tokenizer
 
     cfg = tiny_proxy_config()
     torch.manual_seed(seed)
     vae = training.make_vae(cfg.vae, textures.SIZE)
-    unet = training.make_unet(cfg.unet, cfg.vae.latent_channels, textures.SIZE // textures.LATENT_FACTOR)
+    latent = cfg.vae.latent_channels
+    unet = training.make_unet(cfg.unet, latent, textures.SIZE // textures.LATENT_FACTOR,
+                              latent + (kind == "sd-inpaint"))
     tok = build_tokenizer(world.vocabulary(), out.parent / f"{out.name}-tokenizer", model_max_length=16)
     text = training.make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
-    training.save_editor(out, vae, unet, text, tok, {"config": {"world": cfg.world}}, cfg.prediction_type)
+    training.save_editor(out, vae, unet, text, tok, {"config": {"world": cfg.world, "kind": kind}},
+                         cfg.prediction_type, kind)
     return out

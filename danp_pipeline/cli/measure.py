@@ -152,6 +152,9 @@ def configure_micro_bench(parser: argparse.ArgumentParser) -> None:
     defaults = "; ".join(f"{name}: {','.join(editors)}" for name, (editors, _) in C.MICRO_WORLDS.items())
     parser.add_argument("--editors", type=_csv_list(str), default=(),
                         help=f"protect against the first, edit with each (default: the world's; {defaults})")
+    parser.add_argument("--ensemble", type=int, default=m.ensemble,
+                        help="protect against the first N editors at once (one perturbation, the mean of their "
+                             f"objectives); the others still measure transfer (default {m.ensemble})")
     parser.add_argument("--protect-set", choices=("own", "kinds"), default=m.protect_set,
                         help="protect against the attacker's instruction (own) or it and one edit of every other "
                              "kind on the same object (kinds: several prompts per photo; default own)")
@@ -168,7 +171,7 @@ def micro_suite_config(args: argparse.Namespace) -> MicroSuiteConfig:
         raise ValueError("--eps must name at least one budget, got none")
     # the profile's step size at each budget; an explicit --step-size at all of them
     attacks = tuple(attack_config(args, eps=eps).replace(resolution=size) for eps in args.eps)
-    return MicroSuiteConfig(world=args.world, editors=tuple(args.editors), scenes=args.scenes,
+    return MicroSuiteConfig(world=args.world, editors=tuple(args.editors), ensemble=args.ensemble, scenes=args.scenes,
                             scene_seed=args.scene_seed, methods=tuple(args.methods), attack=attacks[0],
                             budgets=attacks if len(attacks) > 1 else (), seeds=tuple(args.seeds),
                             transforms=tuple(args.transforms), view=args.view, device=args.device,
@@ -242,9 +245,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def configure_train_editor(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUT", help="folder for the run; the editor goes to OUT/editor")
-    parser.add_argument("--variant", choices=("a", "b", "proxy", "proxy-b"), default="a",
+    parser.add_argument("--variant", choices=("a", "b", "proxy", "proxy-b", "proxy-inpaint"), default="a",
                         help="a: micro-ip2p; b: micro-ip2p-b (other seeds and widths, for transfer); proxy: proxy-ip2p "
-                             "(textured 128x128 world, 8x VAE); proxy-b: proxy-ip2p-b (its transfer editor)")
+                             "(textured 128x128 world, 8x VAE); proxy-b: proxy-ip2p-b (its transfer editor); "
+                             "proxy-inpaint: an SD inpainting editor of that world (held out: transfer only)")
     parser.add_argument("--quick", action="store_true", help="a few-minute run (smoke test; the editor will not edit)")
     parser.add_argument("--vae-from", default=None, help="folder of a saved AutoencoderKL to reuse")
     parser.add_argument("--vae-train-s", type=float, default=0.0, help="with --vae-from: the time it took to train")

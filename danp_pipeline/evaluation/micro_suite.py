@@ -5,10 +5,11 @@ A micro edit world knows the correct edit of every held-out scene, so the questi
 (the named object takes the asked colour or shape, or disappears, and the rest stays) or not, and the
 same for the edit of the protected photo. Two worlds (``world``, micro/worlds.py): the flat 64x64 one
 (micro/world.py; editors micro-ip2p and micro-ip2p-b) and the textured 128x128 one (micro/textures.py; the
-SD-like proxy editors proxy-ip2p and proxy-ip2p-b, square scenes only). Every method protects each scene
-against the first editor (by default the world's first, whose object words attend to their objects) and its
-instruction at the same budget; the attacker then edits with the real diffusers InstructPix2Pix pipeline in
-three settings:
+SD-like proxy editors proxy-ip2p and proxy-ip2p-b, square scenes only; proxy-inpaint, an SD inpainting editor held
+out for transfer). Every method protects each scene against the first editor (by default the world's first, whose
+object words attend to their objects), or the first ``ensemble`` editors at once, and its instruction at the same
+budget; the attacker then edits with each editor's real diffusers pipeline (an inpainting editor repaints the box
+drawn around the edit, world.edit_region) in three settings:
 
 - ``own``: the protected editor, the instruction protected against;
 - ``unseen``: the protected editor, the same edit in a held-out wording (never protected against);
@@ -145,8 +146,10 @@ class MicroSuite:
                                  f"{self.world.name} world's frames are multiples of {self.world.latent_factor}")
         self.protected_editor = config.editors[0]
         bundle = self.bundles[self.protected_editor]
+        protected = [self.bundles[name] for name in config.editors[: config.ensemble]]
+        self.protected_name = "+".join(config.editors[: config.ensemble])
         # every method at every budget, method-major
-        self.immunizers = {(m, attack.eps): Immunizer(bundle, method_config(m, attack))
+        self.immunizers = {(m, attack.eps): Immunizer(protected, method_config(m, attack))
                            for m in config.methods for attack in config.attacks}
         self.probe = ObjectiveProbe(bundle, config.attack)
         self.purifiers = build_suite(config.purifiers, config.purify, self.protected_editor, self.bundles,
@@ -157,6 +160,11 @@ class MicroSuite:
         first = self.protected_editor
         return [(first, "own", case.own), (first, "unseen", case.unseen),
                 *((name, "own", case.own) for name in self.config.editors[1:])]
+
+    def edit(self, editor_name: str, photo: np.ndarray, sample: world.EditSample, seed: int) -> np.ndarray:
+        """The attacker's edit of ``photo``; an inpainting editor repaints the box drawn around the edit."""
+        mask = world.edit_region(sample) if self.bundles[editor_name].spec.condition == "masked" else None
+        return self.editors[editor_name](photo, sample.instruction, seed, mask=mask)
 
     def photo(self, case: Case) -> np.ndarray:
         """The file the owner protects: the scene at the editor's size, or at full size (attacker view)."""
@@ -183,7 +191,7 @@ class MicroSuite:
         clean: dict[tuple[str, str, int], tuple[np.ndarray, bool]] = {}
         for editor_name, prompt_set, sample in self.settings(case):
             for seed in cfg.seeds:
-                edit = self.editors[editor_name](clean_seen, sample.instruction, seed)
+                edit = self.edit(editor_name, clean_seen, sample, seed)
                 clean[(editor_name, prompt_set, seed)] = (edit, self.world.edit_success(edit, sample))
         rows, panels = [], []
         for (method, eps), immunizer in self.immunizers.items():
@@ -192,7 +200,7 @@ class MicroSuite:
             seconds = time.perf_counter() - start
             base = {"world": cfg.world, "split": cfg.split, "scene": case.own.scene_seed, "case": case.index,
                     "kind": case.own.kind, "method": method, "eps": eps, "step_size": immunizer.config.step_size,
-                    "editor": self.protected_editor, "view": cfg.view,
+                    "editor": self.protected_name, "view": cfg.view,
                     "variant": case.variant, "protected_against": len(self.protected_against(case)),
                     "photo_size": f"{full.shape[1]}x{full.shape[0]}", "seconds": seconds,
                     "fidelity_psnr": psnr(full, result.pixels), "linf_levels": result.linf_levels}
@@ -202,7 +210,7 @@ class MicroSuite:
                 objective = self.probe(clean_seen, seen, [case.own.instruction])
                 for editor_name, prompt_set, sample in self.settings(case):
                     for seed in cfg.seeds:
-                        edit = self.editors[editor_name](seen, sample.instruction, seed)
+                        edit = self.edit(editor_name, seen, sample, seed)
                         clean_edit, clean_ok = clean[(editor_name, prompt_set, seed)]
                         rows.append({**base, "attack_editor": editor_name, "prompt_set": prompt_set,
                                      "transform": transform, "purifier": purifier.name, "seed": seed,
@@ -281,8 +289,9 @@ def summary_markdown(df, settings: dict) -> str:
               "edit success protected", "reduction", "PSNR edits↓", "SSIM edits↓", "PSNR to target",
               "NBA on the copy↓", "fidelity PSNR", "s/photo"]
     lines = ["# Micro benchmark: protection against trained micro-editors, with ground truth", "",
-             "The micro-editors are small InstructPix2Pix-architecture editors trained in this project on a "
-             f"procedural world ({world_name}); they are a proxy for Stable Diffusion editors, not a substitute. "
+             "The micro-editors are small InstructPix2Pix- or SD-inpainting-architecture editors trained in this "
+             f"project on a procedural world ({world_name}); they are a proxy for Stable Diffusion editors, not a "
+             "substitute. "
              f"Edit success follows {worlds.get(world_name).rule}'s rule (the named object takes the asked "
              "colour/shape or disappears, the rest stays). Rates: % [95 % Wilson interval]; means ± 95 % interval "
              "over scenes × edit seeds. PSNR/SSIM edits compare the edit of the protected photo with the edit of "
@@ -290,6 +299,8 @@ def summary_markdown(df, settings: dict) -> str:
              "the protected editor's copy of the protected photo against the clean copy, one fixed draw "
              "(evaluation/objective_probe.py; "
              "more negative: more of the objective reached the editor).", "",
+             *(f"Protected against: {name}" + (" (an ensemble: one perturbation, the mean of their objectives)."
+                                               if "+" in name else ".") for name in df["editor"].unique()), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
         lines.append("| " + " | ".join(str(v) for v in (

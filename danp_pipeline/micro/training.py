@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionInstructPix2PixPipeline,
     UNet2DConditionModel,
 )
@@ -142,6 +143,10 @@ class EditorConfig:
     attention_loss: float = 0.1
     # "flat": the 64x64 micro world (micro/world.py); "textured": the 128x128 textured world (micro/textures.py).
     world: str = "flat"
+    # "ip2p": InstructPix2Pix ([z_t, E(x)], per scene); "sd-inpaint": Stable Diffusion inpainting ([z_t, m,
+    # E(x ⊙ (1 − m))], per edit, m the box an attacker draws around the edit: world.edit_region), saved as
+    # StableDiffusionInpaintPipeline. The prompt is the instruction in both.
+    kind: str = "ip2p"
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -199,7 +204,20 @@ def variant_proxy_b(cfg: EditorConfig) -> EditorConfig:
     return cfg
 
 
-VARIANTS = {"a": lambda c: c, "b": variant_b, "proxy": variant_proxy, "proxy-b": variant_proxy_b}
+def variant_proxy_inpaint(cfg: EditorConfig) -> EditorConfig:
+    """A held-out editor of another kind for the proxy world: SD inpainting (9-channel UNet, the photo reaches it
+    only outside the attacker's box), its own seeds and VAE. Used to measure transfer, never to choose anything;
+    one hour of UNet training (the ip2p proxies had 95 minutes)."""
+    cfg = variant_proxy(cfg)
+    cfg.name, cfg.kind, cfg.seed, cfg.data_seed = "proxy-inpaint", "sd-inpaint", 2, 2
+    cfg.vae.seed = 2
+    cfg.p_drop_image = 0.0   # inpainting is guided by text only: the masked photo is always given
+    cfg.time_budget_s = 3600.0
+    return cfg
+
+
+VARIANTS = {"a": lambda c: c, "b": variant_b, "proxy": variant_proxy, "proxy-b": variant_proxy_b,
+            "proxy-inpaint": variant_proxy_inpaint}
 
 
 # ----------------------------------------------------------------------------- data
@@ -220,6 +238,7 @@ class TrainingEdits:
     texts: list[str]
     object_masks: np.ndarray  # bool [N, 64, 64]: the named (source) object
     object_tokens: np.ndarray  # int [N, 2]: token positions of the object's colour and shape (BOS is token 0)
+    regions: np.ndarray  # bool [N, 64, 64]: the box an attacker draws around the edit (world.edit_region)
 
 
 def object_token_positions(instruction: str, obj: world.WorldObject) -> tuple[int, int]:
@@ -257,7 +276,7 @@ def training_edits(n_scenes: int, seed: int, world_name: str = "flat") -> Traini
     lo, hi = world.SCENE_SEED_RANGES["train"]
     rng = np.random.default_rng([seed, 101])
     seeds = rng.choice(hi - lo, size=n_scenes, replace=False) + lo
-    scenes, targets, index, texts, masks, tokens = [], [], [], [], [], []
+    scenes, targets, index, texts, masks, tokens, regions = [], [], [], [], [], [], []
     for si, s in enumerate(seeds):
         scene = w.render_scene(int(s))
         scenes.append(scene.image)
@@ -268,8 +287,9 @@ def training_edits(n_scenes: int, seed: int, world_name: str = "flat") -> Traini
             texts.append(smp.instruction)
             masks.append(smp.source_mask)
             tokens.append(object_token_positions(smp.instruction, smp.source_object))
+            regions.append(world.edit_region(smp))
     return TrainingEdits(np.stack(scenes), np.stack(targets), np.array(index), texts, np.stack(masks),
-                         np.array(tokens))
+                         np.array(tokens), np.stack(regions))
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -328,6 +348,24 @@ def encode_mode(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> tor
 
 
 @torch.no_grad()
+def inpainting_conditions(vae: AutoencoderKL, scenes: np.ndarray, index: np.ndarray, regions: np.ndarray,
+                          batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``StableDiffusionInpaintPipeline`` puts beside z_t for each edit: the mask at the latent grid
+    (nearest) and the scaled latents of the photo with the mask's pixels set to 0 (mid-grey), as the posterior's
+    mean [N, 1 + C, h, w] and standard deviation (0 for the mask): the pipeline samples them."""
+    sf, factor = vae.config.scaling_factor, 2 ** (len(vae.config.block_out_channels) - 1)
+    grid = (scenes.shape[1] // factor, scenes.shape[2] // factor)
+    means, stds = [], []
+    for i in range(0, len(index), batch):
+        m = torch.from_numpy(regions[i : i + batch]).float()[:, None]
+        post = vae.encode(to_tensor(scenes[index[i : i + batch]]) * (m < 0.5)).latent_dist
+        m = F.interpolate(m, size=grid)
+        means.append(torch.cat([m, post.mean * sf], dim=1))
+        stds.append(torch.cat([torch.zeros_like(m), post.std * sf], dim=1))
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
 def center_vae_latents(vae: AutoencoderKL, mean: torch.Tensor) -> None:
     """Make the posterior mean zero-centred without changing reconstructions.
 
@@ -355,11 +393,15 @@ def reconstruction_psnr(vae: AutoencoderKL, images: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- UNet + text encoder
 
 
-def make_unet(c: UNetConfig, latent_channels: int, sample_size: int = world.SIZE // 4) -> UNet2DConditionModel:
+def make_unet(c: UNetConfig, latent_channels: int, sample_size: int = world.SIZE // 4,
+              condition_channels: int | None = None) -> UNet2DConditionModel:
+    """The denoiser: [z_t, condition] in (``condition_channels``, default ``latent_channels``: InstructPix2Pix's
+    E(x); 1 + latent_channels: inpainting's mask and masked-photo latents), the noise or velocity out."""
     n = len(c.block_out_channels)
+    extra = latent_channels if condition_channels is None else condition_channels
     return UNet2DConditionModel(
         sample_size=sample_size,
-        in_channels=2 * latent_channels,
+        in_channels=latent_channels + extra,
         out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n,
@@ -419,8 +461,13 @@ def train_denoiser(
     object_masks: torch.Tensor | None = None,
     object_tokens: torch.Tensor | None = None,
     resume_from: str | Path | None = None,
+    cond_std: torch.Tensor | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, list[float], list[float], float]:
     """Joint epsilon- or v-prediction training of UNet and text encoder.
+
+    Edit ``i`` denoises ``tgt_lat[i]`` given ``src_lat[index[i]]`` beside z_t: InstructPix2Pix's E(x) per scene,
+    or inpainting's mask and masked-photo latents per edit; with ``cond_std`` (same rows) the condition is drawn
+    from that posterior at every step, as the inpainting pipeline draws it.
 
     ``checkpoint(state)`` (a :class:`resume.DenoiserState`) is called every ``cfg.checkpoint_every`` steps
     and, with ``cfg.checkpoint_every_s`` > 0, every that many seconds; ``resume_from``: a folder written by
@@ -434,7 +481,7 @@ def train_denoiser(
     share is the fraction of the words' cross-attention (mean over heads and ``attn2`` layers, as DANP reads
     it) that falls inside the mask; samples whose text was dropped are left out."""
     torch.manual_seed(cfg.seed)
-    unet = make_unet(cfg.unet, src_lat.shape[1], src_lat.shape[-1])
+    unet = make_unet(cfg.unet, tgt_lat.shape[1], tgt_lat.shape[-1], src_lat.shape[1])
     text = make_text_encoder(cfg.text, tok, cfg.unet.cross_attention_dim)
     if cfg.text.hidden_size != cfg.unet.cross_attention_dim:
         raise ValueError(
@@ -473,6 +520,8 @@ def train_denoiser(
         cond[drop_i] = 0.0
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (cfg.batch,), generator=gen)
+        if cond_std is not None:
+            cond = cond + cond_std[index[b]] * torch.randn(cond.shape, generator=gen) * ~drop_i[:, None, None, None]
         zt = sched.add_noise(z0, noise, t)
         emb = text(tids)[0]
         if supervise:
@@ -548,10 +597,13 @@ def sha256(path: Path) -> str:
 
 def save_editor(
     out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text: CLIPTextModel, tok: CLIPTokenizer, info: dict,
-    prediction_type: str = "epsilon",
+    prediction_type: str = "epsilon", kind: str = "ip2p",
 ) -> dict:
-    """Save in diffusers layout via the real pipeline's ``save_pretrained``, plus training.json."""
-    pipe = StableDiffusionInstructPix2PixPipeline(
+    """Save in diffusers layout via the real pipeline of ``kind`` (``save_pretrained``), plus training.json."""
+    pipeline = {"ip2p": StableDiffusionInstructPix2PixPipeline, "sd-inpaint": StableDiffusionInpaintPipeline}
+    if kind not in pipeline:
+        raise ValueError(f"kind must be one of {list(pipeline)}, got {kind!r}")
+    pipe = pipeline[kind](
         vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=make_scheduler(prediction_type),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -641,6 +693,11 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
         save_file({"source": src_lat.contiguous(), "target": tgt_lat.contiguous()}, cache)
     sf = vae.config.scaling_factor
     tgt_lat = tgt_lat * sf
+    if cfg.kind == "sd-inpaint":   # per edit: the mask and the masked photo (the pipeline's, after scaling)
+        cond_lat, cond_std = inpainting_conditions(vae, scenes, index, edits.regions)
+        cond_index = np.arange(len(targets))
+    else:
+        cond_lat, cond_std, cond_index = src_lat, None, index
     times["encode_s"] = work_clock() - t
     logger.info("latents encoded (%.0fs), scaling_factor %.4f", times["encode_s"], sf)
     ids = tokenize(tok, texts)
@@ -664,9 +721,9 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     grid = tuple(src_lat.shape[-2:])
     masks = F.interpolate(torch.from_numpy(edits.object_masks).float()[:, None], size=grid, mode="area")[:, 0]
     unet, text, losses, shares, unet_s = train_denoiser(
-        cfg, tok, src_lat, tgt_lat, torch.from_numpy(index), ids, checkpoint,
+        cfg, tok, cond_lat, tgt_lat, torch.from_numpy(cond_index), ids, checkpoint,
         object_masks=masks, object_tokens=torch.from_numpy(edits.object_tokens).long(),
-        resume_from=ckdir / "resume" if resuming else None,
+        resume_from=ckdir / "resume" if resuming else None, cond_std=cond_std,
     )
     times["unet_train_s"] = unet_s
     info = {
@@ -684,4 +741,4 @@ def train(cfg: EditorConfig, out: str | Path, *, vae_from: str | None = None, va
     if shares:
         info["object_attention_share_last100"] = float(np.mean(shares[-100:]))
         info["object_attention_share_every50"] = [float(np.mean(shares[i : i + 50])) for i in range(0, len(shares), 50)]
-    return save_editor(out / "editor", vae, unet, text, tok, info, cfg.prediction_type)
+    return save_editor(out / "editor", vae, unet, text, tok, info, cfg.prediction_type, cfg.kind)

@@ -396,6 +396,18 @@ def edits_of_split(split: Split, n: int, seed: int, wordings: Wordings | None, s
     return out
 
 
+def edit_region(sample: EditSample) -> np.ndarray:
+    """The box an attacker draws for an inpainting editor (bool, the sample's shape): around the edited object
+    before and after the edit, with a margin of 1/16 of the image's side (at least 2 pixels)."""
+    both = sample.source_mask | sample.target_mask
+    h, w = both.shape
+    pad = max(2, min(h, w) // 16)
+    rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
+    box = np.zeros_like(both)
+    box[max(rows[0] - pad, 0): rows[-1] + pad + 1, max(cols[0] - pad, 0): cols[-1] + pad + 1] = True
+    return box
+
+
 # ----------------------------------------------------------------------------- success rule
 
 

@@ -107,6 +107,40 @@ def test_micro_bench_on_the_textured_world_at_two_budgets(proxy_editor, tmp_path
     assert cli.entrypoint(refused) == 2 and not (tmp_path / "no").exists()
 
 
+def test_micro_bench_protects_against_an_ensemble_and_edits_with_an_inpainting_editor_in_the_box(
+        proxy_editor, tmp_path, monkeypatch) -> None:
+    """--ensemble 2: one perturbation against both editors (the immunizer holds both, the rows name both); a third,
+    inpainting editor only edits, repainting the box drawn around each edit."""
+    from danp_pipeline.evaluation.editing import Editor
+    from danp_pipeline.micro import world
+
+    second = tiny_proxy_editor(tmp_path / "second", seed=1)
+    inpaint = tiny_proxy_editor(tmp_path / "inpaint", seed=2, kind="sd-inpaint")
+    masks, call = [], Editor.__call__
+
+    def spy(self, photo, prompt, seed, mask=None):
+        masks.append((self.bundle.kind, None if mask is None else mask.copy()))
+        return call(self, photo, prompt, seed, mask=mask)
+
+    monkeypatch.setattr(Editor, "__call__", spy)
+    config = MicroSuiteConfig(world="textured", editors=(str(proxy_editor), str(second), str(inpaint)), ensemble=2,
+                              scenes=1, methods=("danp",), seeds=(0,),
+                              attack=MICRO_ATTACK.replace(resolution=128, steps=1, num_timesteps=1))
+    suite = micro_suite.MicroSuite(config)
+    assert [len(i.editors) for i in suite.immunizers.values()] == [2]
+    case = micro_suite.cases(config)[0]
+    rows, _ = suite(case)
+    assert {r["editor"] for r in rows} == {f"{proxy_editor}+{second}"}
+    assert sorted({r["attack_editor"] for r in rows}) == sorted({str(proxy_editor), str(second), str(inpaint)})
+    inpainted = [m for kind, m in masks if kind == "sd-inpaint"]
+    assert len(inpainted) == 2 and all(np.array_equal(m, world.edit_region(case.own)) for m in inpainted)
+    assert all(m is None for kind, m in masks if kind == "ip2p")
+    summary = micro_suite.summary_markdown(pd.DataFrame(rows), config.settings())
+    assert f"Protected against: {proxy_editor}+{second} (an ensemble" in summary
+    with pytest.raises(ValueError, match="ensemble must be at most the 1 editor"):
+        MicroSuiteConfig(world="textured", editors=(str(proxy_editor),), ensemble=2)
+
+
 def test_micro_bench_budget_curve_on_the_flat_world(tmp_path) -> None:
     """The shipped flat editor at two budgets (uniform noise: no optimisation to wait for): rows for both, and
     ε₅₀ per method and setting."""

@@ -158,6 +158,67 @@ def test_train_editor_proxy_quick_trains_checkpoints_and_resumes(tmp_path) -> No
     assert not (tmp_path / "b" / "vae_stage").exists()
 
 
+def test_the_edit_region_boxes_the_object_before_and_after_with_a_margin() -> None:
+    for sample in textures.make_split("train", 6, 0, "train"):
+        box = world.edit_region(sample)
+        assert box[sample.source_mask].all() and box[sample.target_mask].all()
+        rows, cols = np.flatnonzero(box.any(axis=1)), np.flatnonzero(box.any(axis=0))
+        assert box[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1].all()      # one box
+        both = sample.source_mask | sample.target_mask
+        assert box.sum() > both.sum() and box.mean() < 0.6                  # a margin, not the whole photo
+        top, left = np.flatnonzero(both.any(axis=1))[0], np.flatnonzero(both.any(axis=0))[0]
+        assert (rows[0], cols[0]) == (max(top - 8, 0), max(left - 8, 0))  # 1/16 of the 128-pixel side
+
+
+def test_inpainting_conditions_are_what_the_inpainting_pipeline_puts_beside_the_latents(tmp_path) -> None:
+    """The training's [mask, masked-photo latents] per edit equal StableDiffusionInpaintPipeline's own
+    prepare_mask_latents, sample for sample (the same generator draws the posterior's noise)."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    from danp_pipeline.protect.models import load_editor
+
+    bundle = load_editor(str(tiny_proxy_editor(tmp_path / "inpaint", kind="sd-inpaint")), device="cpu")
+    assert bundle.kind == "sd-inpaint" and bundle.unet.config.in_channels == 9
+    sample = textures.make_split("train", 1, 0, "train")[0]
+    region = world.edit_region(sample)
+    mean, std = training.inpainting_conditions(bundle.vae, sample.source[None], np.array([0]), region[None])
+    pipe = StableDiffusionInpaintPipeline(vae=bundle.vae, text_encoder=bundle.text_encoder, tokenizer=bundle.tokenizer,
+                                          unet=bundle.unet, scheduler=bundle.scheduler, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    image = pipe.image_processor.preprocess(Image.fromarray(sample.source), height=128, width=128)
+    mask = pipe.mask_processor.preprocess(Image.fromarray(region.astype(np.uint8) * 255), height=128, width=128)
+    with torch.no_grad():
+        m, latents = pipe.prepare_mask_latents(mask, image * (mask < 0.5), 1, 128, 128, torch.float32, "cpu",
+                                               torch.Generator().manual_seed(5), False)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(m, mean[:, :1]) and float(m.mean()) > 0.05
+    torch.testing.assert_close(latents, mean[:, 1:] + std[:, 1:] * noise, rtol=1e-4, atol=1e-4)
+    assert float(std[:, :1].abs().max()) == 0.0 and float(std[:, 1:].min()) > 0.0
+
+
+def test_train_editor_proxy_inpaint_quick_saves_an_inpainting_editor_that_repaints_the_box(tmp_path) -> None:
+    """`train-editor --variant proxy-inpaint --quick`: a 9-channel StableDiffusionInpaintPipeline editor of the
+    textured world, with its own seeds, that the attacker's inpainting edit runs on with the edit's box."""
+    from danp_pipeline import cli
+    from danp_pipeline.evaluation.editing import Editor
+    from danp_pipeline.protect.models import load_editor
+
+    out = tmp_path / "run"
+    assert cli.entrypoint(["train-editor", str(out), "--variant", "proxy-inpaint", "--quick"]) == 0
+    info = json.loads((out / "editor" / "training.json").read_text())
+    assert info["config"]["kind"] == "sd-inpaint" and info["config"]["seed"] == 2 and info["unet_steps_done"] == 4
+    index = json.loads((out / "editor" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionInpaintPipeline"
+    bundle = load_editor(str(out / "editor"), device="cpu")
+    assert bundle.kind == "sd-inpaint" and bundle.unet.config.in_channels == 9 and bundle.vae_scale_factor == 8
+    sample = textures.make_split("heldout", 1, 0, "heldout")[0]
+    edit = Editor(bundle)(sample.source, sample.instruction, 0, mask=world.edit_region(sample))
+    assert edit.shape == (128, 128, 3)
+    cfg = training.variant_proxy_inpaint(training.EditorConfig())
+    assert cfg.p_drop_image == 0.0 and cfg.time_budget_s <= 2 * 3600
+
+
 def test_the_installed_proxy_still_responds_to_an_attack(tmp_path) -> None:
     """The measuring stick must move: on four fixed training scenes PhotoGuard's encoder attack at 64/255
     stops every edit that succeeds clean, uniform noise at the same budget stops none (measured when the
