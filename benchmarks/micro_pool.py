@@ -6,7 +6,7 @@ Each run directory holds the ``results.parquet`` the suite writes; runs on other
 present for every scene are kept, so every cell has the same photos. The paired comparison counts,
 per (attack editor, prompt set), the edits one method stopped and the other did not (the same clean
 edit, the same seed), and a bootstrap over scenes gives a 95 % interval for the difference of their
-success reductions and for the ratio ("share of b's reduction that a keeps"). A run given as
+success reductions, for each reduction, and for the ratio ("share of b's reduction that a keeps"). A run given as
 ``LABEL=RUN_DIR`` contributes only its ``--label-method`` rows (default danp), named LABEL: two
 configurations of one method (the paper's and the fast profile, say) become two methods here. The
 micro-editors are proxies trained in this project, not Stable Diffusion.
@@ -132,7 +132,9 @@ def bootstrap(df: pd.DataFrame, a: str, b: str, draws: int = BOOTSTRAP, seed: in
         out.append({"transform": transform, "attack_editor": editor, "prompt_set": prompts,
                     "scenes": int(cells[0].shape[1]),
                     "edits": int(cells[0][2].sum()), f"reduction_{a}": round(point_a, 1),
+                    f"reduction_{a}_95": [round(float(v), 1) for v in np.percentile(ba, [2.5, 97.5])],
                     f"reduction_{b}": round(point_b, 1),
+                    f"reduction_{b}_95": [round(float(v), 1) for v in np.percentile(bb, [2.5, 97.5])],
                     "difference": round(point_a - point_b, 1),
                     "difference_95": [round(float(v), 1) for v in np.percentile(ba - bb, [2.5, 97.5])],
                     "kept": round(point_a / point_b, 3) if point_b > 0 else None,
