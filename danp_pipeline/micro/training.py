@@ -4,6 +4,10 @@ Two worlds (``EditorConfig.world``): the flat 64x64 one (micro-ip2p, micro-ip2p-
 textured 128x128 one (proxy-ip2p, proxy-ip2p-b: VAE factor 8 into 4 channels, as Stable Diffusion's, so the
 latents are 16x16 in both and the UNet costs the same).
 
+A third kind for the textured world, ``--variant proxy-inpaint``: a Stable Diffusion inpainting editor (9-channel
+UNet [z_t, m, E(x ⊙ (1 − m))], m the box an attacker draws around the edit, saved as
+``StableDiffusionInpaintPipeline``), held out from every choice to measure transfer to another kind of editor.
+
 Stages (all real diffusers / transformers classes):
 
 1. ``AutoencoderKL`` trained as a plain autoencoder (MSE + L1 + small KL) on random
