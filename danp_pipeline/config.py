@@ -166,14 +166,17 @@ EDITOR_KINDS: dict[str, EditorKind] = {
 MICRO_SAMPLER: tuple[int, float, float] = (20, 3.0, 1.2)
 MICRO_EDITORS_DIR = Path(__file__).parent / "assets" / "editors"
 MICRO_MODELS: dict[str, tuple[int, float, float]] = {"micro-ip2p": (20, 5.0, 1.5), "micro-ip2p-b": (20, 5.0, 1.2)}
-#: SD-like proxy editors (textured 128x128 world, 8x VAE; micro/textures.py), installed like MICRO_MODELS.
-PROXY_MODELS: dict[str, tuple[int, float, float]] = {"proxy-ip2p": MICRO_SAMPLER, "proxy-ip2p-b": MICRO_SAMPLER}
+#: SD-like proxy editors (textured 128x128 world, 8x VAE; micro/textures.py), installed like MICRO_MODELS:
+#: proxy-ip2p (protected against), proxy-ip2p-b (its transfer editor) and proxy-inpaint (an SD inpainting editor,
+#: held out from every choice: transfer to another kind of editor only).
+PROXY_MODELS: dict[str, tuple[int, float, float]] = {"proxy-ip2p": MICRO_SAMPLER, "proxy-ip2p-b": MICRO_SAMPLER,
+                                                     "proxy-inpaint": MICRO_SAMPLER}
 #: The micro benchmark's edit worlds (micro/worlds.py): name -> (the trained editors of that world, the first
 #: protected against and the others for transfer; the size variants its scenes can be drawn at). The textured
 #: world is square only: its full-size photo is the 128x128 scene upscaled, not a scene drawn in another frame.
 MICRO_WORLDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "flat": (tuple(MICRO_MODELS), SIZE_VARIANTS),
-    "textured": (tuple(PROXY_MODELS), ("4x-1:1",)),
+    "textured": (("proxy-ip2p", "proxy-ip2p-b"), ("4x-1:1",)),
 }
 
 #: Antialiased resize filters of the attacker's view (Pillow's; protect/views.py).

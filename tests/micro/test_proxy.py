@@ -76,21 +76,25 @@ def test_a_proxy_editor_saves_and_loads_with_8x_4_channel_latents(tmp_path) -> N
     assert z.shape == (1, 4, 16, 16)
 
 
-@pytest.mark.parametrize("name", ["proxy-ip2p", "proxy-ip2p-b"])
+@pytest.mark.parametrize("name", ["proxy-ip2p", "proxy-ip2p-b", "proxy-inpaint"])
 def test_the_installed_proxies_have_sd_geometry_fit_the_budgets_and_differ(name) -> None:
-    """Both proxies load by name with 8x / 4-channel latents, their weights are at most 10 MB, their training
-    took at most 2 h of work (its record says so), and the transfer editor is another network."""
-    from danp_pipeline.config import MICRO_EDITORS_DIR
+    """Every proxy loads by name with 8x / 4-channel latents and its kind's UNet inputs, its weights are at most
+    10 MB, its training took at most 2 h of work (its record says so), and each is another network."""
+    from danp_pipeline.config import MICRO_EDITORS_DIR, PROXY_MODELS
     from danp_pipeline.protect.models import load_editor
 
     bundle = load_editor(name, device="cpu")
-    assert bundle.vae_scale_factor == 8 and bundle.unet.config.in_channels == 8
-    assert bundle.vae.config.latent_channels == 4
     record = json.loads((MICRO_EDITORS_DIR / name / "training.json").read_text())
+    kind = record["config"].get("kind", "ip2p")
+    assert bundle.kind == kind and bundle.unet.config.in_channels == {"ip2p": 8, "sd-inpaint": 9}[kind]
+    assert bundle.vae_scale_factor == 8 and bundle.vae.config.latent_channels == 4
     assert record["weights_total_bytes"] <= 10 * 10**6 and record["total_train_s"] <= 2 * 3600
     assert record["config"]["name"] == name and record["config"]["world"] == "textured"
-    other = load_editor({"proxy-ip2p": "proxy-ip2p-b", "proxy-ip2p-b": "proxy-ip2p"}[name], device="cpu")
-    assert bundle.unet.config.block_out_channels != other.unet.config.block_out_channels
+    seeds = {json.loads((MICRO_EDITORS_DIR / n / "training.json").read_text())["config"]["seed"] for n in PROXY_MODELS}
+    assert len(seeds) == len(PROXY_MODELS) == 3                     # independently trained
+    if name != "proxy-inpaint":
+        other = load_editor({"proxy-ip2p": "proxy-ip2p-b", "proxy-ip2p-b": "proxy-ip2p"}[name], device="cpu")
+        assert bundle.unet.config.block_out_channels != other.unet.config.block_out_channels
 
 
 def test_a_proxy_editor_that_is_not_installed_is_refused_by_name(monkeypatch, tmp_path) -> None:
