@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import is_accelerate_available
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..config import EDITOR_KINDS, MICRO_EDITORS_DIR, MICRO_MODELS, PROXY_MODELS, TINY_MODELS, EditorKind
@@ -131,10 +132,13 @@ def _load_diffusers(model_id: str, revision: str | None) -> EditorBundle:
     if not local.is_dir() and (model_id.startswith((".", "/", "~")) or model_id.count("/") != 1):
         raise ValueError(f"model {model_id!r} is neither an existing directory nor a repo id of the form owner/name")
     common = {"revision": revision, "use_safetensors": True}
+    # diffusers' fast loading path needs accelerate; without it, ask for the plain path outright
+    # instead of a warning per model in every actor's log.
+    low_memory = {"low_cpu_mem_usage": is_accelerate_available()}
     try:
-        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", **common)
+        unet = UNet2DConditionModel.from_pretrained(model_id, subfolder="unet", **common, **low_memory)
         kind = editor_kind(model_id, unet)
-        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", **common)
+        vae = AutoencoderKL.from_pretrained(model_id, subfolder="vae", **common, **low_memory)
         text_encoder = CLIPTextModel.from_pretrained(model_id, subfolder="text_encoder", **common)
         tokenizer = CLIPTokenizer.from_pretrained(model_id, subfolder="tokenizer", revision=revision)
         scheduler = DDPMScheduler.from_pretrained(model_id, subfolder="scheduler", revision=revision)

@@ -131,3 +131,16 @@ def test_sdxl_settings_it_cannot_honour_are_refused(tmp_path):
     refiner.save_pretrained(tmp_path / "editor" / "unet", safe_serialization=True)
     with pytest.raises(ValueError, match="added embedding takes 72 values, not the 80"):
         load_editor(str(tmp_path / "editor"), device="cpu")
+
+
+def test_loading_says_nothing_about_a_missing_accelerate(tmp_path, tiny_ip2p, caplog):
+    import logging
+
+    tiny_ip2p.save_pretrained(tmp_path / "editor")
+    diffusers_log = logging.getLogger("diffusers")        # diffusers' own tree: it does not propagate to root
+    diffusers_log.addHandler(caplog.handler)
+    try:
+        load_editor(str(tmp_path / "editor"), device="cpu")
+    finally:
+        diffusers_log.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "accelerate" in r.getMessage()]
