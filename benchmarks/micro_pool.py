@@ -38,11 +38,24 @@ def parse_run(arg: str) -> tuple[str | None, Path]:
     return (label, Path(path)) if sep and label and not Path(arg).exists() else (None, Path(arg))
 
 
-def run_eps(run: Path) -> float:
-    """The budget of a run, from the settings in its summary.md."""
+def run_settings(run: Path) -> dict:
+    """The settings a run recorded in its summary.md."""
     text = (run / "summary.md").read_text()
     start = text.index("```json") + len("```json")
-    return float(json.loads(text[start:text.index("```", start)])["attack"]["eps"])
+    return json.loads(text[start:text.index("```", start)])
+
+
+def run_eps(run: Path) -> float:
+    """The budget of a run."""
+    return float(run_settings(run)["attack"]["eps"])
+
+
+def runs_world(runs: list[tuple[str | None, Path]]) -> str:
+    """The world every run measured in (flat or textured); runs of two worlds do not pool."""
+    worlds = {run: run_settings(run).get("world", "flat") for _, run in runs}
+    if len(set(worlds.values())) > 1:
+        raise SystemExit(f"runs of different worlds cannot be pooled: {worlds}")
+    return next(iter(worlds.values()))
 
 
 def pooled(runs: list[tuple[str | None, Path]], methods: list[str] | None, label_method: str = "danp") -> pd.DataFrame:
@@ -158,7 +171,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "results.parquet", index=False)
     settings = {"runs": [f"{label}={run}" if label else str(run) for label, run in runs],
-                "scenes": int(df["scene"].nunique()),
+                "world": runs_world(runs), "scenes": int(df["scene"].nunique()),
                 "note": "pooled by benchmarks/micro_pool.py; each run's own settings are in its summary.md"}
     text = summary_markdown(df, settings)
     result = {"scenes": settings["scenes"], "runs": settings["runs"], "table": summary_table(df),
