@@ -101,7 +101,8 @@ class Protector:
         isolate = len(todo) > 1 and any(p.died for p in todo)
         if isolate:
             logger.warning("an earlier attempt at this batch of %d died; protecting photo by photo", len(todo))
-        for group in ([p] for p in todo) if isolate else [todo]:
+        groups = [[p] for p in todo] if isolate else [todo] if todo else []   # nothing left: the editor rests
+        for group in groups:
             self._attempt(group)
         return pa.Table.from_pylist([self._row(p) for p in photos], schema=PROTECTED_SCHEMA)
 

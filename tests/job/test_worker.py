@@ -116,6 +116,16 @@ def test_a_failing_batch_is_retried_photo_by_photo(cfg, tmp_path, monkeypatch):
     assert out["poison.jpg"]["error"] == "protection failed: RuntimeError: CUDA error: simulated"
 
 
+
+def test_a_batch_with_nothing_left_to_protect_never_reaches_the_editor(cfg, monkeypatch, caplog):
+    vanished = {"source_uri": "s3://b/in/v.jpg", "path": "b/in/v.jpg", "source_key": "v.jpg", "size": 3,
+                "prompts": [], "data": None, "read_error": "object vanished between listing and reading"}
+    calls = []
+    monkeypatch.setattr(Immunizer, "protect", lambda self, photos, prompts, seeds=None: calls.append(photos) or [])
+    out = protect_rows(cfg, [vanished, {**vanished, "source_uri": "s3://b/in/w.jpg", "source_key": "w.jpg"}])
+    assert out["status"].to_pylist() == ["error", "error"]
+    assert calls == [] and not [r for r in caplog.records if "retrying photo by photo" in r.getMessage()]
+
 class Died(BaseException):
     """Stands in for the process exit of a native crash: nothing after it runs, no except catches it."""
 
