@@ -101,8 +101,8 @@ class Protector:
         isolate = len(todo) > 1 and any(p.died for p in todo)
         if isolate:
             logger.warning("an earlier attempt at this batch of %d died; protecting photo by photo", len(todo))
-        groups = [[p] for p in todo] if isolate else [todo] if todo else []   # nothing left: the editor rests
-        for group in groups:
+        groups = [[p] for p in todo] if isolate else [todo]
+        for group in filter(None, groups):   # a batch with nothing left to protect never reaches the editor
             self._attempt(group)
         return pa.Table.from_pylist([self._row(p) for p in photos], schema=PROTECTED_SCHEMA)
 
