@@ -197,13 +197,13 @@ def one_error_line(caplog, command: list[str]) -> tuple[int, str]:
 @pytest.mark.integration
 def test_a_corrupt_manifest_part_is_named_in_one_line_by_run_verify_and_compact(tmp_path, ray_local, caplog):
     (tmp_path / "in").mkdir()
-    for name in ("astronaut", "coffee"):
-        (tmp_path / "in" / f"{name}.jpg").write_bytes(encode(photo(name, (64, 48)), "JPEG"))
     out = tmp_path / "out"
-    run = ["run", str(tmp_path / "in"), str(out), "--commit-rows", "1", *FAST_ARGS]
-    assert cli.entrypoint(run) == 0
+    run = ["run", str(tmp_path / "in"), str(out), *FAST_ARGS]
+    for name in ("astronaut", "coffee"):                    # one run, so one part, per photo: two parts
+        (tmp_path / "in" / f"{name}.jpg").write_bytes(encode(photo(name, (64, 48)), "JPEG"))
+        assert cli.entrypoint(run) == 0
     parts = sorted((out / "manifest").glob("part-*.parquet"))
-    assert len(parts) == 2                                  # one part per photo (--commit-rows 1)
+    assert len(parts) == 2
     part, data = parts[0], parts[0].read_bytes()
     redone = provenance.read_part(storage.filesystem(str(out))[0], str(part), ["source_uri"]).num_rows
 
